@@ -1,0 +1,105 @@
+"""The ``cogvx-ext`` command: plugins, run, demo, plan, --version."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cogvx_ext import __version__
+from cogvx_ext.errors import UsageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `python -m cogvx_ext SCRIPT ...` (what `accelerate launch -m cogvx_ext SCRIPT ...` runs) is
+    # `cogvx-ext run SCRIPT ...`.
+    if argv and argv[0].endswith(".py"):
+        argv.insert(0, "run")
+    parser = _parser()
+    if argv and argv[0] == "run":
+        # Everything after SCRIPT belongs to the script, its --help included.
+        if len(argv) < 2:
+            parser.parse_args(["run", "--help"])
+        from cogvx_ext.activation import run_script
+
+        return run_script(argv[1], argv[2:])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        sys.stderr.write(f"cogvx-ext: {exc}\n")
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cogvx-ext",
+        description="Plugins for the diffusers CogVideoX LoRA training scripts.",
+    )
+    parser.add_argument("--version", action="version", version=f"cogvx-ext {__version__}")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(command="plugins", handler=_plugins)
+
+    commands.add_parser(
+        "run",
+        help="run a training script with plugins: cogvx-ext run SCRIPT [script args] --plugins ...",
+        add_help=False,
+    )
+
+    p = commands.add_parser("demo", help="train a tiny random CogVideoX on synthetic mixed-aspect clips, on CPU")
+    p.add_argument("--trainer", default=os.environ.get("COGVX_EXT_TRAINER"),
+                   help="path to diffusers' examples/cogvideo/train_cogvideox_lora.py (default: $COGVX_EXT_TRAINER)")
+    p.add_argument("--output_dir", default="cogvx-demo", help="where the model, clips and LoRA go (default: ./cogvx-demo)")
+    p.add_argument("--plugins", default="aspect_bucket,rope_rescale", help="plugins to train with")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps (default: 6)")
+    p.set_defaults(command="demo", handler=_demo)
+
+    p = commands.add_parser("plan", help="check the bucket plan of a dataset before a long run (reads metadata only)")
+    p.set_defaults(command="plan", handler=_plan)
+    p.add_argument("script_args", nargs=argparse.REMAINDER,
+                   help="the script's data flags and the plugins' flags, as given to the training script")
+    return parser
+
+
+def _plugins(args) -> int:
+    from cogvx_ext.manager import describe_installed
+
+    rows = describe_installed()
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no cogvx-ext plugins installed")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for row in rows:
+        hooks = ", ".join(row.get("hooks", [])) or row.get("error", "")
+        print(f"{row['name']:<{width}}  {row['version']:<8}  {row['value']}")
+        print(f"{'':<{width}}  hooks: {hooks}")
+    return 0
+
+
+def _demo(args) -> int:
+    from cogvx_ext.demo import run_demo
+
+    return run_demo(trainer=args.trainer, output_dir=args.output_dir, plugins=args.plugins, steps=args.steps)
+
+
+def _plan(args) -> int:
+    from cogvx_ext.plan import run_plan
+
+    return run_plan(args.script_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The data path used when a data plugin is chosen: list, probe, plan, encode, share.
+
+Nothing here knows the training scripts; ``cogvx_ext.seams`` puts a script-shaped face on it.
+
+* The listing is read like the scripts read it (``--instance_data_root`` with line-separated
+  caption and video files), but a problem line is reported and skipped, not fatal.
+* Every clip is probed (header only) and turned into samples by ``cogvx_clip_targets``.
+* Encoding streams: one clip is decoded, straight to its target size, encoded and dropped before
+  the next, so peak memory does not grow with the number of clips. Each rank encodes its share
+  and the posteriors are then exchanged with their real shapes (the stock T2V script's exchange
+  assumes one shape for all clips).
+* Posteriors are kept on the CPU as one tensor each (mean and log-variance): the stock script keeps
+  every ``DiagonalGaussianDistribution`` (four tensors) on the accelerator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cogvx_ext.clips import Clip, Sample
+from cogvx_ext.errors import SkipClip, UsageError
+from cogvx_ext.model import ModelInfo
+
+logger = logging.getLogger("cogvx_ext")
+
+
+@dataclass(frozen=True)
+class ListingEntry:
+    index: int
+    path: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A clip left out of training, with the reason; always reported."""
+
+    path: str
+    reason: str
+
+
+def read_listing(root: str | Path, caption_column: str, video_column: str) -> tuple[list[ListingEntry], list[Skipped]]:
+    """Read the scripts' local dataset layout; problems become Skipped entries, not exceptions.
+
+    Only a missing folder or listing file is fatal (UsageError): there is nothing to train on.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"--instance_data_root '{root}' is not a folder")
+    files = {}
+    for flag, name in (("--caption_column", caption_column), ("--video_column", video_column)):
+        path = root / name
+        if not path.is_file():
+            raise UsageError(f"{flag} '{name}' is not a file in {root} (one line per clip is expected)")
+        with open(path, encoding="utf-8") as f:
+            files[flag] = [line.strip() for line in f if line.strip()]
+    prompts, videos = files["--caption_column"], files["--video_column"]
+    entries, skipped = [], []
+    for i, video in enumerate(videos):
+        path = root / video
+        if i >= len(prompts):
+            skipped.append(Skipped(str(path), f"no caption: {caption_column} has {len(prompts)} lines, {video_column} {len(videos)}"))
+        elif not path.is_file():
+            skipped.append(Skipped(str(path), "file does not exist"))
+        else:
+            entries.append(ListingEntry(len(entries), str(path), prompts[i]))
+    for i in range(len(videos), len(prompts)):
+        skipped.append(Skipped(f"{caption_column}:{i + 1}", f"caption without a video: {video_column} has {len(videos)} lines"))
+    return entries, skipped
+
+
+def plan_samples(
+    hook: Any, entries: list[ListingEntry], args: argparse.Namespace, model: ModelInfo, progress: bool = True
+) -> tuple[list[Sample], list[Skipped]]:
+    """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`."""
+    from tqdm.auto import tqdm
+
+    from cogvx_ext.video import probe
+
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
+        try:
+            clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=probe(entry.path))
+            targets = hook.cogvx_clip_targets(clip=clip, args=args, model=model)
+        except SkipClip as exc:
+            skipped.append(Skipped(entry.path, str(exc)))
+            continue
+        if not targets:
+            skipped.append(Skipped(entry.path, "no plugin produced a training target for it"))
+            continue
+        samples.extend(Sample(clip, target) for target in targets)
+    return samples, skipped
+
+
+def report_skipped(skipped: list[Skipped], strict: bool = False) -> None:
+    """Name every skipped clip in the training log; with ``strict`` stop instead."""
+    from tqdm.auto import tqdm
+
+    for item in skipped:
+        tqdm.write(f"cogvx-ext: skipped {item.path}: {item.reason}")
+    if strict and skipped:
+        raise UsageError(f"{len(skipped)} clip(s) cannot be used and strict mode is on; first: {skipped[0].path}: {skipped[0].reason}")
+
+
+class LatentPosterior:
+    """A VAE posterior kept as one tensor ``[1, 2C, F, H, W]`` (mean, log-variance).
+
+    Offers what the scripts' collate functions call (``sample()``) and what diffusers'
+    ``DiagonalGaussianDistribution`` offers besides (``mode()``, ``mean``, ``logvar``,
+    ``parameters``), at a quarter of its memory: std and var are computed when sampling.
+    """
+
+    def __init__(self, parameters: torch.Tensor):
+        self.parameters = parameters
+
+    @classmethod
+    def from_distribution(cls, dist: Any, device: str | torch.device = "cpu") -> LatentPosterior:
+        return cls(dist.parameters.detach().to(device))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.parameters.chunk(2, dim=1)[0]
+
+    @property
+    def logvar(self) -> torch.Tensor:
+        # The same clamp as diffusers' DiagonalGaussianDistribution.
+        return torch.clamp(self.parameters.chunk(2, dim=1)[1], -30.0, 20.0)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        mean = self.mean
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * self.logvar) * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.parameters.shape)
+
+
+def encode_samples(hook: Any, samples: list[Sample], vae: Any, args: argparse.Namespace, rank: int, world: int, progress: bool) -> list[Any]:
+    """Encode this rank's share of the samples (one at a time), then share all of them.
+
+    Returns one entry per sample: a LatentPosterior, or a tuple of them (I2V: video, image).
+    """
+    from tqdm.auto import tqdm
+
+    results: list[Any] = [None] * len(samples)
+    mine = range(rank, len(samples), world)
+    with torch.no_grad():
+        for i in tqdm(mine, desc="cogvx-ext: decoding and encoding clips", disable=not progress):
+            encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, args=args)
+            if encoded is None:
+                raise RuntimeError(f"no plugin encoded {samples[i].clip.path}")
+            results[i] = _to_cpu_posteriors(encoded)
+    if world > 1:
+        _share(results, world, device=_vae_device(vae), dtype=vae.dtype)
+    return results
+
+
+def _to_cpu_posteriors(encoded: Any) -> Any:
+    if isinstance(encoded, tuple):
+        return tuple(_to_cpu_posteriors(part) for part in encoded)
+    if isinstance(encoded, LatentPosterior):
+        return LatentPosterior(encoded.parameters.detach().cpu())
+    return LatentPosterior.from_distribution(encoded)
+
+
+def _vae_device(vae: Any) -> torch.device:
+    return next(vae.parameters()).device
+
+
+def _share(results: list[Any], world: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Broadcast every sample's posteriors from the rank that encoded it, shapes first."""
+    import torch.distributed as dist
+
+    # gloo works on CPU tensors, nccl only on CUDA ones: send through the VAE's device.
+    for i in range(len(results)):
+        owner = i % world
+        mine = results[i] is not None
+        parts = results[i] if isinstance(results[i], tuple) else (results[i],) if mine else None
+        count = torch.tensor([len(parts) if mine else 0], dtype=torch.int64, device=device)
+        dist.broadcast(count, src=owner)
+        received = []
+        for p in range(int(count.item())):
+            shape = torch.zeros(8, dtype=torch.int64, device=device)
+            if mine:
+                dims = parts[p].parameters.shape
+                shape[0] = len(dims)
+                shape[1 : 1 + len(dims)] = torch.tensor(dims, dtype=torch.int64)
+            dist.broadcast(shape, src=owner)
+            dims = tuple(int(d) for d in shape[1 : 1 + int(shape[0])])
+            if mine:
+                data = parts[p].parameters.to(device=device, dtype=dtype).contiguous()
+            else:
+                data = torch.empty(dims, dtype=dtype, device=device)
+            dist.broadcast(data, src=owner)
+            received.append(LatentPosterior(data.cpu()) if not mine else parts[p])
+        if not mine:
+            results[i] = tuple(received) if len(received) > 1 else received[0]
+
+
+def latent_shape_key(sample: Sample, model: ModelInfo) -> tuple[int, int, int]:
+    """The latent (frames, height, width) a sample trains at: batches must share it."""
+    return model.latent_shape(sample.target.num_frames, sample.target.height, sample.target.width)

@@ -1,0 +1,73 @@
+"""Runs the forward hooks around a CogVideoX transformer's forward pass.
+
+Works on any ``CogVideoXTransformer3DModel`` (the training script's, a validation pipeline's, or
+one set up by ``cogvx_ext.inference``), so it knows nothing about the training scripts. The
+latent shape is read from the tensor that reaches the model, never from sampler state: accelerate
+fetches the next batch before the current one is used.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from cogvx_ext.model import ModelInfo
+
+_ATTR = "_cogvx_ext_forward_hooks"
+
+
+def latent_shape_of(hidden_states: torch.Tensor) -> tuple[int, int, int]:
+    # CogVideoX transformers take hidden_states as [B, F, C, H, W].
+    return (int(hidden_states.shape[1]), int(hidden_states.shape[3]), int(hidden_states.shape[4]))
+
+
+def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelInfo) -> bool:
+    """Attach the cogvx forward hooks to ``transformer`` once; returns False when none are implemented.
+
+    ``hook`` is a plugin manager's ``pm.hook`` relay.
+    """
+    wants_inputs = bool(hook.cogvx_transformer_forward.get_hookimpls())
+    wants_rope = model.rotary and bool(hook.cogvx_rotary_embedding.get_hookimpls())
+    wants_output = bool(hook.cogvx_transformer_output.get_hookimpls())
+    if not (wants_inputs or wants_rope or wants_output):
+        return False
+    if getattr(transformer, _ATTR, None) is not None:
+        return True
+    signature = inspect.signature(transformer.forward)
+
+    def before(module, args, kwargs):
+        inputs = dict(signature.bind_partial(*args, **kwargs).arguments) if args else dict(kwargs)
+        if wants_inputs:
+            hook.cogvx_transformer_forward(
+                transformer=module,
+                inputs=inputs,
+                latent_shape=latent_shape_of(inputs["hidden_states"]),
+                model=model,
+            )
+        if wants_rope:
+            hidden_states = inputs["hidden_states"]
+            rope = hook.cogvx_rotary_embedding(
+                model=model, latent_shape=latent_shape_of(hidden_states), device=hidden_states.device
+            )
+            if rope is not None:
+                inputs["image_rotary_emb"] = rope
+        return (), inputs
+
+    handles = [transformer.register_forward_pre_hook(before, with_kwargs=True)]
+    if wants_output:
+
+        def after(module, args, kwargs, output):
+            return hook.cogvx_transformer_output(transformer=module, inputs=kwargs, output=output, model=model)
+
+        handles.append(transformer.register_forward_hook(after, with_kwargs=True))
+    setattr(transformer, _ATTR, handles)
+    return True
+
+
+def remove_forward_hooks(transformer: torch.nn.Module) -> None:
+    for handle in getattr(transformer, _ATTR, None) or ():
+        handle.remove()
+    if hasattr(transformer, _ATTR):
+        delattr(transformer, _ATTR)

@@ -1,0 +1,334 @@
+"""Every hook a cogvx-ext plugin can implement, in the order they fire in a training run.
+
+A plugin is any module or object with functions decorated by ``cogvx_ext.hookimpl`` whose names
+are listed here. Implementations may take any subset of a hook's arguments, by name. hooks.md
+documents each hook with an example; ``tests/test_hooks_documented.py`` keeps the two in step.
+
+Life of a run (T2V and I2V scripts alike)::
+
+    get_args()  ── cogvx_add_arguments ─ parse ─ cogvx_configure ─ cogvx_provides/cogvx_requires
+    main(args)
+      Accelerator(...)                      ── cogvx_accelerator_ready
+      CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
+      AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
+      VideoDataset(...)                     ── cogvx_clip_targets per clip     (data plugins only)
+      encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
+      DataLoader(...)                       ── cogvx_batch_sampler
+      every transformer forward             ── cogvx_transformer_forward, cogvx_rotary_embedding,
+                                               cogvx_transformer_output
+      every loop iteration (accelerator.log)── cogvx_step_end
+      accelerator.save_state / load_state   ── cogvx_state_dict / cogvx_load_state_dict
+      validation pipeline                   ── cogvx_pipeline_loaded, cogvx_validation_args
+      LoRA saved                            ── cogvx_lora_metadata
+      an exception escapes main             ── cogvx_exception
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to import
+    import argparse
+
+    import torch
+
+    from cogvx_ext.clips import Clip, Sample, Target
+    from cogvx_ext.model import ModelInfo
+
+PROJECT = "cogvx_ext"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: arguments, configuration, plugin dependencies
+
+
+@hookspec
+def cogvx_add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the plugin's flags to the training script's own argument parser.
+
+    Fires inside the script's ``get_args()``, just before it parses, so the script's ``--help``
+    lists the flags. Put them in an argument group named after the plugin.
+
+    :param parser: the script's ``argparse.ArgumentParser``.
+    """
+
+
+@hookspec
+def cogvx_configure(args: argparse.Namespace) -> None:
+    """Check and complete the parsed arguments, after parsing and before ``main(args)`` runs.
+
+    Raise ``cogvx_ext.UsageError`` for a bad flag: the run stops with that one line and exit
+    status 2, before anything is loaded.
+
+    :param args: the script's parsed arguments; may be modified in place.
+    """
+
+
+@hookspec
+def cogvx_provides(args: argparse.Namespace) -> list[str]:
+    """Name the capabilities this plugin provides to other plugins.
+
+    Built-in capability names: ``"batch_rope"`` (the rotary embedding follows each batch's latent
+    shape), ``"learned_posemb"`` (a learned positional table adapted to each batch's shape).
+
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec
+def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
+    """Name the capabilities this plugin needs, each with the advice shown when it is missing.
+
+    Fires once after ``cogvx_configure``, with the model's positional settings read from its
+    config, so a missing plugin stops the run at start rather than with a shape error later.
+    Return ``[("batch_rope", "add rope_rescale to --plugins")]``, or ``[]``.
+
+    :param args: the parsed arguments.
+    :param model: positional facts of the model being trained.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and the accelerator
+
+
+@hookspec
+def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace) -> None:
+    """The script has created its ``accelerate.Accelerator``.
+
+    :param accelerator: the script's accelerator (trackers are not initialised yet).
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec
+def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namespace) -> None:
+    """The script has loaded its ``CogVideoXTransformer3DModel``; LoRA adapters are not added yet.
+
+    Modify the model in place (buffers, attention processors, hooks).
+
+    :param transformer: the loaded transformer.
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec
+def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace) -> None:
+    """The script has loaded its ``AutoencoderKLCogVideoX``.
+
+    :param vae: the loaded VAE.
+    :param args: the parsed arguments.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: which samples exist, how they are decoded and encoded, how they are batched.
+# These hooks replace the script's VideoDataset only when a plugin chosen for the run
+# implements one of them; otherwise the script's own dataset runs unchanged.
+
+
+@hookspec(firstresult=True)
+def cogvx_clip_targets(clip: Clip, args: argparse.Namespace, model: ModelInfo) -> list[Target] | None:
+    """Decide the training sample(s) made from one clip: size, crop and frame indices.
+
+    Return a list of ``cogvx_ext.Target`` (several for multi-scale or staged training), or raise
+    ``cogvx_ext.SkipClip(reason)`` to leave the clip out; skipped clips are reported by name,
+    never dropped silently. The built-in default (trylast) does what the stock script does:
+    cover ``--height × --width`` and centre-crop. Stops at first non-None result.
+
+    :param clip: the clip's path, prompt and probed metadata.
+    :param args: the parsed arguments.
+    :param model: positional facts of the model (frame rules, compression factors).
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor | None:
+    """Decode one sample's frames, cropped and resized to its target.
+
+    Return a float tensor ``[F, 3, H, W]`` in ``[-1, 1]``. The built-in default (trylast)
+    decodes with decord, resizing while decoding. Stops at first non-None result.
+
+    :param sample: the clip and its target.
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, args: argparse.Namespace) -> Any:
+    """Produce one sample's VAE posterior (a ``DiagonalGaussianDistribution``).
+
+    For I2V scripts return a pair ``(video_posterior, image_posterior)``, where the image is the
+    noised first frame, as the script does. The built-in default (trylast) calls
+    ``cogvx_load_pixels`` and encodes. Wrap it (``wrapper=True``) to cache. Stops at first
+    non-None result.
+
+    :param sample: the clip and its target.
+    :param vae: the script's VAE, on its device and dtype.
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_batch_sampler(
+    samples: list[Sample], batch_size: int, num_replicas: int, args: argparse.Namespace, model: ModelInfo
+) -> Any:
+    """Return the batch sampler the script's ``DataLoader`` should use, or ``None``.
+
+    It yields lists of sample indices. Every batch must hold one latent shape (the script
+    concatenates latents). ``len()`` must be exact and equal on every rank; the number of
+    batches per epoch should be a multiple of ``num_replicas`` so accelerate adds no padding.
+    Stops at first non-None result.
+
+    :param samples: the dataset's samples, in dataset order.
+    :param batch_size: the script's ``--train_batch_size``.
+    :param num_replicas: the number of training processes.
+    :param args: the parsed arguments.
+    :param model: positional facts of the model.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformer's forward pass (training and validation alike)
+
+
+@hookspec
+def cogvx_transformer_forward(
+    transformer: torch.nn.Module, inputs: dict[str, Any], latent_shape: tuple[int, int, int], model: ModelInfo
+) -> None:
+    """Adjust the keyword arguments of one transformer forward, in place.
+
+    Fires before every forward (training, validation, and inference set up by
+    ``cogvx_ext.inference``), before ``cogvx_rotary_embedding``. ``inputs`` holds
+    ``hidden_states`` ``[B, F, C, H, W]``, ``encoder_hidden_states``, ``timestep``,
+    ``image_rotary_emb`` and whatever else the caller passed (``ofs``). A training forward runs
+    with gradients enabled; the pipelines run under ``torch.no_grad()``.
+
+    :param transformer: the model being called.
+    :param inputs: the forward's keyword arguments; modify in place.
+    :param latent_shape: ``(frames, height, width)`` of ``hidden_states`` as it arrived.
+    :param model: positional facts of the model.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_rotary_embedding(
+    model: ModelInfo, latent_shape: tuple[int, int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Return the rotary embedding ``(cos, sin)`` for a forward pass on this latent shape.
+
+    Fires before every forward of a model that uses RoPE, after ``cogvx_transformer_forward``,
+    with the shape of the tensor that actually reaches the transformer (accelerate fetches
+    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``.
+    Stops at first non-None result; with no implementation the caller's embedding is kept.
+
+    :param model: positional facts of the model.
+    :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.
+    :param device: where the embedding must live.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_transformer_output(
+    transformer: torch.nn.Module, inputs: dict[str, Any], output: Any, model: ModelInfo
+) -> Any:
+    """Return a replacement for one forward's output, or ``None`` to keep it.
+
+    Fires after every forward, with the inputs as the forward saw them. Used to undo what
+    ``cogvx_transformer_forward`` did to the shape (a padded frame is cut off again, so it stays
+    out of the loss). Stops at first non-None result.
+
+    :param transformer: the model that was called.
+    :param inputs: the keyword arguments the forward received.
+    :param output: what the forward returned (a tuple, or an output object).
+    :param model: positional facts of the model.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Training progress and state
+
+
+@hookspec
+def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
+    """One iteration of the script's training loop has finished.
+
+    Fires from the script's ``accelerator.log(logs, step=...)`` call, once per loop iteration
+    (per micro-batch under gradient accumulation). Add entries to ``logs`` to send them to the
+    script's trackers with the loss.
+
+    :param step: the script's ``global_step`` (optimizer steps so far).
+    :param logs: what the script is about to log (``loss``, ``lr``); add to it in place.
+    :param accelerator: the script's accelerator.
+    """
+
+
+@hookspec
+def cogvx_state_dict() -> dict[str, Any] | None:
+    """Return this plugin's state to save with the script's checkpoint (JSON-serialisable).
+
+    Fires when the script calls ``accelerator.save_state``; the core writes every plugin's state
+    to ``cogvx_ext_state.json`` in the checkpoint folder, atomically.
+    """
+
+
+@hookspec
+def cogvx_load_state_dict(state: dict[str, Any]) -> None:
+    """Restore this plugin's state from a checkpoint (``--resume_from_checkpoint``).
+
+    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state.
+
+    :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation, inference and the saved LoRA
+
+
+@hookspec
+def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace) -> None:
+    """The script has built a CogVideoX pipeline (validation, final test, or ``cogvx_ext.inference``).
+
+    Adapt it in place so inference sees what training saw (positional embeddings, RoPE).
+
+    :param pipe: a ``CogVideoXPipeline`` or ``CogVideoXImageToVideoPipeline``.
+    :param args: the parsed arguments, or the recorded training settings at inference.
+    """
+
+
+@hookspec
+def cogvx_validation_args(pipeline_args: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Return variants of one validation call's pipeline arguments (e.g. other resolutions).
+
+    The script's ``log_validation`` runs once per returned variant; if no plugin returns any,
+    it runs once with ``pipeline_args`` unchanged.
+
+    :param pipeline_args: what the script passes to the pipeline (prompt, height, width, ...).
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec
+def cogvx_lora_metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """Return settings to record with the saved LoRA (JSON-serialisable).
+
+    The core writes every plugin's contribution to ``cogvx_ext.json`` next to the LoRA weights,
+    so ``cogvx_ext.inference.prepare_pipeline`` can set inference up the same way.
+
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec
+def cogvx_exception(exc: BaseException, args: argparse.Namespace) -> None:
+    """An exception is escaping the script's ``main``; it propagates unchanged afterwards.
+
+    :param exc: the exception.
+    :param args: the parsed arguments.
+    """

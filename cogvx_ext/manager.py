@@ -1,0 +1,232 @@
+"""Plugin manager factory and the ``--plugins`` grammar.
+
+Grammar (pytest's ``-p`` is the model): a comma list whose items are
+
+* an entry-point name in group ``cogvx_ext`` (``aspect_bucket``),
+* ``no:NAME`` to block NAME even when listed elsewhere (``COGVX_EXT_PLUGINS``, another flag),
+* a dotted module path (``mypkg.my_plugin``),
+* a path to a ``.py`` file (``./my_plugin.py``), imported as a real module so that its classes
+  pickle for DataLoader workers.
+
+A plugin object may be a module, a class (instantiated once per run, so per-run state lives on the
+instance), or any other object with hook implementations. Only named plugins are loaded:
+installing a plugin package never changes a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from cogvx_ext import hookspecs
+from cogvx_ext.errors import UsageError
+
+ENTRY_POINT_GROUP = "cogvx_ext"
+ENV_PLUGINS = "COGVX_EXT_PLUGINS"
+ENV_TRACE = "COGVX_EXT_TRACE"
+CORE_PLUGIN_NAME = "cogvx_ext.defaults"
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """What the user asked for: plugins in load order, and names blocked with ``no:``."""
+
+    wanted: tuple[str, ...]
+    blocked: frozenset[str]
+
+
+def parse_plugin_list(values: Iterable[str | None]) -> PluginChoice:
+    """Split comma lists (from the environment, flags, or Python) into wanted and blocked names."""
+    wanted: list[str] = []
+    blocked: set[str] = set()
+    for value in values:
+        for item in (value or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item.startswith("no:"):
+                blocked.add(plugin_name(item[3:]))
+            elif item not in wanted:
+                wanted.append(item)
+    return PluginChoice(tuple(w for w in wanted if plugin_name(w) not in blocked), frozenset(blocked))
+
+
+def plugin_name(item: str) -> str:
+    """The name a plugin is registered under: entry-point name, module path, or file stem."""
+    return Path(item).stem if _is_path(item) else item
+
+
+def _is_path(item: str) -> bool:
+    return item.endswith(".py") or os.sep in item or "/" in item
+
+
+def installed_plugins() -> dict[str, metadata.EntryPoint]:
+    """Entry points in group ``cogvx_ext``, by name."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    """A fresh manager with every hook spec and the core defaults; one per run."""
+    from cogvx_ext import defaults
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(defaults.CoreDefaults(), name=CORE_PLUGIN_NAME)
+    if os.environ.get(ENV_TRACE, "") not in ("", "0"):
+        pm.trace.root.setwriter(lambda message: sys.stderr.write(f"cogvx-ext trace: {message}"))
+        pm.enable_tracing()
+    return pm
+
+
+def load_plugins(pm: pluggy.PluginManager, choice: PluginChoice) -> list[str]:
+    """Import and register every wanted plugin; returns their names in load order."""
+    for name in choice.blocked:
+        pm.set_blocked(name)
+    names = []
+    for item in choice.wanted:
+        name, plugin = _import_plugin(item)
+        if pm.is_registered(plugin) or pm.has_plugin(name):
+            continue
+        register_plugin(pm, plugin, name)
+        names.append(name)
+    check_hooks(pm)
+    return names
+
+
+def register_plugin(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Register one plugin, turning pluggy's validation error into one line naming plugin and hook."""
+    if inspect.isclass(plugin):
+        plugin = plugin()
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise UsageError(f"plugin '{name}' was rejected: {_validation_reason(pm, exc)}") from None
+
+
+def check_hooks(pm: pluggy.PluginManager) -> None:
+    """Reject implementations of hooks that do not exist (a misspelled hook would do nothing)."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise UsageError(f"plugin '{pm.get_name(exc.plugin)}' was rejected: {_validation_reason(pm, exc)}") from None
+
+
+def _validation_reason(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    message = str(exc)
+    if message.startswith("unknown hook"):
+        hook = message.split("'")[1]
+        close = difflib.get_close_matches(hook, _hook_names(pm), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (hook names are listed in hooks.md)"
+        return f"it implements unknown hook '{hook}'{hint}"
+    # pluggy: "Plugin 'x' for hook 'h'\nhookimpl definition: h(a, b)\nArgument(s) {'b'} are declared
+    # in the hookimpl but can not be found in the hookspec"
+    lines = message.splitlines()
+    hook = lines[0].split("'")[3] if lines[0].count("'") >= 4 else "?"
+    detail = lines[-1] if len(lines) > 1 else message
+    if "can not be found in the hookspec" in detail:
+        spec_args = getattr(pm.hook, hook).spec.argnames if hasattr(pm.hook, hook) else ()
+        bad = detail.split("{", 1)[-1].split("}", 1)[0]
+        return f"its {hook} takes argument(s) {{{bad}}} that the hook does not have (it has: {', '.join(spec_args)})"
+    return f"hook '{hook}': {detail}"
+
+
+def _hook_names(pm: pluggy.PluginManager) -> list[str]:
+    """Hooks with a spec (pluggy also keeps callers for unknown names it has seen)."""
+    return [name for name in dir(pm.hook) if name.startswith("cogvx_") and getattr(pm.hook, name).spec is not None]
+
+
+def _import_plugin(item: str) -> tuple[str, Any]:
+    """Resolve one grammar item to (name, plugin object)."""
+    if _is_path(item):
+        return plugin_name(item), _import_file(item)
+    entry_points = installed_plugins()
+    if item in entry_points:
+        try:
+            return item, entry_points[item].load()
+        except Exception as exc:  # report which plugin failed, keep the cause attached
+            raise ImportError(f"cogvx-ext: plugin '{item}' failed to import: {exc}") from exc
+    if "." in item:
+        try:
+            return item, importlib.import_module(item)
+        except ModuleNotFoundError as exc:
+            if exc.name and item.startswith(exc.name):
+                raise UsageError(_unknown_message(item, entry_points)) from None
+            raise ImportError(f"cogvx-ext: plugin '{item}' failed to import: {exc}") from exc
+    raise UsageError(_unknown_message(item, entry_points))
+
+
+def _unknown_message(item: str, entry_points: dict[str, Any]) -> str:
+    names = ", ".join(sorted(entry_points)) or "none"
+    close = difflib.get_close_matches(item, list(entry_points), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (
+        f"unknown plugin '{item}': {hint}installed plugins: {names} "
+        "(a dotted module path or a path to a .py file also works)"
+    )
+
+
+def _import_file(item: str) -> Any:
+    path = Path(item).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"plugin file '{item}' does not exist")
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if getattr(existing, "__file__", None) and Path(existing.__file__).resolve() == path:
+            return existing
+        raise UsageError(
+            f"plugin file '{item}' is named like the already imported module '{name}': rename the file"
+        )
+    # As tox does for toxfile.py: import by name with the folder briefly on sys.path, so the
+    # module is a real module (its classes pickle into DataLoader worker processes).
+    sys.path.insert(0, str(path.parent))
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise ImportError(f"cogvx-ext: plugin '{item}' failed to import: {exc}") from exc
+    finally:
+        sys.path.remove(str(path.parent))
+
+
+def describe_installed() -> list[dict[str, Any]]:
+    """Installed plugins with their distribution version and the hooks each implements."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    rows = []
+    for name, ep in sorted(installed_plugins().items()):
+        row: dict[str, Any] = {"name": name, "value": ep.value, "version": ep.dist.version if ep.dist else "?"}
+        try:
+            plugin = ep.load()
+            register_plugin(pm, plugin, name)
+            row["hooks"] = sorted(impl.name for impl in _impls_of(pm, pm.get_plugin(name)))
+        except Exception as exc:  # one broken plugin must not hide the others
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    return rows
+
+
+def _impls_of(pm: pluggy.PluginManager, plugin: Any):
+    for caller in pm.get_hookcallers(plugin) or ():
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                yield caller
+
+
+def chosen_hooks(pm: pluggy.PluginManager) -> set[str]:
+    """Names of the hooks implemented by the plugins the user chose (the core defaults excluded)."""
+    core = pm.get_plugin(CORE_PLUGIN_NAME)
+    names = set()
+    for name in _hook_names(pm):
+        if any(impl.plugin is not core for impl in getattr(pm.hook, name).get_hookimpls()):
+            names.add(name)
+    return names

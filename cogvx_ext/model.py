@@ -1,0 +1,99 @@
+"""Positional facts of a CogVideoX transformer, read from its config.
+
+Everything here follows ../shared/docs/cogvideox-facts.md: 2b uses sin-cos, 5b RoPE of the 1.0
+(linspace + crop) kind, 1.5 RoPE of the slice kind with patch_size_t = 2, 5b-I2V a learned table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+# The CogVideoX VAE compresses 8x in space and 4x in time for every released model.
+VAE_SPATIAL = 8
+VAE_TEMPORAL = 4
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    in_channels: int
+    out_channels: int
+    patch_size: int
+    patch_size_t: int | None
+    rotary: bool
+    learned_posemb: bool
+    sample_height: int  # latent units
+    sample_width: int
+    sample_frames: int  # pixel frames
+    attention_head_dim: int
+    ofs: bool
+    temporal_compression_ratio: int = VAE_TEMPORAL
+
+    @classmethod
+    def from_config(cls, config) -> ModelInfo:
+        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        return cls(
+            in_channels=get("in_channels", 16),
+            out_channels=get("out_channels", 16),
+            patch_size=get("patch_size", 2),
+            patch_size_t=get("patch_size_t", None),
+            rotary=bool(get("use_rotary_positional_embeddings", False)),
+            learned_posemb=bool(get("use_learned_positional_embeddings", False)),
+            sample_height=get("sample_height", 60),
+            sample_width=get("sample_width", 90),
+            sample_frames=get("sample_frames", 49),
+            attention_head_dim=get("attention_head_dim", 64),
+            ofs=get("ofs_embed_dim", None) is not None,
+            temporal_compression_ratio=get("temporal_compression_ratio", VAE_TEMPORAL),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str, subfolder: str = "transformer") -> ModelInfo | None:
+        """Read a local diffusers checkpoint's transformer config; None when it is not a local folder."""
+        config = os.path.join(path, subfolder, "config.json")
+        if not os.path.isfile(config):
+            return None
+        with open(config, encoding="utf-8") as f:
+            return cls.from_config(json.load(f))
+
+    @property
+    def is_i2v(self) -> bool:
+        # I2V models take the noised video latents and the image latents stacked on channels.
+        return self.in_channels == 2 * self.out_channels
+
+    @property
+    def version(self) -> str:
+        return "1.5" if self.patch_size_t else "1.0"
+
+    @property
+    def name(self) -> str:
+        """The released model these settings match: 2b, 5b, 5b-I2V, 1.5-5B or 1.5-5B-I2V."""
+        if self.version == "1.5":
+            return "1.5-5B-I2V" if self.is_i2v else "1.5-5B"
+        if self.is_i2v:
+            return "5b-I2V"
+        return "5b" if self.rotary else "2b"
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE 8 x patch 2 = 16)."""
+        return VAE_SPATIAL * self.patch_size
+
+    def latent_frames(self, pixel_frames: int) -> int:
+        return (pixel_frames - 1) // self.temporal_compression_ratio + 1
+
+    def valid_frame_count(self, pixel_frames: int) -> bool:
+        """4k+1 pixel frames; for 1.5 also an even latent count (odd ones need padding)."""
+        if pixel_frames < 1 or (pixel_frames - 1) % self.temporal_compression_ratio:
+            return False
+        return not (self.patch_size_t and self.latent_frames(pixel_frames) % self.patch_size_t)
+
+    def latent_shape(self, pixel_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return (self.latent_frames(pixel_frames), height // VAE_SPATIAL, width // VAE_SPATIAL)
+
+    def tokens(self, latent_shape: tuple[int, int, int]) -> int:
+        """Video tokens the transformer sees for one sample of this latent shape."""
+        f, h, w = latent_shape
+        pt = self.patch_size_t or 1
+        return ((f + pt - 1) // pt) * (h // self.patch_size) * (w // self.patch_size)

@@ -1,0 +1,503 @@
+"""The only module that knows the diffusers CogVideoX training scripts' internals.
+
+``train_cogvideox_lora.py`` (T2V) and ``train_cogvideox_image_to_video_lora.py`` (I2V) look every
+collaborator up in their module globals when ``main`` runs, so replacing a global between
+``get_args()`` and ``main(args)`` changes what ``main`` uses, without editing the file
+(../shared/docs/seams.md has the map). Each seam below replaces one or a few globals, and is
+installed only when a chosen plugin implements a hook that needs it:
+
+=================================  ============================================================
+seam (script globals)               what it does
+=================================  ============================================================
+``main``                            fires ``cogvx_exception``; removes what the run installed
+``Accelerator``                     fires ``cogvx_accelerator_ready``; plugin state is saved and
+                                    loaded with ``save_state``/``load_state``; ``accelerator.log``
+                                    fires ``cogvx_step_end``; nccl becomes gloo without CUDA
+``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
+``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
+``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
+``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share)
+``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``
+``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save
+=================================  ============================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+from typing import Any
+
+import torch
+
+from cogvx_ext.errors import UsageError
+from cogvx_ext.hookspecs import hookimpl
+
+T2V_PIPELINE = "CogVideoXPipeline"
+I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
+STATE_FILE = "cogvx_ext_state.json"
+LORA_METADATA_FILE = "cogvx_ext.json"
+
+DATA_HOOKS = ("cogvx_clip_targets", "cogvx_load_pixels", "cogvx_encode_sample", "cogvx_batch_sampler")
+FORWARD_HOOKS = ("cogvx_transformer_forward", "cogvx_rotary_embedding", "cogvx_transformer_output")
+
+
+def script_kind(namespace: dict) -> str:
+    return "i2v" if I2V_PIPELINE in namespace else "t2v"
+
+
+def needed_globals(run) -> dict[str, list[str]]:
+    """Script globals each chosen hook needs: {global name: [hooks that need it]}."""
+    pipeline = I2V_PIPELINE if script_kind(run.module.__dict__) == "i2v" else T2V_PIPELINE
+    by_hook = {
+        "cogvx_accelerator_ready": ["Accelerator"],
+        "cogvx_step_end": ["Accelerator"],
+        "cogvx_state_dict": ["Accelerator"],
+        "cogvx_load_state_dict": ["Accelerator"],
+        "cogvx_transformer_loaded": ["CogVideoXTransformer3DModel"],
+        "cogvx_vae_loaded": ["AutoencoderKLCogVideoX"],
+        "cogvx_transformer_forward": ["CogVideoXTransformer3DModel", pipeline],
+        "cogvx_rotary_embedding": ["CogVideoXTransformer3DModel", "prepare_rotary_positional_embeddings", pipeline],
+        "cogvx_transformer_output": ["CogVideoXTransformer3DModel", pipeline],
+        "cogvx_pipeline_loaded": [pipeline, "log_validation"],
+        "cogvx_validation_args": ["log_validation"],
+        "cogvx_lora_metadata": [pipeline],
+        "cogvx_exception": ["main"],
+        **{hook: ["VideoDataset", "DataLoader", "AutoencoderKLCogVideoX", "Accelerator"] for hook in DATA_HOOKS},
+    }
+    needed: dict[str, list[str]] = {"get_args": ["cogvx-ext itself"], "main": ["cogvx-ext itself"]}
+    for hook in run.chosen:
+        for name in by_hook.get(hook, ()):
+            needed.setdefault(name, []).append(hook)
+    return needed
+
+
+def check(run) -> None:
+    """Stop before patching if the loaded script lacks a global that a chosen plugin needs."""
+    namespace = run.module.__dict__
+    for name, hooks in needed_globals(run).items():
+        if name not in namespace:
+            users = sorted({p for p in _plugins_implementing(run, hooks)}) or ["cogvx-ext"]
+            raise UsageError(
+                f"{os.path.basename(run.script)} has no module-level '{name}', a seam that "
+                f"{', '.join(users)} need(s) ({', '.join(sorted(set(hooks)))}); cogvx-ext supports the diffusers "
+                "examples/cogvideo/train_cogvideox_lora.py and train_cogvideox_image_to_video_lora.py"
+            )
+
+
+def _plugins_implementing(run, hooks):
+    for hook in hooks:
+        caller = getattr(run.hook, hook, None)
+        for impl in caller.get_hookimpls() if caller else ():
+            if impl.plugin_name != "cogvx_ext.defaults":
+                yield impl.plugin_name
+
+
+def install(run) -> None:
+    """Check, then replace the script globals the chosen plugins need."""
+    from cogvx_ext.manager import chosen_hooks
+
+    run.chosen = chosen_hooks(run.pm)
+    if not run.plugin_names:
+        return
+    check(run)
+    g = run.module.__dict__
+    run.kind = script_kind(g)
+    g["main"] = _wrap_main(run, g["main"])
+    if "Accelerator" in g:
+        g["Accelerator"] = _accelerator_factory(run, g["Accelerator"])
+    if "CogVideoXTransformer3DModel" in g:
+        g["CogVideoXTransformer3DModel"] = _LoaderProxy(g["CogVideoXTransformer3DModel"], functools.partial(_transformer_loaded, run))
+    if "AutoencoderKLCogVideoX" in g:
+        g["AutoencoderKLCogVideoX"] = _LoaderProxy(g["AutoencoderKLCogVideoX"], functools.partial(_vae_loaded, run))
+    if "cogvx_rotary_embedding" in run.chosen and "prepare_rotary_positional_embeddings" in g:
+        g["prepare_rotary_positional_embeddings"] = _rope_from_forward_hook
+    if any(h in run.chosen for h in DATA_HOOKS):
+        run.pm.register(ScriptEncoding(run), name="cogvx_ext.script_encoding")
+        g["VideoDataset"] = functools.partial(ScriptDataset, run)
+        g["DataLoader"] = functools.partial(_make_dataloader, run, g["DataLoader"])
+    pipeline = I2V_PIPELINE if run.kind == "i2v" else T2V_PIPELINE
+    if pipeline in g and run.chosen & {"cogvx_pipeline_loaded", "cogvx_lora_metadata", *FORWARD_HOOKS}:
+        g[pipeline] = _PipelineProxy(run, g[pipeline])
+    if "log_validation" in g and run.chosen & {"cogvx_pipeline_loaded", "cogvx_validation_args"}:
+        g["log_validation"] = _wrap_log_validation(run, g["log_validation"])
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def _wrap_main(run, real_main):
+    @functools.wraps(real_main)
+    def main(args):
+        try:
+            return real_main(args)
+        except BaseException as exc:
+            if not isinstance(exc, SystemExit):
+                run.hook.cogvx_exception(exc=exc, args=args)
+            raise
+
+    return main
+
+
+# ---------------------------------------------------------------------------------------------
+# Accelerator
+
+
+def _accelerator_factory(run, real_accelerator):
+    @functools.wraps(real_accelerator)
+    def make_accelerator(*args, **kwargs):
+        if not torch.cuda.is_available():
+            # The I2V script hard-codes InitProcessGroupKwargs(backend="nccl"), which cannot run
+            # without CUDA; gloo is what accelerate picks by itself on CPU.
+            kwargs["kwargs_handlers"] = [_without_nccl(h) for h in kwargs.get("kwargs_handlers") or []]
+        accelerator = real_accelerator(*args, **kwargs)
+        run.accelerator = accelerator
+        if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
+            accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
+            accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
+        if "cogvx_step_end" in run.chosen:
+            accelerator.log = _log_with_step_end(run, accelerator, accelerator.log)
+        run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
+        return accelerator
+
+    return make_accelerator
+
+
+def _without_nccl(handler):
+    if getattr(handler, "backend", None) == "nccl":
+        import dataclasses
+
+        return dataclasses.replace(handler, backend="gloo")
+    return handler
+
+
+def _log_with_step_end(run, accelerator, real_log):
+    # accelerate's log() only does something on the main process; the hook fires on every rank so
+    # that per-rank plugin state (the sampler's position) stays the same everywhere.
+    def log(values, step=None, log_kwargs=None):
+        run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator)
+        return real_log(values, step=step, log_kwargs=log_kwargs or {})
+
+    return log
+
+
+def _save_plugin_state(run, models, weights, output_dir):
+    from cogvx_ext.io import write_json_atomic
+
+    states = {}
+    for impl in run.hook.cogvx_state_dict.get_hookimpls():
+        state = impl.function()
+        if state is not None:
+            states[impl.plugin_name] = state
+    if states:
+        write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states})
+
+
+def _load_plugin_state(run, models, input_dir):
+    path = os.path.join(input_dir, STATE_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        states = json.load(f).get("plugins", {})
+    for impl in run.hook.cogvx_load_state_dict.get_hookimpls():
+        if impl.plugin_name in states:
+            impl.function(states[impl.plugin_name])
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class _LoaderProxy:
+    """Stands in for a diffusers model class: the scripts only call ``from_pretrained`` on it."""
+
+    def __init__(self, real_class, on_loaded):
+        self._real_class = real_class
+        self._on_loaded = on_loaded
+
+    def from_pretrained(self, *args, **kwargs):
+        model = self._real_class.from_pretrained(*args, **kwargs)
+        self._on_loaded(model)
+        return model
+
+    def __getattr__(self, name):
+        return getattr(self._real_class, name)
+
+
+def _transformer_loaded(run, transformer) -> None:
+    from cogvx_ext.forward import install_forward_hooks
+    from cogvx_ext.model import ModelInfo
+
+    run.transformer = transformer
+    run.model = ModelInfo.from_config(transformer.config)  # the loaded config is the authority
+    run.check_requirements()
+    run.hook.cogvx_transformer_loaded(transformer=transformer, args=run.args)
+    install_forward_hooks(transformer, run.hook, run.model)
+
+
+def _rope_from_forward_hook(*args, **kwargs):
+    # A chosen plugin computes RoPE from the tensor that reaches the transformer (cogvx_ext.forward);
+    # the script's own per-step embedding, from --height/--width, would be thrown away.
+    return None
+
+
+def _vae_loaded(run, vae) -> None:
+    run.vae = vae
+    run.hook.cogvx_vae_loaded(vae=vae, args=run.args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: VideoDataset, the encoding loop, DataLoader
+#
+# The scripts build VideoDataset (which decodes every clip), then run their own encoding loop over
+# `train_dataset.instance_videos` calling a closure `encode_video` -> `vae.encode(...)`, and finally
+# assign the encoded list back to `train_dataset.instance_videos`. The T2V script spreads that loop
+# over ranks and broadcasts with `torch.empty_like` of the first local latent, which reshapes other
+# clips' latents when shapes differ. So the real work happens in cogvx_ext.dataset when the loop
+# first touches `instance_videos`; the loop itself then runs on tiny stand-in tensors, `vae.encode`
+# answers them with a fixed-size stand-in posterior, and the assignment installs the real
+# posteriors, which every rank already holds.
+
+_STANDIN_SHAPE = (2, 3, 1, 1)  # [F, C, H, W]: no real video is 1x1 pixels
+
+
+class _StandInVideos:
+    """What the script's encoding loop iterates: one stand-in per sample, encoding on first touch."""
+
+    def __init__(self, dataset: ScriptDataset):
+        self._dataset = dataset
+
+    def __len__(self):
+        return len(self._dataset.samples)
+
+    def __getitem__(self, index):
+        if not isinstance(index, int):
+            raise TypeError("instance_videos takes integer indices")
+        self._dataset.encode()
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return torch.zeros(_STANDIN_SHAPE)
+
+    def __iter__(self):
+        self._dataset.encode()
+        for _ in range(len(self)):
+            yield torch.zeros(_STANDIN_SHAPE)
+
+
+class ScriptDataset(torch.utils.data.Dataset):
+    """Takes the place of the script's VideoDataset, with the attributes and items it has.
+
+    T2V items: ``{"instance_prompt": id_token + prompt, "instance_video": posterior}``.
+    I2V items: the prompt is prefixed at construction, because the I2V script replaces
+    ``instance_prompts`` by prompt embeddings after construction and returns them as they are.
+    """
+
+    def __init__(self, run, **kwargs):
+        from cogvx_ext.dataset import plan_samples, read_listing, report_skipped
+
+        self.run = run
+        self.kind = run.kind
+        self.id_token = kwargs.get("id_token") or ""
+        if kwargs.get("dataset_name"):
+            raise UsageError(
+                "cogvx-ext data plugins read a local dataset (--instance_data_root with --caption_column and "
+                "--video_column files), not --dataset_name"
+            )
+        entries, skipped = read_listing(kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"])
+        accelerator = run.accelerator
+        progress = accelerator is None or accelerator.is_local_main_process
+        samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
+        self.skipped = skipped + more_skipped
+        if progress:
+            report_skipped(self.skipped)
+        if getattr(run.args, "bucket_strict", False) and self.skipped:
+            report_skipped(self.skipped, strict=True)
+        if not samples:
+            raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
+        self.samples = samples
+        prefix = self.id_token if self.kind == "i2v" else ""
+        self.instance_prompts = [prefix + s.clip.prompt for s in samples]
+        self.instance_video_paths = [s.clip.path for s in samples]
+        self.num_instance_videos = len(samples)
+        self._posteriors = None
+        self._videos: Any = _StandInVideos(self)
+        run.dataset = self
+        _answer_stand_ins(run)
+
+    # The script reads and then replaces this attribute.
+    @property
+    def instance_videos(self):
+        return self._videos
+
+    @instance_videos.setter
+    def instance_videos(self, encoded):
+        if isinstance(self._videos, _StandInVideos) and self._posteriors is not None:
+            if len(encoded) != len(self._posteriors):
+                raise RuntimeError(f"the script encoded {len(encoded)} items for {len(self._posteriors)} samples")
+            encoded = self._posteriors  # the real posteriors, in dataset order, on every rank
+            _stop_answering_stand_ins(self.run)
+        self._videos = encoded
+
+    def encode(self) -> None:
+        """Decode and encode this rank's share once, then share with the other ranks."""
+        if self._posteriors is not None:
+            return
+        from cogvx_ext.dataset import encode_samples
+
+        accelerator = self.run.accelerator
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        progress = accelerator is None or accelerator.is_local_main_process
+        self._posteriors = encode_samples(self.run.hook, self.samples, self.run.vae, self.run.args, rank, world, progress)
+
+    def __len__(self):
+        return self.num_instance_videos
+
+    def __getitem__(self, index):
+        if self.kind == "i2v":
+            return {"instance_prompt": self.instance_prompts[index], "instance_video": self._videos[index]}
+        return {"instance_prompt": self.id_token + self.instance_prompts[index], "instance_video": self._videos[index]}
+
+
+def _answer_stand_ins(run) -> None:
+    vae = run.vae
+    if vae is None or "encode" in vae.__dict__:
+        return
+    real_encode = vae.encode
+
+    @functools.wraps(real_encode)
+    def encode(x, *args, **kwargs):
+        if tuple(x.shape[-2:]) == _STANDIN_SHAPE[-2:]:
+            return _StandInOutput(x.device)
+        return real_encode(x, *args, **kwargs)
+
+    vae.encode = encode
+
+
+def _stop_answering_stand_ins(run) -> None:
+    if run.vae is not None:
+        run.vae.__dict__.pop("encode", None)
+
+
+class _StandInOutput:
+    """Looks like ``AutoencoderKLOutput``; its posterior has one fixed shape on every rank."""
+
+    def __init__(self, device):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        self.latent_dist = DiagonalGaussianDistribution(torch.zeros(1, 2, 1, 1, 1, device=device))
+
+
+class ScriptEncoding:
+    """The scripts' own ``encode_video`` recipe, as the trylast ``cogvx_encode_sample``."""
+
+    def __init__(self, run):
+        self.run = run
+
+    @hookimpl(trylast=True)
+    def cogvx_encode_sample(self, sample, vae):
+        pixels = self.run.hook.cogvx_load_pixels(sample=sample, args=self.run.args)
+        video = pixels.to(vae.device, dtype=vae.dtype).unsqueeze(0).permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
+        latent_dist = vae.encode(video).latent_dist
+        if self.run.kind != "i2v":
+            return latent_dist
+        # The I2V script conditions on the first frame with a little noise, sigma = exp(N(-3, 0.5)),
+        # drawn once per clip when it encodes.
+        image = video[:, :, :1]
+        sigma = torch.exp(torch.normal(mean=-3.0, std=0.5, size=(1,), device=image.device)).to(image.dtype)
+        noisy_image = image + torch.randn_like(image) * sigma[:, None, None, None, None]
+        return latent_dist, vae.encode(noisy_image).latent_dist
+
+
+def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
+    if not isinstance(dataset, ScriptDataset):
+        return real_dataloader(dataset, *args, **kwargs)
+    batch_size = kwargs.get("batch_size", args[0] if args else 1)
+    accelerator = run.accelerator
+    sampler = run.hook.cogvx_batch_sampler(
+        samples=dataset.samples,
+        batch_size=batch_size,
+        num_replicas=accelerator.num_processes if accelerator else 1,
+        args=run.args,
+        model=run.model,
+    )
+    if sampler is None:
+        return real_dataloader(dataset, *args, **kwargs)
+    for name in ("batch_size", "shuffle", "sampler", "drop_last"):
+        kwargs.pop(name, None)
+    return real_dataloader(dataset, batch_sampler=sampler, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and the saved LoRA
+
+
+class _PipelineProxy:
+    """Stands in for the script's pipeline class: adapts loaded pipelines, records LoRA metadata."""
+
+    def __init__(self, run, real_class):
+        self._run = run
+        self._real_class = real_class
+
+    def from_pretrained(self, *args, **kwargs):
+        pipe = self._real_class.from_pretrained(*args, **kwargs)
+        prepare_loaded_pipeline(self._run, pipe)
+        return pipe
+
+    def save_lora_weights(self, *args, **kwargs):
+        result = self._real_class.save_lora_weights(*args, **kwargs)
+        directory = kwargs.get("save_directory", args[0] if args else None)
+        if directory is not None and "cogvx_lora_metadata" in self._run.chosen:
+            write_lora_metadata(self._run, directory)
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._real_class, name)
+
+
+def prepare_loaded_pipeline(run, pipe) -> None:
+    """Give a freshly loaded pipeline what the training transformer has (forward hooks, adaptation)."""
+    from cogvx_ext.forward import install_forward_hooks
+    from cogvx_ext.model import ModelInfo
+
+    if getattr(pipe, "_cogvx_ext_prepared", False):
+        return
+    install_forward_hooks(pipe.transformer, run.hook, run.model or ModelInfo.from_config(pipe.transformer.config))
+    run.hook.cogvx_pipeline_loaded(pipe=pipe, args=run.args)
+    pipe._cogvx_ext_prepared = True
+
+
+def write_lora_metadata(run, directory: str) -> None:
+    from cogvx_ext import __version__
+    from cogvx_ext.io import write_json_atomic
+
+    settings: dict[str, Any] = {}
+    for part in run.hook.cogvx_lora_metadata(args=run.args):
+        settings.update(part or {})
+    write_json_atomic(
+        os.path.join(directory, LORA_METADATA_FILE),
+        {
+            "cogvx_ext_version": __version__,
+            "plugins": run.plugin_names,
+            "model": run.model.name if run.model else None,
+            "settings": settings,
+        },
+    )
+
+
+def _wrap_log_validation(run, real_log_validation):
+    parameters = list(inspect.signature(real_log_validation).parameters)
+
+    @functools.wraps(real_log_validation)
+    def log_validation(*args, **kwargs):
+        bound = dict(zip(parameters, args), **kwargs)
+        prepare_loaded_pipeline(run, bound["pipe"])
+        variants = [v for vs in run.hook.cogvx_validation_args(pipeline_args=bound["pipeline_args"], args=run.args) for v in vs or ()]
+        videos = []
+        for pipeline_args in variants or [bound["pipeline_args"]]:
+            videos.extend(real_log_validation(**{**bound, "pipeline_args": pipeline_args}) or [])
+        return videos
+
+    return log_validation

@@ -1,0 +1,1 @@
+"""Built-in cogvx-ext plugins, installed as the cogvx_ext_plugins package."""

@@ -1,0 +1,193 @@
+"""The three ways in (start-up hook, runner, load_trainer), in real processes where it matters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cogvx_ext
+from cogvx_ext import UsageError
+
+HERE = Path(__file__).parent
+ECHO = str(HERE / "trainers" / "echo_trainer.py")
+FLAG_PLUGIN = str(HERE / "plugins" / "flag_plugin.py")
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, env=None, cwd=None, timeout=120):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def echoed(result) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line)["args"] for line in result.stdout.splitlines() if line.startswith('{"args"')]
+
+
+def test_startup_hook_adds_plugin_flags_to_the_training_script():
+    [args] = echoed(run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN, "--height", "96", "--flag_from_plugin", "3"]))
+    assert args["height"] == 96
+    assert args["flag_from_plugin"] == 3
+    assert args["configured_by"] == "flag_plugin"
+
+
+def test_startup_hook_takes_plugins_from_the_environment():
+    [args] = echoed(run([sys.executable, ECHO], env={"COGVX_EXT_PLUGINS": FLAG_PLUGIN}))
+    assert args["configured_by"] == "flag_plugin"
+
+
+def test_startup_hook_flags_appear_in_script_help():
+    result = run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN, "--help"])
+    assert result.returncode == 0
+    assert "--flag_from_plugin" in result.stdout
+    assert "--plugins LIST" in result.stdout
+    assert "Loaded: flag_plugin" in result.stdout
+
+
+def test_startup_hook_is_off_with_cogvx_ext_disable():
+    result = run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN], env={"COGVX_EXT_DISABLE": "1"})
+    assert result.returncode == 2
+    assert "unrecognized arguments: --plugins" in result.stderr
+
+
+def test_inactive_process_keeps_argparse_untouched():
+    code = "import argparse, sys; print(argparse.ArgumentParser.parse_args.__module__, 'cogvx_ext.activation' in sys.modules)"
+    result = run([sys.executable, "-c", code])
+    assert result.stdout.split() == ["argparse", "False"]
+
+
+def test_other_parsers_with_plugins_in_argv_are_left_alone():
+    # A program that has its own --plugins flag: the hook is active (argv holds --plugins) but
+    # this parser is not a training script's get_args(), so it parses as usual.
+    code = (
+        "import argparse\n"
+        "def get_args():\n"
+        "    p = argparse.ArgumentParser(); p.add_argument('--plugins'); return p.parse_args()\n"
+        "print(get_args().plugins)\n"
+    )
+    result = run([sys.executable, "-c", code, "--plugins", "nosuchplugin"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "nosuchplugin"
+
+
+def test_environment_alone_leaves_non_training_scripts_alone(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import argparse\n"
+        "def get_args():\n"
+        "    p = argparse.ArgumentParser(); p.add_argument('--x', default='1'); return p.parse_args()\n"
+        "print(get_args().x)\n"
+    )
+    result = run([sys.executable, str(script), "--x", "2"], env={"COGVX_EXT_PLUGINS": "nosuchplugin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+
+
+def test_unknown_plugin_is_one_line_and_exit_status_2():
+    result = run([sys.executable, ECHO, "--plugins", "nosuchplugin"])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cogvx-ext: unknown plugin 'nosuchplugin'")
+    assert "aspect_bucket" in lines[0] and "rope_rescale" in lines[0]
+
+
+def test_activation_is_idempotent():
+    from cogvx_ext import activation
+
+    activation.activate_from_startup()
+    wrapper = argparse.ArgumentParser.parse_args
+    activation.activate_from_startup()
+    assert argparse.ArgumentParser.parse_args is wrapper
+    assert activation._original_parse_args is not wrapper
+    # Run the .pth line itself twice, as CPython does in a virtual environment.
+    result = run([sys.executable, "-c", "import cogvx_ext._startup, importlib, cogvx_ext._startup as s; importlib.reload(s)", ECHO])
+    assert result.returncode == 0, result.stderr
+
+
+def test_runner_python_dash_m(tmp_path):
+    [args] = echoed(run([sys.executable, "-m", "cogvx_ext", ECHO, "--plugins", FLAG_PLUGIN, "--width", "160"]))
+    assert args["width"] == 160 and args["configured_by"] == "flag_plugin"
+
+
+def test_runner_console_script_without_startup_hook(tmp_path):
+    # With the start-up hook disabled the runner alone brings the plugins in.
+    result = run([str(BIN / "cogvx-ext"), "run", ECHO, "--plugins", FLAG_PLUGIN], env={"COGVX_EXT_DISABLE": "1"})
+    [args] = echoed(result)
+    assert args["configured_by"] == "flag_plugin"
+
+
+def test_runner_unknown_plugin_exit_status():
+    result = run([str(BIN / "cogvx-ext"), "run", ECHO, "--plugins", "nosuchplugin"])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "unknown plugin 'nosuchplugin'" in result.stderr
+
+
+def test_load_trainer_returns_module_before_main(capsys):
+    trainer = cogvx_ext.load_trainer(ECHO, plugins=[FLAG_PLUGIN], argv=["--height", "64"])
+    assert capsys.readouterr().out == ""  # main has not run
+    args = trainer.get_args()
+    assert args.height == 64 and args.flag_from_plugin == 7
+    assert trainer.cogvx_run.plugin_names == ["flag_plugin"]
+    trainer.main(args)
+    assert json.loads(capsys.readouterr().out)["args"]["configured_by"] == "flag_plugin"
+
+
+def test_load_trainer_raises_usage_error():
+    with pytest.raises(UsageError, match="unknown plugin 'nosuchplugin'"):
+        cogvx_ext.load_trainer(ECHO, argv=["--plugins", "nosuchplugin"])
+
+
+def test_missing_seam_is_named(tmp_path):
+    plugin = tmp_path / "sampler_plugin.py"
+    plugin.write_text("from cogvx_ext import hookimpl\n\n@hookimpl\ndef cogvx_batch_sampler(samples):\n    return None\n")
+    with pytest.raises(UsageError) as info:
+        cogvx_ext.load_trainer(ECHO, argv=["--plugins", str(plugin)])
+    assert "echo_trainer.py has no module-level 'DataLoader'" in str(info.value)
+    assert "sampler_plugin" in str(info.value)
+
+
+def test_plugin_requirements_stop_the_run_at_start(tmp_path):
+    model = tmp_path / "model" / "transformer"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"use_rotary_positional_embeddings": True}))
+    argv = ["--plugins", str(HERE / "plugins" / "needs_rope.py"), "--pretrained_model_name_or_path", str(model.parent)]
+    result = run([sys.executable, ECHO, *argv])
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cogvx-ext: 5b model: add rope_rescale to --plugins"
+    [args] = echoed(run([sys.executable, ECHO, *argv, "--plugins", "rope_rescale"]))
+    assert args["pretrained_model_name_or_path"] == str(model.parent)
+
+
+@pytest.mark.slow
+def test_accelerate_launcher_is_left_alone():
+    result = run(
+        [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", ECHO, "--plugins", FLAG_PLUGIN, "--height", "32"],
+    )
+    [args] = echoed(result)
+    assert args["height"] == 32 and args["configured_by"] == "flag_plugin"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "python -m torch.distributed.run"])
+def test_torchrun_ranks_each_load_the_plugins(launcher):
+    cmd = [str(BIN / "torchrun")] if launcher == "torchrun" else [sys.executable, "-m", "torch.distributed.run"]
+    result = run([*cmd, "--nproc_per_node", "2", ECHO, "--plugins", FLAG_PLUGIN], env={"OMP_NUM_THREADS": "1"})
+    ranks = echoed(result)
+    assert len(ranks) == 2
+    assert all(r["configured_by"] == "flag_plugin" for r in ranks)
+
+
+def test_pth_file_is_installed():
+    site_dirs = {Path(p) for p in sys.path if p.endswith("site-packages")}
+    assert any((d / "cogvx_ext.pth").is_file() for d in site_dirs), "cogvx_ext.pth missing: pip install the package"
+    assert shutil.which("cogvx-ext", path=str(BIN))
