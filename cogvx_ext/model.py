@@ -97,3 +97,40 @@ class ModelInfo:
         f, h, w = latent_shape
         pt = self.patch_size_t or 1
         return ((f + pt - 1) // pt) * (h // self.patch_size) * (w // self.patch_size)
+
+
+# Positional settings of the released checkpoints (transformer configs on the Hugging Face Hub),
+# for tools that plan without a model at hand (`cogvx-ext plan --model 5b`).
+RELEASED: dict[str, dict] = {
+    "2b": {"in_channels": 16, "out_channels": 16, "use_rotary_positional_embeddings": False},
+    "5b": {"in_channels": 16, "out_channels": 16, "use_rotary_positional_embeddings": True},
+    "5b-I2V": {
+        "in_channels": 32,
+        "out_channels": 16,
+        "use_rotary_positional_embeddings": True,
+        "use_learned_positional_embeddings": True,
+    },
+    "1.5-5B": {
+        "in_channels": 16,
+        "out_channels": 16,
+        "use_rotary_positional_embeddings": True,
+        "patch_size_t": 2,
+        "sample_height": 300,
+        "sample_width": 300,
+        "sample_frames": 81,
+    },
+    "1.5-5B-I2V": {
+        "in_channels": 32,
+        "out_channels": 16,
+        "use_rotary_positional_embeddings": True,
+        "patch_size_t": 2,
+        "sample_height": 300,
+        "sample_width": 300,
+        "sample_frames": 81,
+        "ofs_embed_dim": 512,
+    },
+}
+
+
+def released_model(name: str) -> ModelInfo:
+    return ModelInfo.from_config(RELEASED[name])

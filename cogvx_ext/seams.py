@@ -38,7 +38,6 @@ from cogvx_ext.hookspecs import hookimpl
 T2V_PIPELINE = "CogVideoXPipeline"
 I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 STATE_FILE = "cogvx_ext_state.json"
-LORA_METADATA_FILE = "cogvx_ext.json"
 
 DATA_HOOKS = ("cogvx_clip_targets", "cogvx_load_pixels", "cogvx_encode_sample", "cogvx_batch_sampler")
 FORWARD_HOOKS = ("cogvx_transformer_forward", "cogvx_rotary_embedding", "cogvx_transformer_output")
@@ -471,13 +470,14 @@ def prepare_loaded_pipeline(run, pipe) -> None:
 
 def write_lora_metadata(run, directory: str) -> None:
     from cogvx_ext import __version__
+    from cogvx_ext.inference import METADATA_FILE
     from cogvx_ext.io import write_json_atomic
 
     settings: dict[str, Any] = {}
     for part in run.hook.cogvx_lora_metadata(args=run.args):
         settings.update(part or {})
     write_json_atomic(
-        os.path.join(directory, LORA_METADATA_FILE),
+        os.path.join(directory, METADATA_FILE),
         {
             "cogvx_ext_version": __version__,
             "plugins": run.plugin_names,

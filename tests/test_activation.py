@@ -191,3 +191,23 @@ def test_pth_file_is_installed():
     site_dirs = {Path(p) for p in sys.path if p.endswith("site-packages")}
     assert any((d / "cogvx_ext.pth").is_file() for d in site_dirs), "cogvx_ext.pth missing: pip install the package"
     assert shutil.which("cogvx-ext", path=str(BIN))
+
+
+@pytest.mark.slow
+def test_installed_plugin_package_is_found_by_its_entry_point(tmp_path):
+    source = tmp_path / "plugin_package"
+    shutil.copytree(HERE.parent / "examples" / "plugin_package", source)
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(source)],
+        check=True, capture_output=True,
+    )
+    env = {"PYTHONPATH": str(site)}
+    [args] = echoed(run([sys.executable, ECHO, "--plugins", "hello", "--hello_name", "cogvx"], env=env))
+    assert args["hello_greeting"] == "hello, cogvx"
+    listing = run([str(BIN / "cogvx-ext"), "plugins"], env=env).stdout
+    assert "hello" in listing and "0.2.0" in listing and "cogvx_configure" in listing
+    # Installed but not named: the run is unchanged.
+    [args] = echoed(run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN], env=env))
+    assert "hello_greeting" not in args and "hello_name" not in args
