@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].endswith(".py"):
         argv.insert(0, "run")
     parser = _parser()
+    if argv and argv[0] == "plan":
+        # The plan takes the training script's flags and the plugins' own: its parser is built
+        # after the plugins are loaded.
+        return _guarded(lambda: _plan(argv[1:]))
     if argv and argv[0] == "run":
         # Everything after SCRIPT belongs to the script, its --help included.
         if len(argv) < 2:
@@ -28,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    return _guarded(lambda: args.handler(args))
+
+
+def _guarded(action) -> int:
     try:
-        return args.handler(args)
+        return action()
     except UsageError as exc:
         sys.stderr.write(f"cogvx-ext: {exc}\n")
         return 2
@@ -62,10 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (default: 6)")
     p.set_defaults(command="demo", handler=_demo)
 
-    p = commands.add_parser("plan", help="check the bucket plan of a dataset before a long run (reads metadata only)")
-    p.set_defaults(command="plan", handler=_plan)
-    p.add_argument("script_args", nargs=argparse.REMAINDER,
-                   help="the script's data flags and the plugins' flags, as given to the training script")
+    commands.add_parser(
+        "plan",
+        help="the bucket plan of a dataset before a long run, from clip headers only "
+        "(cogvx-ext plan --help lists its flags: the script's data flags and the plugins' own)",
+        add_help=False,
+    )
     return parser
 
 
@@ -95,10 +105,10 @@ def _demo(args) -> int:
     return run_demo(trainer=args.trainer, output_dir=args.output_dir, plugins=args.plugins, steps=args.steps)
 
 
-def _plan(args) -> int:
+def _plan(argv: list[str]) -> int:
     from cogvx_ext.plan import run_plan
 
-    return run_plan(args.script_args)
+    return run_plan(argv)
 
 
 if __name__ == "__main__":

@@ -99,14 +99,12 @@ def plan_samples(
     return samples, skipped
 
 
-def report_skipped(skipped: list[Skipped], strict: bool = False) -> None:
-    """Name every skipped clip in the training log; with ``strict`` stop instead."""
+def report_skipped(skipped: list[Skipped]) -> None:
+    """Name every skipped clip in the training log."""
     from tqdm.auto import tqdm
 
     for item in skipped:
         tqdm.write(f"cogvx-ext: skipped {item.path}: {item.reason}")
-    if strict and skipped:
-        raise UsageError(f"{len(skipped)} clip(s) cannot be used and strict mode is on; first: {skipped[0].path}: {skipped[0].reason}")
 
 
 class LatentPosterior:
@@ -146,24 +144,33 @@ class LatentPosterior:
         return tuple(self.parameters.shape)
 
 
-def encode_samples(hook: Any, samples: list[Sample], vae: Any, args: argparse.Namespace, rank: int, world: int, progress: bool) -> list[Any]:
+def encode_samples(
+    hook: Any, samples: list[Sample], vae: Any, args: argparse.Namespace, rank: int, world: int, progress: bool
+) -> tuple[list[Any], list[Skipped]]:
     """Encode this rank's share of the samples (one at a time), then share all of them.
 
-    Returns one entry per sample: a LatentPosterior, or a tuple of them (I2V: video, image).
+    Returns one entry per sample: a LatentPosterior, a tuple of them (I2V: video, image), or None
+    for a sample whose clip failed to decode (a file can pass the header probe and still be cut
+    short). Every rank gets the same Nones; the failures list (with reasons) is this rank's own.
     """
     from tqdm.auto import tqdm
 
     results: list[Any] = [None] * len(samples)
+    failed: list[Skipped] = []
     mine = range(rank, len(samples), world)
     with torch.no_grad():
         for i in tqdm(mine, desc="cogvx-ext: decoding and encoding clips", disable=not progress):
-            encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, args=args)
+            try:
+                encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, args=args)
+            except SkipClip as exc:
+                failed.append(Skipped(samples[i].clip.path, str(exc)))
+                continue
             if encoded is None:
                 raise RuntimeError(f"no plugin encoded {samples[i].clip.path}")
             results[i] = _to_cpu_posteriors(encoded)
     if world > 1:
         _share(results, world, device=_vae_device(vae), dtype=vae.dtype)
-    return results
+    return results, failed
 
 
 def _to_cpu_posteriors(encoded: Any) -> Any:
@@ -185,7 +192,7 @@ def _share(results: list[Any], world: int, device: torch.device, dtype: torch.dt
     # gloo works on CPU tensors, nccl only on CUDA ones: send through the VAE's device.
     for i in range(len(results)):
         owner = i % world
-        mine = results[i] is not None
+        mine = results[i] is not None  # on the owner, None means the clip failed: count 0 tells everyone
         parts = results[i] if isinstance(results[i], tuple) else (results[i],) if mine else None
         count = torch.tensor([len(parts) if mine else 0], dtype=torch.int64, device=device)
         dist.broadcast(count, src=owner)
@@ -204,7 +211,7 @@ def _share(results: list[Any], world: int, device: torch.device, dtype: torch.dt
                 data = torch.empty(dims, dtype=dtype, device=device)
             dist.broadcast(data, src=owner)
             received.append(LatentPosterior(data.cpu()) if not mine else parts[p])
-        if not mine:
+        if not mine and received:
             results[i] = tuple(received) if len(received) > 1 else received[0]
 
 

@@ -43,8 +43,14 @@ class CoreDefaults:
     def cogvx_load_pixels(self, sample: Sample):
         from cogvx_ext.video import read_frames
 
-        target = sample.target
-        return read_frames(sample.clip.path, list(target.frame_indices), target.crop, (target.height, target.width))
+        target, info = sample.target, sample.clip.info
+        return read_frames(
+            sample.clip.path,
+            list(target.frame_indices),
+            target.crop,
+            (target.height, target.width),
+            source_size=(info.height, info.width),
+        )
 
     @hookimpl(trylast=True)
     def cogvx_batch_sampler(self, samples: list[Sample], model: ModelInfo):

@@ -269,11 +269,14 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
 
 
 @hookspec
-def cogvx_state_dict() -> dict[str, Any] | None:
+def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
     """Return this plugin's state to save with the script's checkpoint (JSON-serialisable).
 
     Fires when the script calls ``accelerator.save_state``; the core writes every plugin's state
     to ``cogvx_ext_state.json`` in the checkpoint folder, atomically.
+
+    :param step: the optimizer step being saved (from the script's ``checkpoint-<step>`` folder
+        name), or ``None`` when the folder is named otherwise.
     """
 
 

@@ -29,6 +29,7 @@ class ModelInfo:
     attention_head_dim: int
     ofs: bool
     temporal_compression_ratio: int = VAE_TEMPORAL
+    text_tokens: int = 226  # max_text_seq_length: the text part of every sample's sequence
 
     @classmethod
     def from_config(cls, config) -> ModelInfo:
@@ -46,6 +47,7 @@ class ModelInfo:
             attention_head_dim=get("attention_head_dim", 64),
             ofs=get("ofs_embed_dim", None) is not None,
             temporal_compression_ratio=get("temporal_compression_ratio", VAE_TEMPORAL),
+            text_tokens=get("max_text_seq_length", 226),
         )
 
     @classmethod

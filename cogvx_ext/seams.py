@@ -28,6 +28,8 @@ import functools
 import inspect
 import json
 import os
+import re
+import sys
 from typing import Any
 
 import torch
@@ -136,6 +138,11 @@ def _wrap_main(run, real_main):
         except BaseException as exc:
             if not isinstance(exc, SystemExit):
                 run.hook.cogvx_exception(exc=exc, args=args)
+            if isinstance(exc, UsageError):
+                # Found once main runs (a broken dataset, a requirement known only from the loaded
+                # model): still one line and status 2, not a traceback.
+                sys.stderr.write(f"cogvx-ext: {exc}\n")
+                raise SystemExit(2) from None
             raise
 
     return main
@@ -186,9 +193,12 @@ def _log_with_step_end(run, accelerator, real_log):
 def _save_plugin_state(run, models, weights, output_dir):
     from cogvx_ext.io import write_json_atomic
 
+    match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
+    step = int(match.group(1)) if match else None
     states = {}
+    # Called one plugin at a time (not through the relay) to keep each state under its plugin's name.
     for impl in run.hook.cogvx_state_dict.get_hookimpls():
-        state = impl.function()
+        state = impl.function(**({"step": step} if "step" in impl.argnames else {}))
         if state is not None:
             states[impl.plugin_name] = state
     if states:
@@ -203,7 +213,7 @@ def _load_plugin_state(run, models, input_dir):
         states = json.load(f).get("plugins", {})
     for impl in run.hook.cogvx_load_state_dict.get_hookimpls():
         if impl.plugin_name in states:
-            impl.function(states[impl.plugin_name])
+            impl.function(**({"state": states[impl.plugin_name]} if impl.argnames else {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,35 +265,13 @@ def _vae_loaded(run, vae) -> None:
 # `train_dataset.instance_videos` calling a closure `encode_video` -> `vae.encode(...)`, and finally
 # assign the encoded list back to `train_dataset.instance_videos`. The T2V script spreads that loop
 # over ranks and broadcasts with `torch.empty_like` of the first local latent, which reshapes other
-# clips' latents when shapes differ. So the real work happens in cogvx_ext.dataset when the loop
-# first touches `instance_videos`; the loop itself then runs on tiny stand-in tensors, `vae.encode`
-# answers them with a fixed-size stand-in posterior, and the assignment installs the real
-# posteriors, which every rank already holds.
+# clips' latents when shapes differ. So the real work happens when the dataset is built (the VAE
+# is loaded and on its device by then, in both scripts): cogvx_ext.dataset streams, encodes this
+# rank's share and shares it with real shapes. The script's loop then runs on tiny stand-in tensors,
+# `vae.encode` answers them with a fixed-size stand-in posterior, and the script's assignment
+# installs the real posteriors, which every rank already holds.
 
 _STANDIN_SHAPE = (2, 3, 1, 1)  # [F, C, H, W]: no real video is 1x1 pixels
-
-
-class _StandInVideos:
-    """What the script's encoding loop iterates: one stand-in per sample, encoding on first touch."""
-
-    def __init__(self, dataset: ScriptDataset):
-        self._dataset = dataset
-
-    def __len__(self):
-        return len(self._dataset.samples)
-
-    def __getitem__(self, index):
-        if not isinstance(index, int):
-            raise TypeError("instance_videos takes integer indices")
-        self._dataset.encode()
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return torch.zeros(_STANDIN_SHAPE)
-
-    def __iter__(self):
-        self._dataset.encode()
-        for _ in range(len(self)):
-            yield torch.zeros(_STANDIN_SHAPE)
 
 
 class ScriptDataset(torch.utils.data.Dataset):
@@ -295,7 +283,7 @@ class ScriptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, run, **kwargs):
-        from cogvx_ext.dataset import plan_samples, read_listing, report_skipped
+        from cogvx_ext.dataset import encode_samples, plan_samples, read_listing, report_skipped
 
         self.run = run
         self.kind = run.kind
@@ -305,59 +293,53 @@ class ScriptDataset(torch.utils.data.Dataset):
                 "cogvx-ext data plugins read a local dataset (--instance_data_root with --caption_column and "
                 "--video_column files), not --dataset_name"
             )
-        entries, skipped = read_listing(kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"])
         accelerator = run.accelerator
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         progress = accelerator is None or accelerator.is_local_main_process
+        strict = bool(getattr(run.args, "bucket_strict", False))
+        entries, skipped = read_listing(kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"])
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
-        self.skipped = skipped + more_skipped
+        skipped += more_skipped
         if progress:
-            report_skipped(self.skipped)
-        if getattr(run.args, "bucket_strict", False) and self.skipped:
-            report_skipped(self.skipped, strict=True)
+            report_skipped(skipped)
+        if strict and skipped:  # every rank reaches the same decision: the listing is the same
+            raise UsageError(f"--bucket_strict: {len(skipped)} clip(s) cannot be used, first: {skipped[0].path}: {skipped[0].reason}")
         if not samples:
             raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
-        self.samples = samples
+        posteriors, failed = encode_samples(run.hook, samples, run.vae, run.args, rank, world, progress)
+        report_skipped(failed)  # each rank names the clips it failed to decode
+        kept = [i for i, p in enumerate(posteriors) if p is not None]
+        if strict and len(kept) < len(samples):
+            raise UsageError(f"--bucket_strict: {len(samples) - len(kept)} clip(s) failed to decode (named above)")
+        if not kept:
+            raise UsageError("no clip could be decoded (reasons above)")
+        self.samples = [samples[i] for i in kept]
+        self._posteriors = [posteriors[i] for i in kept]
+        self.skipped = skipped + failed
         prefix = self.id_token if self.kind == "i2v" else ""
-        self.instance_prompts = [prefix + s.clip.prompt for s in samples]
-        self.instance_video_paths = [s.clip.path for s in samples]
-        self.num_instance_videos = len(samples)
-        self._posteriors = None
-        self._videos: Any = _StandInVideos(self)
+        self.instance_prompts = [prefix + s.clip.prompt for s in self.samples]
+        self.instance_video_paths = [s.clip.path for s in self.samples]
+        self.num_instance_videos = len(self.samples)
+        self.instance_videos = [torch.zeros(_STANDIN_SHAPE) for _ in self.samples]
         run.dataset = self
         _answer_stand_ins(run)
 
-    # The script reads and then replaces this attribute.
-    @property
-    def instance_videos(self):
-        return self._videos
-
-    @instance_videos.setter
-    def instance_videos(self, encoded):
-        if isinstance(self._videos, _StandInVideos) and self._posteriors is not None:
-            if len(encoded) != len(self._posteriors):
-                raise RuntimeError(f"the script encoded {len(encoded)} items for {len(self._posteriors)} samples")
-            encoded = self._posteriors  # the real posteriors, in dataset order, on every rank
+    def __setattr__(self, name, value):
+        # The script assigns what its encoding loop made of the stand-ins; keep the real posteriors.
+        if name == "instance_videos" and getattr(self, "_posteriors", None) is not None and "instance_videos" in self.__dict__:
+            if len(value) != len(self._posteriors):
+                raise RuntimeError(f"the script encoded {len(value)} items for {len(self._posteriors)} samples")
+            value, self._posteriors = self._posteriors, None
             _stop_answering_stand_ins(self.run)
-        self._videos = encoded
-
-    def encode(self) -> None:
-        """Decode and encode this rank's share once, then share with the other ranks."""
-        if self._posteriors is not None:
-            return
-        from cogvx_ext.dataset import encode_samples
-
-        accelerator = self.run.accelerator
-        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        progress = accelerator is None or accelerator.is_local_main_process
-        self._posteriors = encode_samples(self.run.hook, self.samples, self.run.vae, self.run.args, rank, world, progress)
+        super().__setattr__(name, value)
 
     def __len__(self):
         return self.num_instance_videos
 
     def __getitem__(self, index):
         if self.kind == "i2v":
-            return {"instance_prompt": self.instance_prompts[index], "instance_video": self._videos[index]}
-        return {"instance_prompt": self.id_token + self.instance_prompts[index], "instance_video": self._videos[index]}
+            return {"instance_prompt": self.instance_prompts[index], "instance_video": self.instance_videos[index]}
+        return {"instance_prompt": self.id_token + self.instance_prompts[index], "instance_video": self.instance_videos[index]}
 
 
 def _answer_stand_ins(run) -> None:

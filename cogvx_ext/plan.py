@@ -1,0 +1,295 @@
+"""``cogvx-ext plan``: the bucket plan of a dataset, from clip headers only, before a long run.
+
+It is made by the code training uses: the chosen plugins' ``cogvx_clip_targets`` decide every clip
+(through ``cogvx_ext.dataset.plan_samples``) and their ``cogvx_batch_sampler`` builds the batches;
+nothing here decides anything again. A sampler that describes itself with a ``buckets`` list
+(``key``, ``clips``, ``batch_size``, ``batches``, as aspect_bucket's does) gets its own rows;
+without a sampler (one shape, the script's DataLoader) the script's arithmetic is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cogvx_ext.clips import Sample, VideoInfo
+from cogvx_ext.dataset import latent_shape_key
+from cogvx_ext.errors import UsageError
+from cogvx_ext.model import ModelInfo
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """One clip's fate. ``width``/``height``/``frames`` are the target's; ``crop`` is the fraction
+    of the source picture cut away; ``upscale`` > 1 means the clip is enlarged."""
+
+    path: str
+    status: str  # "ok" or "skipped"
+    reason: str | None = None
+    source: VideoInfo | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    crop: float | None = None
+    upscale: float | None = None
+    bucket: str | None = None
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    width: int
+    height: int
+    frames: int
+    latent: tuple[int, int, int]
+    clips: int
+    tokens: int  # video tokens per sample (the text adds TEXT_TOKENS)
+    batch_size: int
+    batches: int  # per epoch, all processes together, before rounding to a multiple of the processes
+
+
+@dataclass
+class PlanReport:
+    clips: list[ClipPlan]
+    buckets: list[BucketRow]
+    batches_per_epoch: int = 0  # all processes, as len(batch sampler)
+    steps_per_epoch: int = 0  # optimizer steps, as the script computes them
+    num_replicas: int = 1
+    gradient_accumulation_steps: int = 1
+    text_tokens: int = 226
+    plugins: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[ClipPlan]:
+        return [c for c in self.clips if c.status == "ok"]
+
+    @property
+    def skipped(self) -> list[ClipPlan]:
+        return [c for c in self.clips if c.status == "skipped"]
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def stats(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"mean": sum(values) / len(values), "p95": _percentile(values, 95), "max": max(values)}
+
+
+def _clip_plan(sample: Sample) -> ClipPlan:
+    info, target = sample.clip.info, sample.target
+    _, _, crop_h, crop_w = target.crop
+    return ClipPlan(
+        path=sample.clip.path,
+        status="ok",
+        source=info,
+        width=target.width,
+        height=target.height,
+        frames=target.num_frames,
+        crop=1.0 - (crop_h * crop_w) / (info.height * info.width),
+        upscale=max(target.height / crop_h, target.width / crop_w),
+        bucket=target.tag("bucket") or f"{target.width}x{target.height}",
+    )
+
+
+def build_report(
+    samples: Sequence[Sample],
+    skipped: Iterable[Any],
+    args: argparse.Namespace,
+    model: ModelInfo,
+    hook: Any,
+    num_replicas: int = 1,
+) -> PlanReport:
+    """Report on planned samples and skipped clips (objects with ``path`` and ``reason``).
+
+    Builds the batch sampler through the ``cogvx_batch_sampler`` hook, exactly as training does.
+    """
+    clips = [_clip_plan(s) for s in samples]
+    for item in skipped:
+        clips.append(ClipPlan(path=str(item.path), status="skipped", reason=str(item.reason)))
+    batch_size = int(getattr(args, "train_batch_size", 1))
+    accumulation = max(1, int(getattr(args, "gradient_accumulation_steps", 1)))
+    report = PlanReport(clips=clips, buckets=[], num_replicas=num_replicas, gradient_accumulation_steps=accumulation)
+    if not samples:
+        return report
+    sampler = hook.cogvx_batch_sampler(
+        samples=list(samples), batch_size=batch_size, num_replicas=num_replicas, args=args, model=model
+    )
+    shapes, counts = {}, {}
+    for sample in samples:
+        key = latent_shape_key(sample, model)
+        t = sample.target
+        shapes[key] = (t.num_frames, t.height, t.width)
+        counts[key] = counts.get(key, 0) + 1
+    if sampler is not None and hasattr(sampler, "buckets"):
+        rows = [(b.key, b.clips, b.batch_size, b.batches) for b in sampler.buckets]
+        report.batches_per_epoch = len(sampler)
+    else:
+        # The script's own DataLoader: shuffled, batches of --train_batch_size, the last one short.
+        rows = [(key, n, batch_size, math.ceil(n / batch_size)) for key, n in counts.items()]
+        report.batches_per_epoch = len(sampler) if sampler is not None else sum(r[3] for r in rows)
+    for key, n, size, batches in rows:
+        frames, height, width = shapes[key]
+        report.buckets.append(BucketRow(width, height, frames, key, n, model.tokens(key), size, batches))
+    report.buckets.sort(key=lambda row: (-row.clips, -row.frames, -row.width * row.height))
+    per_process = math.ceil(report.batches_per_epoch / num_replicas)
+    report.steps_per_epoch = math.ceil(per_process / accumulation)
+    report.text_tokens = model.text_tokens
+    report.plugins = [name for name, _ in hook_plugin_names(hook)]
+    return report
+
+
+def hook_plugin_names(hook: Any) -> list[tuple[str, Any]]:
+    """The chosen plugins behind a hook relay, for the report's header (core defaults left out)."""
+    names = {}
+    for caller_name in dir(hook):
+        caller = getattr(hook, caller_name)
+        if caller_name.startswith("cogvx_") and hasattr(caller, "get_hookimpls"):
+            for impl in caller.get_hookimpls():
+                if not impl.plugin_name.startswith("cogvx_ext."):
+                    names[impl.plugin_name] = impl.plugin
+    return sorted(names.items())
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def format_report(report: PlanReport) -> str:
+    """The plan as text: the bucket table, crop and upscale statistics, every skipped clip."""
+    ok, skipped = report.ok, report.skipped
+    lines = [
+        f"cogvx-ext plan ({', '.join(report.plugins) or 'stock sizes'}): {len(report.clips)} clips, {len(ok)} used, {len(skipped)} skipped; "
+        f"{len(report.buckets)} shapes; {report.num_replicas} process(es)"
+    ]
+    if report.buckets:
+        header = ("size", "frames", "latent", "clips", "tokens/sample", "batch", "batches/epoch")
+        rows = [
+            (
+                f"{b.width}x{b.height}",
+                str(b.frames),
+                "x".join(map(str, b.latent)),
+                str(b.clips),
+                f"{b.tokens}+{report.text_tokens}",
+                str(b.batch_size),
+                str(b.batches),
+            )
+            for b in report.buckets
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            lines.append(
+                "  "
+                + "  ".join(
+                    cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+                )
+            )
+        extra = report.batches_per_epoch - sum(b.batches for b in report.buckets)
+        rounding = f" ({extra:+d} to make it a multiple of {report.num_replicas} processes)" if extra else ""
+        lines.append(
+            f"  batches per epoch: {report.batches_per_epoch}{rounding}; optimizer steps per epoch: "
+            f"{report.steps_per_epoch} (gradient accumulation {report.gradient_accumulation_steps})"
+        )
+    crop = stats([c.crop for c in ok])
+    upscale = stats([c.upscale for c in ok])
+    if crop:
+        lines.append(f"crop:    mean {_pct(crop['mean'])}  p95 {_pct(crop['p95'])}  max {_pct(crop['max'])}")
+    if upscale:
+        lines.append(
+            f"upscale: mean {upscale['mean']:.2f}x  p95 {upscale['p95']:.2f}x  max {upscale['max']:.2f}x"
+            "  (below 1: downscaled)"
+        )
+    if skipped:
+        lines.append(f"skipped ({len(skipped)}):")
+        lines.extend(f"  {c.path}: {c.reason}" for c in skipped)
+    return "\n".join(lines)
+
+
+def report_to_json(report: PlanReport) -> dict[str, Any]:
+    """The plan as a JSON-ready object: ``clips`` (one entry per sample or skipped clip), ``buckets``, ``summary``."""
+    clips = []
+    for c in report.clips:
+        entry: dict[str, Any] = {
+            "path": c.path,
+            "status": c.status,
+            "width": c.width,
+            "height": c.height,
+            "frames": c.frames,
+            "crop": None if c.crop is None else round(c.crop, 6),
+            "upscale": None if c.upscale is None else round(c.upscale, 6),
+            "bucket": c.bucket,
+        }
+        if c.reason is not None:
+            entry["reason"] = c.reason
+        if c.source is not None:
+            entry["source"] = {
+                "width": c.source.width,
+                "height": c.source.height,
+                "frames": c.source.num_frames,
+                "fps": c.source.fps,
+            }
+        clips.append(entry)
+    return {
+        "clips": clips,
+        "buckets": [
+            {
+                "width": b.width,
+                "height": b.height,
+                "frames": b.frames,
+                "latent": list(b.latent),
+                "clips": b.clips,
+                "tokens_per_sample": b.tokens,
+                "text_tokens": report.text_tokens,
+                "batch_size": b.batch_size,
+                "batches_per_epoch": b.batches,
+            }
+            for b in report.buckets
+        ],
+        "summary": {
+            "clips": len(report.clips),
+            "used": len(report.ok),
+            "skipped": len(report.skipped),
+            "batches_per_epoch": report.batches_per_epoch,
+            "steps_per_epoch": report.steps_per_epoch,
+            "num_replicas": report.num_replicas,
+            "gradient_accumulation_steps": report.gradient_accumulation_steps,
+            "crop": stats([c.crop for c in report.ok]),
+            "upscale": stats([c.upscale for c in report.ok]),
+            "plugins": report.plugins,
+        },
+    }
+
+
+def run_plan(argv: list[str]) -> int:
+    """``cogvx-ext plan [the script's data flags] [plugin flags] [--json PATH]``."""
+    from cogvx_ext.dataset import plan_samples, read_listing
+    from cogvx_ext.offline import script_data_parser, start_offline_run
+
+    parser = script_data_parser("cogvx-ext plan", "The bucket plan of a dataset, from clip headers only.")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the plan as JSON (- for stdout)")
+    run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
+    args = run.args
+    entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
+    report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
+    if args.json == "-":
+        print(json.dumps(report_to_json(report), indent=2))
+    else:
+        print(format_report(report))
+        if args.json:
+            from cogvx_ext.io import write_json_atomic
+
+            write_json_atomic(args.json, report_to_json(report))
+            print(f"plan written to {args.json}")
+    if getattr(args, "bucket_strict", False) and report.skipped:
+        first = report.skipped[0]
+        raise UsageError(f"--bucket_strict: {len(report.skipped)} clip(s) cannot be used; first: {first.path}: {first.reason}")
+    return 0 if report.ok else 1
