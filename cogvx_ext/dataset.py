@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def report_skipped(skipped: list[Skipped]) -> None:
     from tqdm.auto import tqdm
 
     for item in skipped:
-        tqdm.write(f"cogvx-ext: skipped {item.path}: {item.reason}")
+        tqdm.write(f"cogvx-ext: skipped {item.path}: {item.reason}", file=sys.stderr)
 
 
 class LatentPosterior:

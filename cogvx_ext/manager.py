@@ -6,7 +6,9 @@ Grammar (pytest's ``-p`` is the model): a comma list whose items are
 * ``no:NAME`` to block NAME even when listed elsewhere (``COGVX_EXT_PLUGINS``, another flag),
 * a dotted module path (``mypkg.my_plugin``),
 * a path to a ``.py`` file (``./my_plugin.py``), imported as a real module so that its classes
-  pickle for DataLoader workers.
+  pickle for DataLoader workers,
+* either of the last two followed by ``:Name`` to use one attribute of the module
+  (``./my_plugin.py:ShapeLogger``, ``mypkg.plugins:Cache``), as an entry point does.
 
 A plugin object may be a module, a class (instantiated once per run, so per-run state lives on the
 instance), or any other object with hook implementations. Only named plugins are loaded:
@@ -62,8 +64,17 @@ def parse_plugin_list(values: Iterable[str | None]) -> PluginChoice:
 
 
 def plugin_name(item: str) -> str:
-    """The name a plugin is registered under: entry-point name, module path, or file stem."""
-    return Path(item).stem if _is_path(item) else item
+    """The name a plugin is registered under: entry-point name, module path or file stem, then :Name."""
+    base, attribute = _split_attribute(item)
+    name = Path(base).stem if _is_path(base) else base
+    return f"{name}:{attribute}" if attribute else name
+
+
+def _split_attribute(item: str) -> tuple[str, str | None]:
+    base, sep, attribute = item.rpartition(":")
+    if sep and attribute.isidentifier() and base and not base.endswith(("/", "\\")):
+        return base, attribute
+    return item, None
 
 
 def _is_path(item: str) -> bool:
@@ -147,6 +158,12 @@ def _hook_names(pm: pluggy.PluginManager) -> list[str]:
 
 def _import_plugin(item: str) -> tuple[str, Any]:
     """Resolve one grammar item to (name, plugin object)."""
+    base, attribute = _split_attribute(item)
+    if attribute:
+        _, module = _import_plugin(base)
+        if not hasattr(module, attribute):
+            raise UsageError(f"plugin '{item}': {base} has no attribute '{attribute}'")
+        return plugin_name(item), getattr(module, attribute)
     if _is_path(item):
         return plugin_name(item), _import_file(item)
     entry_points = installed_plugins()

@@ -12,7 +12,7 @@ seam (script globals)               what it does
 ``main``                            fires ``cogvx_exception``; removes what the run installed
 ``Accelerator``                     fires ``cogvx_accelerator_ready``; plugin state is saved and
                                     loaded with ``save_state``/``load_state``; ``accelerator.log``
-                                    fires ``cogvx_step_end``; nccl becomes gloo without CUDA
+                                    fires ``cogvx_step_end``
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
@@ -107,6 +107,8 @@ def install(run) -> None:
     g = run.module.__dict__
     run.kind = script_kind(g)
     g["main"] = _wrap_main(run, g["main"])
+    if run.module is sys.modules.get("__main__"):
+        _report_uncaught(run)
     if "Accelerator" in g:
         g["Accelerator"] = _accelerator_factory(run, g["Accelerator"])
     if "CogVideoXTransformer3DModel" in g:
@@ -137,6 +139,7 @@ def _wrap_main(run, real_main):
             return real_main(args)
         except BaseException as exc:
             if not isinstance(exc, SystemExit):
+                exc._cogvx_ext_reported = True
                 run.hook.cogvx_exception(exc=exc, args=args)
             if isinstance(exc, UsageError):
                 # Found once main runs (a broken dataset, a requirement known only from the loaded
@@ -148,6 +151,23 @@ def _wrap_main(run, real_main):
     return main
 
 
+def _report_uncaught(run) -> None:
+    """For scripts that call ``main(get_args())``: Python fetched ``main`` before ``get_args()``
+    installed the wrapper above, so an escaping exception is reported on its way out instead."""
+    previous = sys.excepthook
+
+    def excepthook(exc_type, exc, traceback):
+        if not getattr(exc, "_cogvx_ext_reported", False):
+            exc._cogvx_ext_reported = True
+            run.hook.cogvx_exception(exc=exc, args=run.args)
+        if isinstance(exc, UsageError):
+            sys.stderr.write(f"cogvx-ext: {exc}\n")
+            return
+        previous(exc_type, exc, traceback)
+
+    sys.excepthook = excepthook
+
+
 # ---------------------------------------------------------------------------------------------
 # Accelerator
 
@@ -155,10 +175,6 @@ def _wrap_main(run, real_main):
 def _accelerator_factory(run, real_accelerator):
     @functools.wraps(real_accelerator)
     def make_accelerator(*args, **kwargs):
-        if not torch.cuda.is_available():
-            # The I2V script hard-codes InitProcessGroupKwargs(backend="nccl"), which cannot run
-            # without CUDA; gloo is what accelerate picks by itself on CPU.
-            kwargs["kwargs_handlers"] = [_without_nccl(h) for h in kwargs.get("kwargs_handlers") or []]
         accelerator = real_accelerator(*args, **kwargs)
         run.accelerator = accelerator
         if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
@@ -170,14 +186,6 @@ def _accelerator_factory(run, real_accelerator):
         return accelerator
 
     return make_accelerator
-
-
-def _without_nccl(handler):
-    if getattr(handler, "backend", None) == "nccl":
-        import dataclasses
-
-        return dataclasses.replace(handler, backend="gloo")
-    return handler
 
 
 def _log_with_step_end(run, accelerator, real_log):

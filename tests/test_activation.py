@@ -211,3 +211,13 @@ def test_installed_plugin_package_is_found_by_its_entry_point(tmp_path):
     # Installed but not named: the run is unchanged.
     [args] = echoed(run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN], env=env))
     assert "hello_greeting" not in args and "hello_name" not in args
+
+
+@pytest.mark.parametrize("way", ["startup", "runner"])
+def test_exception_hook_fires_once_then_the_exception_propagates(way):
+    plugin = str(HERE / "plugins" / "exception_reporter.py")
+    cmd = [sys.executable, ECHO] if way == "startup" else [sys.executable, "-m", "cogvx_ext", ECHO]
+    result = run([*cmd, "--plugins", plugin, "--fail"])
+    assert result.returncode == 1
+    assert result.stdout.count("exception_reporter saw RuntimeError: echo trainer failing on purpose") == 1
+    assert "Traceback" in result.stderr and "RuntimeError: echo trainer failing on purpose" in result.stderr

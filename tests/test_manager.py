@@ -140,3 +140,14 @@ def test_inline_class_plugin_and_firstresult_order(pm):
     pm.register(Decides(), name="decides")
     assert pm.hook.cogvx_rotary_embedding(model=None, latent_shape=(1, 2, 3), device="cpu") == ("mine", (1, 2, 3))
     assert chosen_hooks(pm) == {"cogvx_rotary_embedding"}
+
+
+def test_module_attribute_picks_a_class_instantiated_per_run():
+    recorder = str(HERE / "plugins" / "recorder.py") + ":Recorder"
+    first, second = make_plugin_manager(), make_plugin_manager()
+    assert load_plugins(first, parse_plugin_list([recorder])) == ["recorder:Recorder"]
+    load_plugins(second, parse_plugin_list([recorder]))
+    a, b = first.get_plugin("recorder:Recorder"), second.get_plugin("recorder:Recorder")
+    assert type(a).__name__ == "Recorder" and a is not b
+    with pytest.raises(UsageError, match="has no attribute 'Nope'"):
+        load_plugins(make_plugin_manager(), parse_plugin_list([str(HERE / "plugins" / "recorder.py") + ":Nope"]))

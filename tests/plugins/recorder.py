@@ -36,6 +36,7 @@ class Recorder:
     def cogvx_add_arguments(self, parser):
         parser.add_argument("--recorder_out", default=None)
         parser.add_argument("--recorder_fail_at_step", type=int, default=None)
+        parser.add_argument("--recorder_fast_validation", action="store_true")
         self.record("add_arguments", parser_prog=parser.prog)
 
     @hookimpl
@@ -112,10 +113,18 @@ class Recorder:
                     tokens=None if rope is None else int(rope[0].shape[0]))
         return rope
 
-    @hookimpl
-    def cogvx_transformer_output(self, output):
+    @hookimpl(tryfirst=True)
+    def cogvx_transformer_output(self, transformer, inputs, output):
+        # First, so it sees every forward, and the inputs exactly as the model received them.
         sample = output[0] if isinstance(output, tuple) else output.sample
-        self.record("transformer_output", shape=list(sample.shape))
+        hidden = inputs["hidden_states"]
+        rope = inputs.get("image_rotary_emb")
+        fields = {"shape": list(sample.shape), "input_shape": list(hidden.shape), "grad": torch.is_grad_enabled()}
+        if rope is not None:
+            fields["rope_equals_pipeline"] = all(
+                torch.equal(a, b) for a, b in zip(rope, pipeline_rope(transformer, hidden))
+            )
+        self.record("transformer_output", **fields)
         return None
 
     @hookimpl
@@ -141,8 +150,11 @@ class Recorder:
         self.record("pipeline_loaded", pipeline=type(pipe).__name__)
 
     @hookimpl
-    def cogvx_validation_args(self, pipeline_args):
+    def cogvx_validation_args(self, pipeline_args, args):
         self.record("validation_args", height=pipeline_args.get("height"), width=pipeline_args.get("width"))
+        if args.recorder_fast_validation:
+            # The scripts validate with the pipeline's defaults (49 frames, 50 steps): minutes on CPU.
+            return [dict(pipeline_args, num_frames=5, num_inference_steps=2)]
         return []
 
     @hookimpl
@@ -155,11 +167,14 @@ class Recorder:
         self.record("exception", type=type(exc).__name__, message=str(exc))
 
 
-def read_events(directory) -> dict[str, list[dict]]:
-    """Events by rank file name, for the tests."""
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        if name.startswith("events-rank"):
-            with open(os.path.join(directory, name), encoding="utf-8") as f:
-                out[name] = [json.loads(line) for line in f]
-    return out
+def pipeline_rope(transformer, hidden_states):
+    """What the diffusers pipeline computes for this latent shape: the reference for parity."""
+    from types import SimpleNamespace
+
+    from diffusers import CogVideoXPipeline
+
+    _, frames, _, height, width = hidden_states.shape
+    pipe = SimpleNamespace(transformer=transformer, vae_scale_factor_spatial=8)
+    return CogVideoXPipeline._prepare_rotary_positional_embeddings(
+        pipe, height=height * 8, width=width * 8, num_frames=frames, device=hidden_states.device
+    )

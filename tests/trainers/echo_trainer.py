@@ -1,5 +1,6 @@
 """A stand-in with the training scripts' entry seams (get_args, main, VideoDataset) and nothing
-else: prints its parsed arguments as JSON. Activation tests run it in many processes quickly."""
+else: prints its parsed arguments as JSON. Activation tests run it in many processes quickly.
+It calls ``main(get_args())``, the form where Python fetches ``main`` before the plugins load."""
 
 import argparse
 import json
@@ -14,10 +15,13 @@ def get_args():
     parser.add_argument("--pretrained_model_name_or_path", default=None)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--fail", action="store_true", help="raise inside main")
     return parser.parse_args()
 
 
 def main(args):
+    if args.fail:
+        raise RuntimeError("echo trainer failing on purpose")
     print(json.dumps({"args": vars(args)}, default=str))
 
 
