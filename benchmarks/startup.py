@@ -28,7 +28,9 @@ def make_venv(path: Path, with_cogvx: bool) -> Path:
     python = path / "bin" / "python"
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     if with_cogvx:
         # What `pip install -e .` leaves in site-packages, minus metadata: a path entry for the
@@ -53,8 +55,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         plain = make_venv(Path(tmp, "plain"), with_cogvx=False)
         with_hook = make_venv(Path(tmp, "with_cogvx"), with_cogvx=True)
-        check = subprocess.run([str(with_hook), "-c", "import sys; print('cogvx_ext' in sys.modules)"],
-                               capture_output=True, text=True, check=True)
+        check = subprocess.run(
+            [str(with_hook), "-c", "import sys; print('cogvx_ext' in sys.modules)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert check.stdout.strip() == "True", "the .pth line did not run"
         for python in (plain, with_hook):  # warm the file system cache
             for _ in range(5):
@@ -74,8 +80,10 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"python -c pass, median of {args.runs} runs: without cogvx-ext {without:.2f} ms, "
-              f"with {with_:.2f} ms, difference {with_ - without:+.2f} ms")
+        print(
+            f"python -c pass, median of {args.runs} runs: without cogvx-ext {without:.2f} ms, "
+            f"with {with_:.2f} ms, difference {with_ - without:+.2f} ms"
+        )
     return 0 if with_ - without <= args.limit_ms else 1
 
 

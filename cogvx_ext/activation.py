@@ -144,13 +144,17 @@ def _exit_with(exc: UsageError) -> None:
     raise SystemExit(2)
 
 
-def start_run(parser: argparse.ArgumentParser, registration: _Registration, argv: list[str], namespace=None) -> Run:
+def start_run(
+    parser: argparse.ArgumentParser, registration: _Registration, argv: list[str], namespace=None
+) -> Run:
     """Load the plugins, let them add flags, parse, configure, check, and install the seams."""
     from cogvx_ext import seams
     from cogvx_ext.manager import ENV_PLUGINS, load_plugins, make_plugin_manager, parse_plugin_list
     from cogvx_ext.model import ModelInfo
 
-    choice = parse_plugin_list([os.environ.get(ENV_PLUGINS), *registration.plugins, *_plugins_flag_values(argv)])
+    choice = parse_plugin_list(
+        [os.environ.get(ENV_PLUGINS), *registration.plugins, *_plugins_flag_values(argv)]
+    )
     pm = make_plugin_manager()
     run = Run(registration.module, pm, load_plugins(pm, choice))
     if not _has_option(parser, "--plugins"):
@@ -192,7 +196,9 @@ def _model_info_from_args(args: argparse.Namespace, model_info_cls):
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(path, "transformer/config.json", revision=getattr(args, "revision", None))
+        cached = try_to_load_from_cache(
+            path, "transformer/config.json", revision=getattr(args, "revision", None)
+        )
     except Exception:  # an unusual repo id or cache layout: check after the model loads instead
         return None
     if isinstance(cached, str):
@@ -203,7 +209,9 @@ def _model_info_from_args(args: argparse.Namespace, model_info_cls):
     return None
 
 
-def load_trainer(script_path: str | os.PathLike, plugins: list[str] | None = None, argv: list[str] | None = None):
+def load_trainer(
+    script_path: str | os.PathLike, plugins: list[str] | None = None, argv: list[str] | None = None
+):
     """Load a training script as a module with the plugins installed and ``main`` not yet run.
 
     ``argv`` is the script's command line without the program name (default: ``sys.argv[1:]``);
@@ -225,8 +233,12 @@ def load_trainer(script_path: str | os.PathLike, plugins: list[str] | None = Non
         raise
     get_args = getattr(module, "get_args", None)
     if not callable(get_args):
-        raise UsageError(f"{path.name} has no get_args(): cogvx-ext needs the diffusers script's get_args seam")
-    registration = _Registration(module=module, plugins=list(plugins or []), argv=list(argv if argv is not None else sys.argv[1:]))
+        raise UsageError(
+            f"{path.name} has no get_args(): cogvx-ext needs the diffusers script's get_args seam"
+        )
+    registration = _Registration(
+        module=module, plugins=list(plugins or []), argv=list(argv if argv is not None else sys.argv[1:])
+    )
     _registered[id(module.__dict__)] = registration
     _install_parse_args_wrapper()
     get_args()

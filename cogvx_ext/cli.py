@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         # The plan takes the training script's flags and the plugins' own: its parser is built
         # after the plugins are loaded.
         return _guarded(lambda: _plan(argv[1:]))
+    if argv and argv[0] == "cache":
+        from cogvx_ext.cache_cli import run_cache
+
+        return _guarded(lambda: run_cache(argv[1:]))
     if argv and argv[0] == "run":
         # Everything after SCRIPT belongs to the script, its --help included.
         if len(argv) < 2:
@@ -62,14 +66,28 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    p = commands.add_parser("demo", help="train a tiny random CogVideoX on synthetic mixed-aspect clips, on CPU")
-    p.add_argument("--trainer", default=os.environ.get("COGVX_EXT_TRAINER"),
-                   help="path to diffusers' examples/cogvideo/train_cogvideox_lora.py (default: $COGVX_EXT_TRAINER)")
-    p.add_argument("--output_dir", default="cogvx-demo", help="where the model, clips and LoRA go (default: ./cogvx-demo)")
+    p = commands.add_parser(
+        "demo", help="train a tiny random CogVideoX on synthetic mixed-aspect clips, on CPU"
+    )
+    p.add_argument(
+        "--trainer",
+        default=os.environ.get("COGVX_EXT_TRAINER"),
+        help="path to diffusers' examples/cogvideo/train_cogvideox_lora.py (default: $COGVX_EXT_TRAINER)",
+    )
+    p.add_argument(
+        "--output_dir",
+        default="cogvx-demo",
+        help="where the model, clips and LoRA go (default: ./cogvx-demo)",
+    )
     p.add_argument("--plugins", default="aspect_bucket,rope_rescale", help="plugins to train with")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (default: 6)")
     p.set_defaults(command="demo", handler=_demo)
 
+    commands.add_parser(
+        "cache",
+        help="fill the latent cache ahead of training, or prune it: cogvx-ext cache {fill,prune} ...",
+        add_help=False,
+    )
     commands.add_parser(
         "plan",
         help="the bucket plan of a dataset before a long run, from clip headers only "

@@ -46,7 +46,9 @@ class Skipped:
     reason: str
 
 
-def read_listing(root: str | Path, caption_column: str, video_column: str) -> tuple[list[ListingEntry], list[Skipped]]:
+def read_listing(
+    root: str | Path, caption_column: str, video_column: str
+) -> tuple[list[ListingEntry], list[Skipped]]:
     """Read the scripts' local dataset layout; problems become Skipped entries, not exceptions.
 
     Only a missing folder or listing file is fatal (UsageError): there is nothing to train on.
@@ -66,13 +68,23 @@ def read_listing(root: str | Path, caption_column: str, video_column: str) -> tu
     for i, video in enumerate(videos):
         path = root / video
         if i >= len(prompts):
-            skipped.append(Skipped(str(path), f"no caption: {caption_column} has {len(prompts)} lines, {video_column} {len(videos)}"))
+            skipped.append(
+                Skipped(
+                    str(path),
+                    f"no caption: {caption_column} has {len(prompts)} lines, {video_column} {len(videos)}",
+                )
+            )
         elif not path.is_file():
             skipped.append(Skipped(str(path), "file does not exist"))
         else:
             entries.append(ListingEntry(len(entries), str(path), prompts[i]))
     for i in range(len(videos), len(prompts)):
-        skipped.append(Skipped(f"{caption_column}:{i + 1}", f"caption without a video: {video_column} has {len(videos)} lines"))
+        skipped.append(
+            Skipped(
+                f"{caption_column}:{i + 1}",
+                f"caption without a video: {video_column} has {len(videos)} lines",
+            )
+        )
     return entries, skipped
 
 
@@ -146,7 +158,14 @@ class LatentPosterior:
 
 
 def encode_samples(
-    hook: Any, samples: list[Sample], vae: Any, args: argparse.Namespace, rank: int, world: int, progress: bool
+    hook: Any,
+    samples: list[Sample],
+    vae: Any,
+    kind: str,
+    args: argparse.Namespace,
+    rank: int,
+    world: int,
+    progress: bool,
 ) -> tuple[list[Any], list[Skipped]]:
     """Encode this rank's share of the samples (one at a time), then share all of them.
 
@@ -162,7 +181,7 @@ def encode_samples(
     with torch.no_grad():
         for i in tqdm(mine, desc="cogvx-ext: decoding and encoding clips", disable=not progress):
             try:
-                encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, args=args)
+                encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, kind=kind, args=args)
             except SkipClip as exc:
                 failed.append(Skipped(samples[i].clip.path, str(exc)))
                 continue

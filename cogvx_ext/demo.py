@@ -22,9 +22,7 @@ from cogvx_ext.errors import UsageError
 # huggingface/diffusers main of 2026-08-23; the script's text is checked before it is used.
 PINNED_COMMIT = "58eb52c0803ea9af3abec60841c2a093bdf1f951"
 PINNED_SHA256 = "bb2c35429e5467cb95e60ab420f385be94a87c7e4f96aa08428df93b6480ac6f"
-PINNED_URL = (
-    f"https://raw.githubusercontent.com/huggingface/diffusers/{PINNED_COMMIT}/examples/cogvideo/train_cogvideox_lora.py"
-)
+PINNED_URL = f"https://raw.githubusercontent.com/huggingface/diffusers/{PINNED_COMMIT}/examples/cogvideo/train_cogvideox_lora.py"
 
 # (width, height, frames): 16:9 twice, 9:16, 4:3, 1:1 and 21:9, three seconds at 8 fps.
 DEMO_CLIPS = [(256, 144, 25), (320, 176, 25), (144, 256, 25), (192, 144, 25), (160, 160, 25), (336, 144, 25)]
@@ -44,7 +42,11 @@ def find_trainer(trainer: str | None) -> Path:
         if not path.is_file():
             raise UsageError(f"--trainer '{trainer}' does not exist")
         return path
-    cached = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cogvx-ext" / f"train_cogvideox_lora-{PINNED_COMMIT[:12]}.py"
+    cached = (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "cogvx-ext"
+        / f"train_cogvideox_lora-{PINNED_COMMIT[:12]}.py"
+    )
     if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == PINNED_SHA256:
         return cached
     try:
@@ -68,7 +70,10 @@ def find_trainer(trainer: str | None) -> Path:
 
 def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> int:
     script = find_trainer(trainer)
-    if "import torchvision" in script.read_text(encoding="utf-8") and importlib.util.find_spec("torchvision") is None:
+    if (
+        "import torchvision" in script.read_text(encoding="utf-8")
+        and importlib.util.find_spec("torchvision") is None
+    ):
         raise UsageError(
             f"{script.name} imports torchvision, which is not installed: pip install torchvision (the build that "
             "matches your torch)"
@@ -109,9 +114,15 @@ def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: floa
     # The same plan the run made, from the same flags (the plan skips the training-only ones).
     wanted = {"--pretrained_model_name_or_path", "--instance_data_root", "--caption_column", "--video_column",
               "--height", "--width", "--fps", "--max_num_frames", "--train_batch_size", "--seed", "--plugins"}  # fmt: skip
-    plan_argv = [x for i in range(0, len(script_args), 2) if script_args[i] in wanted for x in script_args[i : i + 2]]
-    run = start_offline_run(script_data_parser("cogvx-ext demo", ""), plan_argv, default_plugins="aspect_bucket")
-    entries, skipped = read_listing(run.args.instance_data_root, run.args.caption_column, run.args.video_column)
+    plan_argv = [
+        x for i in range(0, len(script_args), 2) if script_args[i] in wanted for x in script_args[i : i + 2]
+    ]
+    run = start_offline_run(
+        script_data_parser("cogvx-ext demo", ""), plan_argv, default_plugins="aspect_bucket"
+    )
+    entries, skipped = read_listing(
+        run.args.instance_data_root, run.args.caption_column, run.args.video_column
+    )
     samples, more = plan_samples(run.hook, entries, run.args, run.model, progress=False)
     print("\ncogvx-ext demo: what happened")
     print(format_report(build_report(samples, skipped + more, run.args, run.model, run.hook)))
@@ -121,6 +132,10 @@ def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: floa
     print(f"LoRA: {weights} ({weights.stat().st_size // 1024} KiB)")
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        print(f"recorded for inference ({meta_path.name}): plugins {', '.join(meta['plugins'])}; "
-              f"rope_mode {meta['settings'].get('rope_mode', '-')}")
-        print("load it with: cogvx_ext.inference.prepare_pipeline(CogVideoXPipeline.from_pretrained(MODEL), LORA_DIR)")
+        print(
+            f"recorded for inference ({meta_path.name}): plugins {', '.join(meta['plugins'])}; "
+            f"rope_mode {meta['settings'].get('rope_mode', '-')}"
+        )
+        print(
+            "load it with: cogvx_ext.inference.prepare_pipeline(CogVideoXPipeline.from_pretrained(MODEL), LORA_DIR)"
+        )

@@ -59,7 +59,9 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
     if wants_output:
 
         def after(module, args, kwargs, output):
-            return hook.cogvx_transformer_output(transformer=module, inputs=kwargs, output=output, model=model)
+            return hook.cogvx_transformer_output(
+                transformer=module, inputs=kwargs, output=output, model=model
+            )
 
         handles.append(transformer.register_forward_hook(after, with_kwargs=True))
     setattr(transformer, _ATTR, handles)

@@ -160,16 +160,18 @@ def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor 
 
 
 @hookspec(firstresult=True)
-def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, args: argparse.Namespace) -> Any:
+def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace) -> Any:
     """Produce one sample's VAE posterior (a ``DiagonalGaussianDistribution``).
 
-    For I2V scripts return a pair ``(video_posterior, image_posterior)``, where the image is the
-    noised first frame, as the script does. The built-in default (trylast) calls
-    ``cogvx_load_pixels`` and encodes. Wrap it (``wrapper=True``) to cache. Stops at first
-    non-None result.
+    For the I2V script (``kind == "i2v"``) return a pair ``(video_posterior, image_posterior)``,
+    where the image is the noised first frame, as the script does. The built-in default (trylast)
+    calls ``cogvx_load_pixels`` and encodes. To cache, answer hits from a ``tryfirst``
+    implementation (returning skips the decoding below it) and store misses from a
+    ``wrapper=True`` one. Stops at first non-None result.
 
     :param sample: the clip and its target.
     :param vae: the script's VAE, on its device and dtype.
+    :param kind: ``"t2v"`` or ``"i2v"``: which script is running.
     :param args: the parsed arguments.
     """
 
@@ -224,8 +226,8 @@ def cogvx_rotary_embedding(
 
     Fires before every forward of a model that uses RoPE, after ``cogvx_transformer_forward``,
     with the shape of the tensor that actually reaches the transformer (accelerate fetches
-    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``.
-    Stops at first non-None result; with no implementation the caller's embedding is kept.
+    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``; with
+    no implementation the caller's embedding is kept. Stops at first non-None result.
 
     :param model: positional facts of the model.
     :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.

@@ -56,7 +56,11 @@ def make_inference_plugin_manager(names: Iterable[str]) -> pluggy.PluginManager:
         try:
             load_plugins(pm, parse_plugin_list([name]))
         except (UsageError, ImportError) as exc:
-            logger.warning("cogvx-ext: recorded plugin %r is not available here (%s); inference goes on without it", name, exc)
+            logger.warning(
+                "cogvx-ext: recorded plugin %r is not available here (%s); inference goes on without it",
+                name,
+                exc,
+            )
     return pm
 
 

@@ -129,7 +129,9 @@ def check_hooks(pm: pluggy.PluginManager) -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise UsageError(f"plugin '{pm.get_name(exc.plugin)}' was rejected: {_validation_reason(pm, exc)}") from None
+        raise UsageError(
+            f"plugin '{pm.get_name(exc.plugin)}' was rejected: {_validation_reason(pm, exc)}"
+        ) from None
 
 
 def _validation_reason(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
@@ -153,7 +155,9 @@ def _validation_reason(pm: pluggy.PluginManager, exc: pluggy.PluginValidationErr
 
 def _hook_names(pm: pluggy.PluginManager) -> list[str]:
     """Hooks with a spec (pluggy also keeps callers for unknown names it has seen)."""
-    return [name for name in dir(pm.hook) if name.startswith("cogvx_") and getattr(pm.hook, name).spec is not None]
+    return [
+        name for name in dir(pm.hook) if name.startswith("cogvx_") and getattr(pm.hook, name).spec is not None
+    ]
 
 
 def _import_plugin(item: str) -> tuple[str, Any]:
@@ -221,7 +225,11 @@ def describe_installed() -> list[dict[str, Any]]:
     pm.add_hookspecs(hookspecs)
     rows = []
     for name, ep in sorted(installed_plugins().items()):
-        row: dict[str, Any] = {"name": name, "value": ep.value, "version": ep.dist.version if ep.dist else "?"}
+        row: dict[str, Any] = {
+            "name": name,
+            "value": ep.value,
+            "version": ep.dist.version if ep.dist else "?",
+        }
         try:
             plugin = ep.load()
             register_plugin(pm, plugin, name)

@@ -32,8 +32,11 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The training scripts' data and model flags, with their defaults."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     g = parser.add_argument_group("the training script's flags (same names and defaults)")
-    g.add_argument("--pretrained_model_name_or_path", default=None,
-                   help="read the model's positional settings from its transformer/config.json")
+    g.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="read the model's positional settings from its transformer/config.json",
+    )
     g.add_argument("--revision", default=None)
     g.add_argument("--instance_data_root", required=True)
     g.add_argument("--caption_column", default="text")
@@ -49,11 +52,19 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--seed", type=int, default=None)
     t = parser.add_argument_group("cogvx-ext")
-    t.add_argument("--model", choices=sorted(RELEASED), default=None,
-                   help="positional settings of a released model, when --pretrained_model_name_or_path is not "
-                   "at hand (default: 5b)")
-    t.add_argument("--num_processes", type=int, default=1, help="training processes (steps per epoch depend on it)")
-    t.add_argument("--plugins", action="append", default=None, help="plugins, as for training (default: aspect_bucket)")
+    t.add_argument(
+        "--model",
+        choices=sorted(RELEASED),
+        default=None,
+        help="positional settings of a released model, when --pretrained_model_name_or_path is not "
+        "at hand (default: 5b)",
+    )
+    t.add_argument(
+        "--num_processes", type=int, default=1, help="training processes (steps per epoch depend on it)"
+    )
+    t.add_argument(
+        "--plugins", action="append", default=None, help="plugins, as for training (default: aspect_bucket)"
+    )
     return parser
 
 

@@ -117,7 +117,9 @@ def build_report(
         clips.append(ClipPlan(path=str(item.path), status="skipped", reason=str(item.reason)))
     batch_size = int(getattr(args, "train_batch_size", 1))
     accumulation = max(1, int(getattr(args, "gradient_accumulation_steps", 1)))
-    report = PlanReport(clips=clips, buckets=[], num_replicas=num_replicas, gradient_accumulation_steps=accumulation)
+    report = PlanReport(
+        clips=clips, buckets=[], num_replicas=num_replicas, gradient_accumulation_steps=accumulation
+    )
     if not samples:
         return report
     sampler = hook.cogvx_batch_sampler(
@@ -274,7 +276,9 @@ def run_plan(argv: list[str]) -> int:
     from cogvx_ext.offline import script_data_parser, start_offline_run
 
     parser = script_data_parser("cogvx-ext plan", "The bucket plan of a dataset, from clip headers only.")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the plan as JSON (- for stdout)")
+    parser.add_argument(
+        "--json", metavar="PATH", default=None, help="also write the plan as JSON (- for stdout)"
+    )
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
@@ -291,5 +295,7 @@ def run_plan(argv: list[str]) -> int:
             print(f"plan written to {args.json}")
     if getattr(args, "bucket_strict", False) and report.skipped:
         first = report.skipped[0]
-        raise UsageError(f"--bucket_strict: {len(report.skipped)} clip(s) cannot be used; first: {first.path}: {first.reason}")
+        raise UsageError(
+            f"--bucket_strict: {len(report.skipped)} clip(s) cannot be used; first: {first.path}: {first.reason}"
+        )
     return 0 if report.ok else 1

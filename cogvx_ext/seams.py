@@ -60,13 +60,20 @@ def needed_globals(run) -> dict[str, list[str]]:
         "cogvx_transformer_loaded": ["CogVideoXTransformer3DModel"],
         "cogvx_vae_loaded": ["AutoencoderKLCogVideoX"],
         "cogvx_transformer_forward": ["CogVideoXTransformer3DModel", pipeline],
-        "cogvx_rotary_embedding": ["CogVideoXTransformer3DModel", "prepare_rotary_positional_embeddings", pipeline],
+        "cogvx_rotary_embedding": [
+            "CogVideoXTransformer3DModel",
+            "prepare_rotary_positional_embeddings",
+            pipeline,
+        ],
         "cogvx_transformer_output": ["CogVideoXTransformer3DModel", pipeline],
         "cogvx_pipeline_loaded": [pipeline, "log_validation"],
         "cogvx_validation_args": ["log_validation"],
         "cogvx_lora_metadata": [pipeline],
         "cogvx_exception": ["main"],
-        **{hook: ["VideoDataset", "DataLoader", "AutoencoderKLCogVideoX", "Accelerator"] for hook in DATA_HOOKS},
+        **{
+            hook: ["VideoDataset", "DataLoader", "AutoencoderKLCogVideoX", "Accelerator"]
+            for hook in DATA_HOOKS
+        },
     }
     needed: dict[str, list[str]] = {"get_args": ["cogvx-ext itself"], "main": ["cogvx-ext itself"]}
     for hook in run.chosen:
@@ -112,9 +119,13 @@ def install(run) -> None:
     if "Accelerator" in g:
         g["Accelerator"] = _accelerator_factory(run, g["Accelerator"])
     if "CogVideoXTransformer3DModel" in g:
-        g["CogVideoXTransformer3DModel"] = _LoaderProxy(g["CogVideoXTransformer3DModel"], functools.partial(_transformer_loaded, run))
+        g["CogVideoXTransformer3DModel"] = _LoaderProxy(
+            g["CogVideoXTransformer3DModel"], functools.partial(_transformer_loaded, run)
+        )
     if "AutoencoderKLCogVideoX" in g:
-        g["AutoencoderKLCogVideoX"] = _LoaderProxy(g["AutoencoderKLCogVideoX"], functools.partial(_vae_loaded, run))
+        g["AutoencoderKLCogVideoX"] = _LoaderProxy(
+            g["AutoencoderKLCogVideoX"], functools.partial(_vae_loaded, run)
+        )
     if "cogvx_rotary_embedding" in run.chosen and "prepare_rotary_positional_embeddings" in g:
         g["prepare_rotary_positional_embeddings"] = _rope_from_forward_hook
     if any(h in run.chosen for h in DATA_HOOKS):
@@ -305,20 +316,28 @@ class ScriptDataset(torch.utils.data.Dataset):
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         progress = accelerator is None or accelerator.is_local_main_process
         strict = bool(getattr(run.args, "bucket_strict", False))
-        entries, skipped = read_listing(kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"])
+        entries, skipped = read_listing(
+            kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"]
+        )
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
         skipped += more_skipped
         if progress:
             report_skipped(skipped)
         if strict and skipped:  # every rank reaches the same decision: the listing is the same
-            raise UsageError(f"--bucket_strict: {len(skipped)} clip(s) cannot be used, first: {skipped[0].path}: {skipped[0].reason}")
+            raise UsageError(
+                f"--bucket_strict: {len(skipped)} clip(s) cannot be used, first: {skipped[0].path}: {skipped[0].reason}"
+            )
         if not samples:
             raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
-        posteriors, failed = encode_samples(run.hook, samples, run.vae, run.args, rank, world, progress)
+        posteriors, failed = encode_samples(
+            run.hook, samples, run.vae, run.kind, run.args, rank, world, progress
+        )
         report_skipped(failed)  # each rank names the clips it failed to decode
         kept = [i for i, p in enumerate(posteriors) if p is not None]
         if strict and len(kept) < len(samples):
-            raise UsageError(f"--bucket_strict: {len(samples) - len(kept)} clip(s) failed to decode (named above)")
+            raise UsageError(
+                f"--bucket_strict: {len(samples) - len(kept)} clip(s) failed to decode (named above)"
+            )
         if not kept:
             raise UsageError("no clip could be decoded (reasons above)")
         self.samples = [samples[i] for i in kept]
@@ -334,9 +353,15 @@ class ScriptDataset(torch.utils.data.Dataset):
 
     def __setattr__(self, name, value):
         # The script assigns what its encoding loop made of the stand-ins; keep the real posteriors.
-        if name == "instance_videos" and getattr(self, "_posteriors", None) is not None and "instance_videos" in self.__dict__:
+        if (
+            name == "instance_videos"
+            and getattr(self, "_posteriors", None) is not None
+            and "instance_videos" in self.__dict__
+        ):
             if len(value) != len(self._posteriors):
-                raise RuntimeError(f"the script encoded {len(value)} items for {len(self._posteriors)} samples")
+                raise RuntimeError(
+                    f"the script encoded {len(value)} items for {len(self._posteriors)} samples"
+                )
             value, self._posteriors = self._posteriors, None
             _stop_answering_stand_ins(self.run)
         super().__setattr__(name, value)
@@ -346,8 +371,14 @@ class ScriptDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         if self.kind == "i2v":
-            return {"instance_prompt": self.instance_prompts[index], "instance_video": self.instance_videos[index]}
-        return {"instance_prompt": self.id_token + self.instance_prompts[index], "instance_video": self.instance_videos[index]}
+            return {
+                "instance_prompt": self.instance_prompts[index],
+                "instance_video": self.instance_videos[index],
+            }
+        return {
+            "instance_prompt": self.id_token + self.instance_prompts[index],
+            "instance_video": self.instance_videos[index],
+        }
 
 
 def _answer_stand_ins(run) -> None:
@@ -386,11 +417,11 @@ class ScriptEncoding:
         self.run = run
 
     @hookimpl(trylast=True)
-    def cogvx_encode_sample(self, sample, vae):
+    def cogvx_encode_sample(self, sample, vae, kind):
         pixels = self.run.hook.cogvx_load_pixels(sample=sample, args=self.run.args)
         video = pixels.to(vae.device, dtype=vae.dtype).unsqueeze(0).permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
         latent_dist = vae.encode(video).latent_dist
-        if self.run.kind != "i2v":
+        if kind != "i2v":
             return latent_dist
         # The I2V script conditions on the first frame with a little noise, sigma = exp(N(-3, 0.5)),
         # drawn once per clip when it encodes.
@@ -453,7 +484,9 @@ def prepare_loaded_pipeline(run, pipe) -> None:
 
     if getattr(pipe, "_cogvx_ext_prepared", False):
         return
-    install_forward_hooks(pipe.transformer, run.hook, run.model or ModelInfo.from_config(pipe.transformer.config))
+    install_forward_hooks(
+        pipe.transformer, run.hook, run.model or ModelInfo.from_config(pipe.transformer.config)
+    )
     run.hook.cogvx_pipeline_loaded(pipe=pipe, args=run.args)
     pipe._cogvx_ext_prepared = True
 
@@ -484,7 +517,11 @@ def _wrap_log_validation(run, real_log_validation):
     def log_validation(*args, **kwargs):
         bound = dict(zip(parameters, args), **kwargs)
         prepare_loaded_pipeline(run, bound["pipe"])
-        variants = [v for vs in run.hook.cogvx_validation_args(pipeline_args=bound["pipeline_args"], args=run.args) for v in vs or ()]
+        variants = [
+            v
+            for vs in run.hook.cogvx_validation_args(pipeline_args=bound["pipeline_args"], args=run.args)
+            for v in vs or ()
+        ]
         videos = []
         for pipeline_args in variants or [bound["pipeline_args"]]:
             videos.extend(real_log_validation(**{**bound, "pipeline_args": pipeline_args}) or [])

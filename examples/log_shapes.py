@@ -54,5 +54,8 @@ def cogvx_step_end(step, logs):
         logs.update(last_batch)  # goes to the script's trackers with the loss
         if step is not None and step % settings["every"] == 0:
             f, h, w = last_batch["latent_frames"], last_batch["latent_height"], last_batch["latent_width"]
-            print(f"log_shapes: step {step}: batch {last_batch['batch_size']} x latent {f}x{h}x{w}, "
-                  f"{last_batch['tokens_per_sample']} tokens per sample", flush=True)
+            print(
+                f"log_shapes: step {step}: batch {last_batch['batch_size']} x latent {f}x{h}x{w}, "
+                f"{last_batch['tokens_per_sample']} tokens per sample",
+                flush=True,
+            )

@@ -33,7 +33,9 @@ def echoed(result) -> list[dict]:
 
 
 def test_startup_hook_adds_plugin_flags_to_the_training_script():
-    [args] = echoed(run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN, "--height", "96", "--flag_from_plugin", "3"]))
+    [args] = echoed(
+        run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN, "--height", "96", "--flag_from_plugin", "3"])
+    )
     assert args["height"] == 96
     assert args["flag_from_plugin"] == 3
     assert args["configured_by"] == "flag_plugin"
@@ -109,18 +111,29 @@ def test_activation_is_idempotent():
     assert argparse.ArgumentParser.parse_args is wrapper
     assert activation._original_parse_args is not wrapper
     # Run the .pth line itself twice, as CPython does in a virtual environment.
-    result = run([sys.executable, "-c", "import cogvx_ext._startup, importlib, cogvx_ext._startup as s; importlib.reload(s)", ECHO])
+    result = run(
+        [
+            sys.executable,
+            "-c",
+            "import cogvx_ext._startup, importlib, cogvx_ext._startup as s; importlib.reload(s)",
+            ECHO,
+        ]
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_runner_python_dash_m(tmp_path):
-    [args] = echoed(run([sys.executable, "-m", "cogvx_ext", ECHO, "--plugins", FLAG_PLUGIN, "--width", "160"]))
+    [args] = echoed(
+        run([sys.executable, "-m", "cogvx_ext", ECHO, "--plugins", FLAG_PLUGIN, "--width", "160"])
+    )
     assert args["width"] == 160 and args["configured_by"] == "flag_plugin"
 
 
 def test_runner_console_script_without_startup_hook(tmp_path):
     # With the start-up hook disabled the runner alone brings the plugins in.
-    result = run([str(BIN / "cogvx-ext"), "run", ECHO, "--plugins", FLAG_PLUGIN], env={"COGVX_EXT_DISABLE": "1"})
+    result = run(
+        [str(BIN / "cogvx-ext"), "run", ECHO, "--plugins", FLAG_PLUGIN], env={"COGVX_EXT_DISABLE": "1"}
+    )
     [args] = echoed(result)
     assert args["configured_by"] == "flag_plugin"
 
@@ -148,7 +161,9 @@ def test_load_trainer_raises_usage_error():
 
 def test_missing_seam_is_named(tmp_path):
     plugin = tmp_path / "sampler_plugin.py"
-    plugin.write_text("from cogvx_ext import hookimpl\n\n@hookimpl\ndef cogvx_batch_sampler(samples):\n    return None\n")
+    plugin.write_text(
+        "from cogvx_ext import hookimpl\n\n@hookimpl\ndef cogvx_batch_sampler(samples):\n    return None\n"
+    )
     with pytest.raises(UsageError) as info:
         cogvx_ext.load_trainer(ECHO, argv=["--plugins", str(plugin)])
     assert "echo_trainer.py has no module-level 'DataLoader'" in str(info.value)
@@ -159,19 +174,44 @@ def test_plugin_requirements_stop_the_run_at_start(tmp_path):
     model = tmp_path / "model" / "transformer"
     model.mkdir(parents=True)
     (model / "config.json").write_text(json.dumps({"use_rotary_positional_embeddings": True}))
-    argv = ["--plugins", str(HERE / "plugins" / "needs_rope.py"), "--pretrained_model_name_or_path", str(model.parent)]
+    argv = [
+        "--plugins",
+        str(HERE / "plugins" / "needs_rope.py"),
+        "--pretrained_model_name_or_path",
+        str(model.parent),
+    ]
     result = run([sys.executable, ECHO, *argv])
     assert result.returncode == 2
     assert result.stderr.strip() == "cogvx-ext: 5b model: add rope_rescale to --plugins"
-    [args] = echoed(run([sys.executable, ECHO, *argv, "--plugins", "rope_rescale"]))
+    provider = tmp_path / "provides_rope.py"
+    provider.write_text(
+        "from cogvx_ext import hookimpl\n\n@hookimpl\ndef cogvx_provides():\n    return ['batch_rope']\n"
+    )
+    [args] = echoed(run([sys.executable, ECHO, *argv, "--plugins", str(provider)]))
     assert args["pretrained_model_name_or_path"] == str(model.parent)
 
 
 @pytest.mark.slow
 def test_accelerate_launcher_is_left_alone():
     result = run(
-        [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", ECHO, "--plugins", FLAG_PLUGIN, "--height", "32"],
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            ECHO,
+            "--plugins",
+            FLAG_PLUGIN,
+            "--height",
+            "32",
+        ],
     )
     [args] = echoed(result)
     assert args["height"] == 32 and args["configured_by"] == "flag_plugin"
@@ -180,8 +220,12 @@ def test_accelerate_launcher_is_left_alone():
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "python -m torch.distributed.run"])
 def test_torchrun_ranks_each_load_the_plugins(launcher):
-    cmd = [str(BIN / "torchrun")] if launcher == "torchrun" else [sys.executable, "-m", "torch.distributed.run"]
-    result = run([*cmd, "--nproc_per_node", "2", ECHO, "--plugins", FLAG_PLUGIN], env={"OMP_NUM_THREADS": "1"})
+    cmd = (
+        [str(BIN / "torchrun")] if launcher == "torchrun" else [sys.executable, "-m", "torch.distributed.run"]
+    )
+    result = run(
+        [*cmd, "--nproc_per_node", "2", ECHO, "--plugins", FLAG_PLUGIN], env={"OMP_NUM_THREADS": "1"}
+    )
     ranks = echoed(result)
     assert len(ranks) == 2
     assert all(r["configured_by"] == "flag_plugin" for r in ranks)
@@ -189,7 +233,9 @@ def test_torchrun_ranks_each_load_the_plugins(launcher):
 
 def test_pth_file_is_installed():
     site_dirs = {Path(p) for p in sys.path if p.endswith("site-packages")}
-    assert any((d / "cogvx_ext.pth").is_file() for d in site_dirs), "cogvx_ext.pth missing: pip install the package"
+    assert any((d / "cogvx_ext.pth").is_file() for d in site_dirs), (
+        "cogvx_ext.pth missing: pip install the package"
+    )
     assert shutil.which("cogvx-ext", path=str(BIN))
 
 
@@ -199,9 +245,20 @@ def test_installed_plugin_package_is_found_by_its_entry_point(tmp_path):
     shutil.copytree(HERE.parent / "examples" / "plugin_package", source)
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(source)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
     )
     env = {"PYTHONPATH": str(site)}
     [args] = echoed(run([sys.executable, ECHO, "--plugins", "hello", "--hello_name", "cogvx"], env=env))

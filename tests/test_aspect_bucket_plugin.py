@@ -12,12 +12,12 @@ from accelerate.data_loader import BatchSamplerShard
 
 from cogvx_ext import hookspecs
 from cogvx_ext.clips import Clip, Sample, Target, VideoInfo
+from cogvx_ext.dataset import ListingEntry, Skipped, plan_samples
 from cogvx_ext.errors import SkipClip, UsageError
 from cogvx_ext.model import ModelInfo
+from cogvx_ext.plan import build_report, format_report, report_to_json
 from cogvx_ext.testing import tiny_transformer_config, write_bad_clips, write_clip
 from cogvx_ext.video import probe
-from cogvx_ext.dataset import ListingEntry, Skipped, plan_samples
-from cogvx_ext.plan import build_report, format_report, report_to_json
 from cogvx_ext_plugins.aspect_bucket import AspectBucket, BucketBatchSampler
 
 MODELS = {
@@ -331,7 +331,9 @@ def train(
             if micro % accumulation == 0 or end:  # accelerate syncs at the end of the data too
                 global_step += 1
                 if global_step == stop_after:
-                    (saved,) = [s for s in ranks[0][0].hook.cogvx_state_dict(step=global_step) if s is not None]
+                    (saved,) = [
+                        s for s in ranks[0][0].hook.cogvx_state_dict(step=global_step) if s is not None
+                    ]
                     checkpoint = {"aspect_bucket": json.loads(json.dumps(saved)), "global_step": global_step}
                     checkpoint["accelerator_step"] = 0 if end else micro
                     return trained, checkpoint

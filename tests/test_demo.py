@@ -21,7 +21,9 @@ def cli(*args, **kwargs):
 
 @pytest.mark.slow
 def test_demo_trains_mixed_aspects_and_says_where_the_lora_went(t2v_trainer, tmp_path):
-    result = cli("demo", "--trainer", t2v_trainer, "--output_dir", tmp_path / "demo", cwd=tmp_path, timeout=600)
+    result = cli(
+        "demo", "--trainer", t2v_trainer, "--output_dir", tmp_path / "demo", cwd=tmp_path, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     lora = tmp_path / "demo" / "lora"
     assert (lora / "pytorch_lora_weights.safetensors").is_file()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests_support import HERE, read_events
 
 from cogvx_ext.testing import write_bad_clips, write_dataset
-from tests_support import HERE, read_events
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +69,16 @@ def test_every_hook_fires_in_a_bucketed_t2v_run(tiny_models, t2v_trainer, train,
     )  # fmt: skip
     result = ok(train(t2v_trainer, args))
     events = events_of(record)
-    seen = {e["event"] for e in events}
+    seen = {"cogvx_" + e["event"] for e in events}
     hooks = {
-        "add_arguments", "configure", "provides", "requires", "accelerator_ready", "transformer_loaded",
-        "vae_loaded", "clip_targets", "load_pixels", "encode_sample", "batch_sampler", "transformer_forward",
-        "rotary_embedding", "transformer_output", "step_end", "state_dict", "pipeline_loaded",
-        "validation_args", "lora_metadata",
+        "cogvx_add_arguments", "cogvx_configure", "cogvx_provides", "cogvx_requires", "cogvx_accelerator_ready",
+        "cogvx_transformer_loaded", "cogvx_vae_loaded", "cogvx_clip_targets", "cogvx_load_pixels",
+        "cogvx_encode_sample", "cogvx_batch_sampler", "cogvx_transformer_forward", "cogvx_rotary_embedding",
+        "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict", "cogvx_pipeline_loaded",
+        "cogvx_validation_args", "cogvx_lora_metadata",
     }  # fmt: skip
     assert hooks <= seen, hooks - seen
-    assert "exception" not in seen
+    assert "cogvx_exception" not in seen
     assert by_event(events, "requires")[0]["model"] == "5b"
     assert by_event(events, "transformer_loaded")[0]["has_adapter"] is False  # before LoRA
 
@@ -114,7 +115,12 @@ def test_resume_continues_at_the_exact_batch(tiny_models, t2v_trainer, train, tm
     data = mixed_dataset(tmp_path / "data")
     plugins = ["--plugins", f"{RECORDER},aspect_bucket,rope_rescale"]
     whole = tmp_path / "whole"
-    ok(train(t2v_trainer, script_args(tiny_models["5b"], data, whole, *plugins, "--recorder_out", whole / "ev", steps=7)))
+    ok(
+        train(
+            t2v_trainer,
+            script_args(tiny_models["5b"], data, whole, *plugins, "--recorder_out", whole / "ev", steps=7),
+        )
+    )
     part = tmp_path / "part"
     first = [*plugins, "--recorder_out", part / "ev1", "--checkpointing_steps", 3]
     ok(train(t2v_trainer, script_args(tiny_models["5b"], data, part, *first, steps=3)))
@@ -174,7 +180,9 @@ def test_other_t2v_models_train_on_mixed_aspects(tiny_models, t2v_trainer, train
     assert len({tuple(s) for s in training_shapes(events)}) > 1
     outputs = [e for e in by_event(events, "transformer_output") if e["grad"]]
     # The model answers for every frame and pixel it was given (before any padded frame is cut).
-    assert all(e["shape"][:2] == e["input_shape"][:2] and e["shape"][3:] == e["input_shape"][3:] for e in outputs)
+    assert all(
+        e["shape"][:2] == e["input_shape"][:2] and e["shape"][3:] == e["input_shape"][3:] for e in outputs
+    )
     if kind.startswith("1.5"):
         assert all(e["rope_equals_pipeline"] for e in outputs)
         assert all(e["input_shape"][1] % 2 == 0 for e in outputs)  # even latent frames reach the model
@@ -206,14 +214,18 @@ def test_i2v_models_train_on_mixed_aspects(tiny_models, i2v_trainer, train, tmp_
 
 def test_a_rope_model_without_rope_rescale_stops_at_start(tiny_models, t2v_trainer, train, tmp_path):
     data = mixed_dataset(tmp_path / "data")
-    result = train(t2v_trainer, script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", "aspect_bucket"))
+    result = train(
+        t2v_trainer, script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", "aspect_bucket")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "cogvx-ext: 5b model: add rope_rescale to --plugins"
     assert not (tmp_path / "out").exists()  # stopped before main made anything
 
 
 def test_unknown_plugin_is_one_line(tiny_models, t2v_trainer, train, tmp_path):
-    result = train(t2v_trainer, script_args(tiny_models["5b"], tmp_path, tmp_path / "out", "--plugins", "nosuchplugin"))
+    result = train(
+        t2v_trainer, script_args(tiny_models["5b"], tmp_path, tmp_path / "out", "--plugins", "nosuchplugin")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("cogvx-ext: unknown plugin 'nosuchplugin'")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -241,7 +253,9 @@ def test_bad_clips_are_named_and_training_goes_on(tiny_models, t2v_trainer, trai
             p.write(f"bad {name}\n")
         v.write("videos/does_not_exist.mp4\n")
         p.write("missing\n")
-    args = script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", "aspect_bucket,rope_rescale", steps=2)
+    args = script_args(
+        tiny_models["5b"], data, tmp_path / "out", "--plugins", "aspect_bucket,rope_rescale", steps=2
+    )
     result = ok(train(t2v_trainer, args))
     skipped = [line for line in result.stderr.splitlines() if line.startswith("cogvx-ext: skipped")]
     for name in bad:
@@ -249,10 +263,13 @@ def test_bad_clips_are_named_and_training_goes_on(tiny_models, t2v_trainer, trai
     assert any("does_not_exist.mp4: file does not exist" in line for line in skipped)
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
     strict = train(t2v_trainer, [*args, "--bucket_strict", "--output_dir", tmp_path / "strict"])
-    assert strict.returncode == 2 and strict.stderr.strip().splitlines()[-1].startswith("cogvx-ext: --bucket_strict")
+    assert strict.returncode == 2 and strict.stderr.strip().splitlines()[-1].startswith(
+        "cogvx-ext: --bucket_strict"
+    )
 
 
 def test_exception_hook_sees_the_failure(tiny_models, t2v_trainer, train, tmp_path):
+    """cogvx_exception fires once with the exception escaping the script's main."""
     data = mixed_dataset(tmp_path / "data", MIXED[:2])
     record = tmp_path / "events"
     args = script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", f"{RECORDER},aspect_bucket,rope_rescale",
@@ -267,7 +284,9 @@ def test_default_targets_through_the_data_hooks(tiny_models, t2v_trainer, train,
     # Only the recorder's wrappers: the core's defaults plan, decode and encode at the stock size.
     data = mixed_dataset(tmp_path / "data", MIXED[:3])
     record = tmp_path / "events"
-    args = script_args(tiny_models["2b"], data, tmp_path / "out", "--plugins", RECORDER, "--recorder_out", record, steps=2)
+    args = script_args(
+        tiny_models["2b"], data, tmp_path / "out", "--plugins", RECORDER, "--recorder_out", record, steps=2
+    )
     ok(train(t2v_trainer, args))
     events = events_of(record)
     assert {tuple(t[0]) for e in by_event(events, "clip_targets") for t in [e["targets"]]} == {(160, 96, 9)}
@@ -282,7 +301,12 @@ def test_lora_trained_at_16_9_generates_16_9_with_prepare_pipeline(tiny_models, 
 
     data = mixed_dataset(tmp_path / "data", [(256, 144, 17), (320, 176, 17)])
     out = tmp_path / "out"
-    ok(train(t2v_trainer, script_args(tiny_models["5b"], data, out, "--plugins", "aspect_bucket,rope_rescale", steps=2)))
+    ok(
+        train(
+            t2v_trainer,
+            script_args(tiny_models["5b"], data, out, "--plugins", "aspect_bucket,rope_rescale", steps=2),
+        )
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pipe = prepare_pipeline(CogVideoXPipeline.from_pretrained(tiny_models["5b"]), out)
     pipe.set_progress_bar_config(disable=True)

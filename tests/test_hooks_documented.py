@@ -9,7 +9,9 @@ import pytest
 from cogvx_ext import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("cogvx_")}
+SPECS = {
+    name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("cogvx_")
+}
 
 
 def signature_heading(name: str) -> str:
@@ -22,7 +24,8 @@ def test_specs_follow_the_house_rules():
         assert hasattr(fn, "cogvx_ext_spec"), f"{name} is not decorated with @hookspec"
         assert fn.__doc__ and fn.__doc__.strip(), f"{name} has no docstring"
         firstresult = fn.cogvx_ext_spec.get("firstresult")
-        assert ("Stops at first non-None result." in fn.__doc__) == bool(firstresult), name
+        doc = " ".join(fn.__doc__.split())
+        assert ("Stops at first non-None result." in doc) == bool(firstresult), name
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -53,7 +53,7 @@ def test_core_defaults_are_not_chosen_hooks(pm):
 
 
 def test_entry_point_name_loads_the_builtin(pm):
-    assert {"aspect_bucket", "rope_rescale", "posemb_adapt"} <= set(installed_plugins())
+    assert {"aspect_bucket", "rope_rescale", "posemb_adapt", "latent_cache"} <= set(installed_plugins())
     names = load_plugins(pm, parse_plugin_list(["rope_rescale"]))
     assert names == ["rope_rescale"]
     assert "cogvx_rotary_embedding" in chosen_hooks(pm)
@@ -101,18 +101,26 @@ def test_dotted_module(pm, tmp_path, monkeypatch):
 
 
 def test_blocked_name_is_not_loaded(pm):
-    assert load_plugins(pm, parse_plugin_list(["rope_rescale,aspect_bucket", "no:rope_rescale"])) == ["aspect_bucket"]
+    assert load_plugins(pm, parse_plugin_list(["rope_rescale,aspect_bucket", "no:rope_rescale"])) == [
+        "aspect_bucket"
+    ]
     assert not pm.has_plugin("rope_rescale")
 
 
 @pytest.mark.parametrize(
     "item, expected",
     [
-        ("nosuchplugin", "unknown plugin 'nosuchplugin': installed plugins: aspect_bucket, posemb_adapt, rope_rescale"),
+        (
+            "nosuchplugin",
+            "unknown plugin 'nosuchplugin': installed plugins: aspect_bucket, latent_cache, posemb_adapt, rope_rescale",
+        ),
         ("rope_rescal", "unknown plugin 'rope_rescal': did you mean 'rope_rescale'?"),
         ("no_such_pkg.mod", "unknown plugin 'no_such_pkg.mod'"),
         ("./missing_plugin.py", "plugin file './missing_plugin.py' does not exist"),
-        (str(HERE / "plugins" / "misspelled_hook.py"), "unknown hook 'cogvx_configur' (did you mean 'cogvx_configure'?)"),
+        (
+            str(HERE / "plugins" / "misspelled_hook.py"),
+            "unknown hook 'cogvx_configur' (did you mean 'cogvx_configure'?)",
+        ),
         (str(HERE / "plugins" / "wrong_argument.py"), "its cogvx_configure takes argument(s) {'arguments'}"),
     ],
 )
@@ -138,7 +146,10 @@ def test_inline_class_plugin_and_firstresult_order(pm):
             return ("mine", latent_shape)
 
     pm.register(Decides(), name="decides")
-    assert pm.hook.cogvx_rotary_embedding(model=None, latent_shape=(1, 2, 3), device="cpu") == ("mine", (1, 2, 3))
+    assert pm.hook.cogvx_rotary_embedding(model=None, latent_shape=(1, 2, 3), device="cpu") == (
+        "mine",
+        (1, 2, 3),
+    )
     assert chosen_hooks(pm) == {"cogvx_rotary_embedding"}
 
 
@@ -150,4 +161,6 @@ def test_module_attribute_picks_a_class_instantiated_per_run():
     a, b = first.get_plugin("recorder:Recorder"), second.get_plugin("recorder:Recorder")
     assert type(a).__name__ == "Recorder" and a is not b
     with pytest.raises(UsageError, match="has no attribute 'Nope'"):
-        load_plugins(make_plugin_manager(), parse_plugin_list([str(HERE / "plugins" / "recorder.py") + ":Nope"]))
+        load_plugins(
+            make_plugin_manager(), parse_plugin_list([str(HERE / "plugins" / "recorder.py") + ":Nope"])
+        )

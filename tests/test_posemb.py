@@ -7,11 +7,11 @@ import argparse
 import pluggy
 import pytest
 import torch
-from cogvx_ext_plugins import posemb_adapt
 from diffusers import CogVideoXTransformer3DModel
 
 from cogvx_ext import hookspecs, rope
 from cogvx_ext.model import ModelInfo
+from cogvx_ext_plugins import posemb_adapt
 
 TEXT_LEN = 16
 BASE = (13, 60, 90)  # latent frames, height, width of 49 frames at 480x720

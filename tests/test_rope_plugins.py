@@ -8,8 +8,6 @@ import json
 import pluggy
 import pytest
 import torch
-from cogvx_ext_plugins.posemb_adapt import PosembAdapt
-from cogvx_ext_plugins.rope_rescale import RopeRescale
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
 from cogvx_ext import hookspecs, rope
@@ -17,6 +15,8 @@ from cogvx_ext.errors import UsageError
 from cogvx_ext.forward import install_forward_hooks, remove_forward_hooks
 from cogvx_ext.model import ModelInfo
 from cogvx_ext.testing import build_tiny_model, tiny_transformer_config
+from cogvx_ext_plugins.posemb_adapt import PosembAdapt
+from cogvx_ext_plugins.rope_rescale import RopeRescale
 
 CPU = torch.device("cpu")
 TEXT_LEN = 16

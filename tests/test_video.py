@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+from pathlib import Path
 
 import decord
 import imageio_ffmpeg
@@ -154,17 +154,38 @@ def test_probe_missing_folder_and_empty_files(tmp_path):
         probe(tmp_path / "empty.mp4")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_probe_unreadable_file(tmp_path):
-    path = write_clip(tmp_path / "locked.mp4", 64, 64, 5)
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    folder.chmod(0o755)
+    path = write_clip(folder / "locked.mp4", 64, 64, 5)
     path.chmod(0)
+    # Root reads any file, so when the tests run as root the child imports what it needs, then
+    # drops to an unprivileged user before touching the file.
+    code = (
+        "import os, sys\n"
+        "import av, decord, torch\n"
+        "from cogvx_ext.video import ClipError, probe, read_frames\n"
+        "if os.geteuid() == 0:\n"
+        "    os.setgid(65534)\n"
+        "    os.setuid(65534)\n"
+        "for call in (lambda: probe(sys.argv[1]),\n"
+        "             lambda: read_frames(sys.argv[1], [0], (0, 0, 64, 64), (64, 64), source_size=(64, 64))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ClipError as exc:\n"
+        "        print(exc)\n"
+    )
     try:
-        with pytest.raises(ClipError, match="permission denied"):
-            probe(path)
-        with pytest.raises(ClipError, match="permission denied"):
-            read_frames(path, [0], (0, 0, 64, 64), (64, 64), source_size=(64, 64))
+        result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     finally:
         path.chmod(0o644)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("permission denied" in line for line in lines)
 
 
 # -- read_frames -------------------------------------------------------------------------------

@@ -74,43 +74,68 @@ class Recorder:
     @hookimpl(wrapper=True)
     def cogvx_clip_targets(self, clip):
         targets = yield
-        self.record("clip_targets", path=os.path.basename(clip.path), source=[clip.info.width, clip.info.height],
-                    targets=[[t.width, t.height, t.num_frames] for t in targets or []])
+        self.record(
+            "clip_targets",
+            path=os.path.basename(clip.path),
+            source=[clip.info.width, clip.info.height],
+            targets=[[t.width, t.height, t.num_frames] for t in targets or []],
+        )
         return targets
 
     @hookimpl(wrapper=True)
     def cogvx_load_pixels(self, sample):
         pixels = yield
-        self.record("load_pixels", path=os.path.basename(sample.clip.path), shape=list(pixels.shape),
-                    low=float(pixels.min()), high=float(pixels.max()))
+        self.record(
+            "load_pixels",
+            path=os.path.basename(sample.clip.path),
+            shape=list(pixels.shape),
+            low=float(pixels.min()),
+            high=float(pixels.max()),
+        )
         return pixels
 
     @hookimpl(wrapper=True)
     def cogvx_encode_sample(self, sample):
         encoded = yield
         parts = encoded if isinstance(encoded, tuple) else (encoded,)
-        self.record("encode_sample", path=os.path.basename(sample.clip.path),
-                    shapes=[list(p.parameters.shape) for p in parts], grad=torch.is_grad_enabled())
+        self.record(
+            "encode_sample",
+            path=os.path.basename(sample.clip.path),
+            shapes=[list(p.parameters.shape) for p in parts],
+            grad=torch.is_grad_enabled(),
+        )
         return encoded
 
     @hookimpl(wrapper=True)
     def cogvx_batch_sampler(self, samples, batch_size, num_replicas):
         sampler = yield
-        self.record("batch_sampler", samples=len(samples), batch_size=batch_size, num_replicas=num_replicas,
-                    sampler=type(sampler).__name__ if sampler is not None else None)
+        self.record(
+            "batch_sampler",
+            samples=len(samples),
+            batch_size=batch_size,
+            num_replicas=num_replicas,
+            sampler=type(sampler).__name__ if sampler is not None else None,
+        )
         return sampler
 
     @hookimpl
     def cogvx_transformer_forward(self, inputs, latent_shape):
         self.forwards += 1
-        self.record("transformer_forward", latent_shape=list(latent_shape), grad=torch.is_grad_enabled(),
-                    has_rope=inputs.get("image_rotary_emb") is not None)
+        self.record(
+            "transformer_forward",
+            latent_shape=list(latent_shape),
+            grad=torch.is_grad_enabled(),
+            has_rope=inputs.get("image_rotary_emb") is not None,
+        )
 
     @hookimpl(wrapper=True)
     def cogvx_rotary_embedding(self, latent_shape):
         rope = yield
-        self.record("rotary_embedding", latent_shape=list(latent_shape),
-                    tokens=None if rope is None else int(rope[0].shape[0]))
+        self.record(
+            "rotary_embedding",
+            latent_shape=list(latent_shape),
+            tokens=None if rope is None else int(rope[0].shape[0]),
+        )
         return rope
 
     @hookimpl(tryfirst=True)
@@ -119,7 +144,11 @@ class Recorder:
         sample = output[0] if isinstance(output, tuple) else output.sample
         hidden = inputs["hidden_states"]
         rope = inputs.get("image_rotary_emb")
-        fields = {"shape": list(sample.shape), "input_shape": list(hidden.shape), "grad": torch.is_grad_enabled()}
+        fields = {
+            "shape": list(sample.shape),
+            "input_shape": list(hidden.shape),
+            "grad": torch.is_grad_enabled(),
+        }
         if rope is not None:
             fields["rope_equals_pipeline"] = all(
                 torch.equal(a, b) for a, b in zip(rope, pipeline_rope(transformer, hidden))

@@ -1,0 +1,289 @@
+"""``cogvx-ext cache fill|prune``: fill the latent cache ahead of training, and prune it.
+
+``fill`` takes the training script's data flags, the plugins and their flags, and the VAE flags
+that decide the cache key (``--pretrained_model_name_or_path``, ``--mixed_precision``,
+``--enable_slicing``, ``--enable_tiling``), plans the samples with the same hooks and core
+functions as training (cogvx_ext.offline, cogvx_ext.dataset) and runs the same encoding hook
+(the script's recipe, cogvx_ext.seams.ScriptEncoding) through the latent_cache plugin. Under
+``accelerate launch -m cogvx_ext cache fill ...`` each process fills its share; nothing is
+exchanged between processes, each one only writes its entries.
+
+``prune`` removes entries the dataset no longer reaches: latent entries whose clip part of the
+key (file identity, target, ``--fps``, format) no plan sample has, prompt entries whose text is
+no sample's prompt, unreadable files, and temporary files left by killed writers. It reads entry
+headers only and loads no model, so entries of the same clips for another VAE, dtype or script
+kind are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from cogvx_ext.errors import SkipClip, UsageError
+
+DEFAULT_PLUGINS = "aspect_bucket,latent_cache"
+USAGE = """usage: cogvx-ext cache {fill,prune} [flags]
+
+  fill   encode every sample of a dataset into the latent cache ahead of training
+         (takes the training script's data and VAE flags, the plugins and their flags)
+  prune  remove cache entries the dataset no longer reaches (and temporary files)
+
+cogvx-ext cache fill --help / cogvx-ext cache prune --help list the flags.
+"""
+
+
+def run_cache(argv: list[str]) -> int:
+    """``cogvx-ext cache ...``; returns an exit status (2 for a usage mistake)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], list(argv[1:])
+    commands = {"fill": fill, "prune": prune}
+    if command not in commands:
+        sys.stderr.write(f"cogvx-ext cache: unknown command '{command}' (fill or prune)\n")
+        return 2
+    try:
+        return commands[command](rest)
+    except UsageError as exc:
+        sys.stderr.write(f"cogvx-ext: {exc}\n")
+        return 2
+
+
+def _latent_cache(run) -> Any:
+    from cogvx_ext_plugins.latent_cache import LatentCache
+
+    for plugin in run.pm.get_plugins():
+        if isinstance(plugin, LatentCache):
+            return plugin
+    raise UsageError("the cache commands need the latent_cache plugin: add latent_cache to --plugins")
+
+
+# ---------------------------------------------------------------------------------------------
+# fill
+
+
+def fill(argv: list[str]) -> int:
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+    from tqdm.auto import tqdm
+
+    from cogvx_ext.dataset import plan_samples, read_listing, report_skipped
+    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext.seams import ScriptEncoding
+
+    parser = script_data_parser(
+        "cogvx-ext cache fill",
+        "Encode every sample of a dataset into the latent cache, as training would. Give the flags "
+        f"of the training run (default plugins: {DEFAULT_PLUGINS}). Under `accelerate launch -m "
+        "cogvx_ext cache fill ...` each process encodes its share.",
+    )
+    g = parser.add_argument_group("the VAE, as the training script sets it up (part of the cache key)")
+    g.add_argument("--variant", default=None)
+    g.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="the VAE's dtype in training (default: accelerate's setting, else no)",
+    )
+    g.add_argument("--enable_slicing", action="store_true")
+    g.add_argument("--enable_tiling", action="store_true")
+    g.add_argument(
+        "--i2v",
+        action="store_true",
+        help="fill for train_cogvideox_image_to_video_lora.py (video and noised first-frame posteriors)",
+    )
+    run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
+    args = run.args
+    cache = _latent_cache(run)
+    if not args.pretrained_model_name_or_path:
+        raise UsageError("cache fill needs --pretrained_model_name_or_path (its VAE encodes the clips)")
+    run.kind = "i2v" if args.i2v else "t2v"
+    run.pm.register(ScriptEncoding(run), name="cogvx_ext.script_encoding")
+
+    # Without cpu=True accelerate starts no process group on a machine without CUDA, and every
+    # process would fill everything (CPU training runs are launched with ACCELERATE_USE_CPU=1 too).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    rank, world, main = state.process_index, state.num_processes, state.is_local_main_process
+    vae = _load_vae(run, state.device)
+
+    entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    samples, more_skipped = plan_samples(run.hook, entries, args, run.model, progress=main)
+    if main:
+        report_skipped(skipped + more_skipped)
+    mine = samples[rank::world]
+    failed = 0
+    with torch.no_grad():
+        bar = tqdm(mine, desc="cogvx-ext cache fill", disable=not main, unit="sample")
+        for sample in bar:
+            try:
+                run.hook.cogvx_encode_sample(sample=sample, vae=vae, kind=run.kind, args=args)
+            except SkipClip as exc:
+                failed += 1
+                tqdm.write(f"cogvx-ext: cannot encode {sample.clip.path}: {exc}")
+            bar.set_postfix(hits=cache.stats.hits, encoded=cache.stats.misses)
+        bar.close()
+
+    counts = [cache.stats.hits, cache.stats.misses, cache.stats.recomputed, failed, cache.stats.store_errors]
+    if world > 1:
+        counts = _sum_over_processes(counts, state.device)
+    hits, misses, recomputed, failed, store_errors = counts
+    if state.is_main_process:
+        clips = len({s.clip.path for s in samples})
+        line = (
+            f"cogvx-ext cache fill: {len(samples)} sample(s) of {clips} clip(s): {hits} already cached, "
+            f"{misses} encoded"
+        )
+        if recomputed:
+            line += f" ({recomputed} unusable entr{'y' if recomputed == 1 else 'ies'} replaced)"
+        if failed:
+            line += f", {failed} failed"
+        if store_errors:
+            line += f", {store_errors} could not be stored"
+        if skipped or more_skipped:
+            line += f"; {len(skipped) + len(more_skipped)} clip(s) skipped (listed above)"
+        print(f"{line}; cache {cache.root}" + (f" ({world} processes)" if world > 1 else ""))
+    if world > 1:
+        # A process group left open at exit aborts the process (gloo), failing the launch.
+        state.destroy_process_group()
+    return 1 if failed or store_errors else 0
+
+
+def _load_vae(run, device) -> Any:
+    """The VAE as the training scripts set it up: dtype from mixed precision, slicing, tiling."""
+    import torch
+    from diffusers import AutoencoderKLCogVideoX
+
+    args = run.args
+    vae = AutoencoderKLCogVideoX.from_pretrained(
+        args.pretrained_model_name_or_path, subfolder="vae", revision=args.revision, variant=args.variant
+    )
+    run.hook.cogvx_vae_loaded(vae=vae, args=args)
+    if args.enable_slicing:
+        vae.enable_slicing()
+    if args.enable_tiling:
+        vae.enable_tiling()
+    # As accelerate decides when --mixed_precision is not given (accelerate launch exports it).
+    mixed = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
+    vae.requires_grad_(False)
+    return vae.to(device, dtype=dtype)
+
+
+def _sum_over_processes(counts: list[int], device) -> list[int]:
+    import torch
+    import torch.distributed as dist
+
+    # nccl reduces CUDA tensors only; the state's device is the one its backend takes.
+    total = torch.tensor(counts, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return [int(v) for v in total.tolist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# prune
+
+
+def prune(argv: list[str]) -> int:
+    from cogvx_ext.dataset import plan_samples, read_listing
+    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext_plugins.latent_cache import (
+        META_CLIP_KEY,
+        META_TEXT_KEY,
+        BadEntry,
+        clip_fields,
+        digest,
+        read_metadata,
+        remove_stale_temp_files,
+        scan_cache,
+        text_key,
+    )
+
+    parser = script_data_parser(
+        "cogvx-ext cache prune",
+        "Remove latent cache entries that the dataset, planned with these flags and plugins, no longer "
+        f"reaches (default plugins: {DEFAULT_PLUGINS}).",
+    )
+    g = parser.add_argument_group("prune")
+    g.add_argument("--dry_run", action="store_true", help="list what would be removed, remove nothing")
+    g.add_argument(
+        "--temp_age",
+        type=float,
+        default=3600.0,
+        help="remove temporary files older than this many seconds (default 3600; a younger "
+        "one may be a write in progress)",
+    )
+    run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
+    args = run.args
+    cache = _latent_cache(run)
+    entries, _ = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    samples, _ = plan_samples(run.hook, entries, args, run.model, progress=False)
+    clip_keys = {digest(clip_fields(sample, args)) for sample in samples}
+    # Both scripts feed the text encoder the id token and the caption.
+    texts = {text_key((args.id_token or "") + sample.clip.prompt) for sample in samples}
+
+    kept = removed = freed = 0
+    for item in scan_cache(cache.root):
+        if item.kind == "temp":
+            continue
+        try:
+            metadata = read_metadata(item.path)
+            if item.kind == "entry":
+                reachable, what = metadata.get(META_CLIP_KEY) in clip_keys, "not reached by the dataset"
+            else:
+                reachable, what = metadata.get(META_TEXT_KEY) in texts, "prompt not in the dataset"
+            source = metadata.get("cogvx_ext.source", "?")
+        except BadEntry as exc:
+            reachable, what, source = False, str(exc), "?"
+        if reachable:
+            kept += 1
+            continue
+        removed += 1
+        freed += _size(item.path)
+        if args.dry_run:
+            print(
+                f"would remove {item.path} ({what}: {source if item.kind == 'entry' else repr(source[:80])})"
+            )
+        else:
+            _unlink(item.path)
+    temps = remove_stale_temp_files(cache.root, args.temp_age, dry_run=args.dry_run)
+    for path, size in temps:
+        freed += size
+        if args.dry_run:
+            print(f"would remove {path} (temporary file older than {args.temp_age:g} s)")
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"cogvx-ext cache prune: {kept} entr{'y' if kept == 1 else 'ies'} kept, {verb} {removed} "
+        f"({_mib(freed)}) and {len(temps)} temporary file(s); cache {cache.root}"
+    )
+    return 0
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _unlink(path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:  # another prune, or a writer replacing it
+        pass
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def main() -> int:
+    return run_cache(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    # `torchrun -m cogvx_ext.cache_cli fill ...` works before the `cache` command is wired into
+    # the cogvx-ext command line, and beside it.
+    sys.exit(main())
