@@ -63,6 +63,8 @@ class Run:
         self.requirements_checked = False
         self.chosen: set[str] = set()  # hooks implemented by chosen plugins; set by seams.install
         self.kind = "t2v"
+        self.prompts_prepared = False
+        self.text_encoder_offloaded = None
 
     def uses(self, hook_name: str) -> bool:
         """Whether a plugin the user chose (not a core default) implements this hook."""

@@ -14,6 +14,7 @@ Life of a run (T2V and I2V scripts alike)::
       VideoDataset(...)                     ── cogvx_clip_targets per clip     (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
+      compute_prompt_embeddings(...)        ── cogvx_prompt_embeddings
       every transformer forward             ── cogvx_transformer_forward, cogvx_rotary_embedding,
                                                cogvx_transformer_output
       every loop iteration (accelerator.log)── cogvx_step_end
@@ -195,6 +196,36 @@ def cogvx_batch_sampler(
     """
 
 
+@hookspec(firstresult=True)
+def cogvx_prompt_embeddings(
+    prompts: list[str],
+    tokenizer: Any,
+    text_encoder: torch.nn.Module,
+    max_sequence_length: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    cached_only: bool,
+) -> torch.Tensor | None:
+    """Return the text embeddings of ``prompts``: ``[len(prompts), max_sequence_length, D]``.
+
+    Replaces the scripts' ``compute_prompt_embeddings`` (T2V: every step; I2V: once per sample
+    at start). Before the first answer the core asks for every prompt of the dataset once, then
+    again with ``cached_only``: answer only from what you have, without the text encoder, or
+    ``None``; when every prompt is answered that way the text encoder leaves the accelerator.
+    The built-in default (trylast) runs the script's own function where the text encoder is.
+    Calls that need gradients go to the script's function directly. Stops at first non-None
+    result.
+
+    :param prompts: the texts as the script encodes them (id token included).
+    :param tokenizer: the script's tokenizer.
+    :param text_encoder: the script's text encoder (on the accelerator, or the CPU once all is cached).
+    :param max_sequence_length: tokens per prompt (the transformer's ``max_text_seq_length``).
+    :param device: where the result must live.
+    :param dtype: the result's dtype.
+    :param cached_only: answer without running the text encoder, or return ``None``.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # The transformer's forward pass (training and validation alike)
 
@@ -308,14 +339,19 @@ def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace) -> None:
 
 
 @hookspec
-def cogvx_validation_args(pipeline_args: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Return variants of one validation call's pipeline arguments (e.g. other resolutions).
+def cogvx_validation_args(
+    variants: list[dict[str, Any]], args: argparse.Namespace, samples: list[Sample] | None
+) -> None:
+    """Change, in place, the list of pipeline calls one validation prompt makes.
 
-    The script's ``log_validation`` runs once per returned variant; if no plugin returns any,
-    it runs once with ``pipeline_args`` unchanged.
+    ``variants`` starts as ``[pipeline_args]``, what the script passes to the pipeline (prompt,
+    height, width, ...); the script's ``log_validation`` then runs once per entry. Replace it to
+    validate at other sizes, edit the entries to change other settings.
 
-    :param pipeline_args: what the script passes to the pipeline (prompt, height, width, ...).
+    :param variants: the pipeline arguments of each validation call; modify in place.
     :param args: the parsed arguments.
+    :param samples: the training samples (their targets are the trained shapes), or ``None``
+        when the script's own dataset is in use.
     """
 
 

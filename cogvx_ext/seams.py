@@ -18,6 +18,7 @@ seam (script globals)               what it does
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
 ``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share)
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``
+``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
 ``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save
 =================================  ============================================================
 """
@@ -70,6 +71,7 @@ def needed_globals(run) -> dict[str, list[str]]:
         "cogvx_validation_args": ["log_validation"],
         "cogvx_lora_metadata": [pipeline],
         "cogvx_exception": ["main"],
+        "cogvx_prompt_embeddings": ["compute_prompt_embeddings"],
         **{
             hook: ["VideoDataset", "DataLoader", "AutoencoderKLCogVideoX", "Accelerator"]
             for hook in DATA_HOOKS
@@ -132,10 +134,19 @@ def install(run) -> None:
         run.pm.register(ScriptEncoding(run), name="cogvx_ext.script_encoding")
         g["VideoDataset"] = functools.partial(ScriptDataset, run)
         g["DataLoader"] = functools.partial(_make_dataloader, run, g["DataLoader"])
+    if "cogvx_prompt_embeddings" in run.chosen:
+        run.pm.register(
+            ScriptPromptEmbeddings(g["compute_prompt_embeddings"]), name="cogvx_ext.script_prompts"
+        )
+        g["compute_prompt_embeddings"] = _prompt_embeddings_seam(run, g["compute_prompt_embeddings"])
     pipeline = I2V_PIPELINE if run.kind == "i2v" else T2V_PIPELINE
     if pipeline in g and run.chosen & {"cogvx_pipeline_loaded", "cogvx_lora_metadata", *FORWARD_HOOKS}:
         g[pipeline] = _PipelineProxy(run, g[pipeline])
-    if "log_validation" in g and run.chosen & {"cogvx_pipeline_loaded", "cogvx_validation_args"}:
+    if "log_validation" in g and run.chosen & {
+        "cogvx_pipeline_loaded",
+        "cogvx_validation_args",
+        "cogvx_prompt_embeddings",
+    }:
         g["log_validation"] = _wrap_log_validation(run, g["log_validation"])
 
 
@@ -451,6 +462,89 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Prompt embeddings: compute_prompt_embeddings
+#
+# The T2V script runs the text encoder on every step's prompts; the I2V script on every sample's
+# prompt at start. Both keep the text encoder on the accelerator for the whole run.
+
+
+class ScriptPromptEmbeddings:
+    """The script's own ``compute_prompt_embeddings``, as the trylast ``cogvx_prompt_embeddings``."""
+
+    def __init__(self, script_function):
+        self.script_function = script_function
+
+    @hookimpl(trylast=True)
+    def cogvx_prompt_embeddings(
+        self, prompts, tokenizer, text_encoder, max_sequence_length, device, dtype, cached_only
+    ):
+        if cached_only:
+            return None
+        # The text encoder may have been moved to the CPU (everything was cached): run it where it is.
+        where = next(text_encoder.parameters()).device
+        embeddings = self.script_function(
+            tokenizer, text_encoder, prompts, max_sequence_length, where, dtype, requires_grad=False
+        )
+        return embeddings.to(device)
+
+
+def _prompt_embeddings_seam(run, script_function):
+    @functools.wraps(script_function)
+    def compute_prompt_embeddings(
+        tokenizer, text_encoder, prompt, max_sequence_length, device, dtype, requires_grad=False
+    ):
+        if requires_grad:  # gradients flow into the text encoder: nothing to reuse
+            return script_function(
+                tokenizer, text_encoder, prompt, max_sequence_length, device, dtype, requires_grad=True
+            )
+        ask = functools.partial(
+            run.hook.cogvx_prompt_embeddings,
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            max_sequence_length=max_sequence_length,
+            dtype=dtype,
+        )
+        if not run.prompts_prepared:
+            run.prompts_prepared = True
+            _prepare_dataset_prompts(run, ask, text_encoder, device)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return ask(prompts=prompts, device=device, cached_only=False)
+
+    return compute_prompt_embeddings
+
+
+def _prepare_dataset_prompts(run, ask, text_encoder, device) -> None:
+    """Embed every dataset prompt once (a plugin may keep them), then take the text encoder off the
+    accelerator when the plugins answer every prompt without it."""
+    from tqdm.auto import tqdm
+
+    dataset = run.dataset
+    if dataset is None:  # the script's own VideoDataset: its prompts are not known here
+        return
+    prefix = "" if run.kind == "i2v" else dataset.id_token  # T2V adds the id token per item
+    prompts = sorted({prefix + p for p in dataset.instance_prompts if isinstance(p, str)})
+    chunk = max(1, int(getattr(run.args, "train_batch_size", 1) or 1))
+    with torch.no_grad():
+        for i in range(0, len(prompts), chunk):
+            ask(prompts=prompts[i : i + chunk], device=device, cached_only=False)
+        # Asked for on the CPU, in chunks: the check must not hold every embedding on the device.
+        answered = all(
+            ask(prompts=prompts[i : i + chunk], device=torch.device("cpu"), cached_only=True) is not None
+            for i in range(0, len(prompts), chunk)
+        )
+    if answered and prompts:
+        text_encoder.to("cpu")
+        run.text_encoder_offloaded = text_encoder
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if run.accelerator is None or run.accelerator.is_local_main_process:
+            tqdm.write(
+                f"cogvx-ext: all {len(prompts)} prompt embeddings are at hand; the text encoder stays on the CPU",
+                file=sys.stderr,
+            )
+
+
+# ---------------------------------------------------------------------------------------------
 # Validation and the saved LoRA
 
 
@@ -517,14 +611,15 @@ def _wrap_log_validation(run, real_log_validation):
     def log_validation(*args, **kwargs):
         bound = dict(zip(parameters, args), **kwargs)
         prepare_loaded_pipeline(run, bound["pipe"])
-        variants = [
-            v
-            for vs in run.hook.cogvx_validation_args(pipeline_args=bound["pipeline_args"], args=run.args)
-            for v in vs or ()
-        ]
+        samples = run.dataset.samples if run.dataset is not None else None
+        variants = [dict(bound["pipeline_args"])]
+        run.hook.cogvx_validation_args(variants=variants, args=run.args, samples=samples)
         videos = []
-        for pipeline_args in variants or [bound["pipeline_args"]]:
+        for pipeline_args in variants:
             videos.extend(real_log_validation(**{**bound, "pipeline_args": pipeline_args}) or [])
+        if run.text_encoder_offloaded is not None:
+            # The T2V validation pipeline shares the text encoder and moved it to the accelerator.
+            run.text_encoder_offloaded.to("cpu")
         return videos
 
     return log_validation

@@ -16,7 +16,7 @@
   with a whole entry; the last one stays.
 * Every entry is checked when read: its recorded key, tensor names, shapes (the latent shape of
   the target), dtype and finite values. A bad entry is reported with its clip and encoded again.
-* Prompt embeddings (``cogvx_prompt_embeddings``, when the core has that hook): one entry per
+* Prompt embeddings (``cogvx_prompt_embeddings``): one entry per
   prompt under ``DIR/prompts``, keyed by the text, the text encoder's identity, the tokenizer,
   the sequence length and dtype; kept in memory for the run, so a step costs no encoder call.
 
@@ -577,8 +577,7 @@ class LatentCache:
 
     # ---- prompt embeddings -------------------------------------------------------------------
     #
-    # The same split as for latents. `optionalhook`: the plugin loads with cores that do not have
-    # this hook yet.
+    # The same split as for latents: a tryfirst answer from memory or disk, a wrapper that stores.
 
     def prompt_lookup(
         self,
@@ -607,7 +606,7 @@ class LatentCache:
         self._tokenizers[id(tokenizer)] = (weakref.ref(tokenizer), identity)
         return identity
 
-    @hookimpl(wrapper=True, optionalhook=True)
+    @hookimpl(wrapper=True)
     def cogvx_prompt_embeddings(
         self,
         prompts: list[str],
@@ -635,7 +634,7 @@ class LatentCache:
                 self._store_prompt(lookup, i, embedding)
         return result
 
-    @hookimpl(tryfirst=True, optionalhook=True, specname="cogvx_prompt_embeddings")
+    @hookimpl(tryfirst=True, specname="cogvx_prompt_embeddings")
     def load_cached_prompt_embeddings(self, device: torch.device, dtype: torch.dtype):
         """All prompts from memory or disk, or ``None`` when one is missing (then all are encoded)."""
         lookup = self._prompt_lookup

@@ -46,6 +46,19 @@ def parse_resolutions(text: str, multiple: int = 16) -> list[tuple[int, int]]:
     return sizes
 
 
+def trained_validation_sizes(samples: list[Any] | None) -> list[tuple[int, int]]:
+    """The largest trained size of each orientation present (landscape, portrait, square), as
+    (width, height); nothing when training used one size (the script's --height/--width do)."""
+    sizes = {(s.target.width, s.target.height) for s in samples or ()}
+    if len(sizes) < 2:
+        return []
+    largest: dict[str, tuple[int, int]] = {}
+    for width, height in sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh)):
+        orientation = "landscape" if width > height else "portrait" if height > width else "square"
+        largest[orientation] = (width, height)
+    return [largest[o] for o in ("landscape", "portrait", "square") if o in largest]
+
+
 class RopeRescale:
     """The plugin; one instance per run holds the run's settings."""
 
@@ -75,8 +88,8 @@ class RopeRescale:
         group.add_argument(
             "--validation_resolutions",
             default=None,
-            help="Comma list of WIDTHxHEIGHT (e.g. 1024x576,576x1024): run validation at each, instead "
-            "of only at --height x --width.",
+            help="Comma list of WIDTHxHEIGHT (e.g. 1024x576,576x1024): run validation at each. Default "
+            "with several trained shapes: the largest trained size of each orientation present.",
         )
 
     @hookimpl
@@ -198,12 +211,10 @@ class RopeRescale:
         pipe._prepare_rotary_positional_embeddings = prepare_rotary_positional_embeddings
 
     @hookimpl
-    def cogvx_validation_args(self, pipeline_args: dict[str, Any]) -> list[dict[str, Any]] | None:
-        if not self.validation_sizes:
-            return None
-        return [
-            {**pipeline_args, "width": width, "height": height} for width, height in self.validation_sizes
-        ]
+    def cogvx_validation_args(self, variants: list[dict[str, Any]], samples: list[Any] | None) -> None:
+        sizes = self.validation_sizes or trained_validation_sizes(samples)
+        if sizes:
+            variants[:] = [{**v, "width": width, "height": height} for v in variants for width, height in sizes]
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:

@@ -99,6 +99,10 @@ def test_every_hook_fires_in_a_bucketed_t2v_run(tiny_models, t2v_trainer, train,
     assert outputs and all(e["rope_equals_pipeline"] for e in outputs)
     assert all(e["tokens"] for e in by_event(events, "rotary_embedding"))
 
+    # Validation ran at the largest trained size of each orientation (rope_rescale's default).
+    sizes = by_event(events, "validation_args")[0]["sizes"]
+    assert any(w > h for w, h in sizes) and any(h > w for w, h in sizes) and any(w == h for w, h in sizes)
+
     # Checkpoints carry the plugins' state; the LoRA carries what inference needs.
     state = json.loads((out / "checkpoint-2" / "cogvx_ext_state.json").read_text())["plugins"]
     assert state["recorder:Recorder"] == {"steps_seen": 1}
@@ -313,3 +317,22 @@ def test_lora_trained_at_16_9_generates_16_9_with_prepare_pipeline(tiny_models, 
     frames = pipe("a test", height=96, width=160, num_frames=9, num_inference_steps=2, output_type="pt",
                   generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
     assert tuple(frames.shape[-2:]) == (96, 160) and frames.shape[1] == 9
+
+
+def test_latent_cache_second_launch_decodes_and_encodes_nothing(tiny_models, t2v_trainer, train, tmp_path):
+    data = mixed_dataset(tmp_path / "data")
+    plugins = f"{RECORDER},aspect_bucket,rope_rescale,latent_cache"
+
+    def launch(name):
+        args = script_args(tiny_models["5b"], data, tmp_path / name, "--plugins", plugins,
+                           "--latent_cache_dir", tmp_path / "cache", "--recorder_out", tmp_path / name / "ev", steps=3)  # fmt: skip
+        return ok(train(t2v_trainer, args)), events_of(tmp_path / name / "ev")
+
+    cold, cold_events = launch("cold")
+    warm, warm_events = launch("warm")
+    assert len(by_event(cold_events, "load_pixels")) == len(MIXED)
+    assert by_event(warm_events, "load_pixels") == []  # nothing decoded, so nothing VAE-encoded
+    assert training_shapes(warm_events) == training_shapes(cold_events)  # same plan, same batches
+    for result in (cold, warm):  # every prompt is at hand after the first pass: T5 leaves the device
+        assert "prompt embeddings are at hand; the text encoder stays on the CPU" in result.stderr
+    assert (tmp_path / "cache" / "prompts").is_dir()

@@ -88,15 +88,27 @@ def test_settings_hooks():
     for part in pm.hook.cogvx_lora_metadata(args=args):
         metadata.update(part)
     assert metadata == {"rope_mode": "ntk", "posemb_mode": "interpolate"}
-    variants = [
-        v for vs in pm.hook.cogvx_validation_args(pipeline_args={"prompt": "a cat"}, args=args) for v in vs
-    ]
+    variants = [{"prompt": "a cat"}]
+    pm.hook.cogvx_validation_args(variants=variants, args=args, samples=None)
     assert variants == [
         {"prompt": "a cat", "width": 1024, "height": 576},
         {"prompt": "a cat", "width": 576, "height": 1024},
     ]
+    # Without the flag: one size trained, nothing changes; several, the largest of each orientation.
     pm, args = make_pm()
-    assert pm.hook.cogvx_validation_args(pipeline_args={"prompt": "a cat"}, args=args) == []
+    variants = [{"prompt": "a cat", "width": 160, "height": 96}]
+    pm.hook.cogvx_validation_args(variants=variants, args=args, samples=None)
+    assert variants == [{"prompt": "a cat", "width": 160, "height": 96}]
+    trained = [trained_sample(w, h) for w, h in [(160, 96), (176, 96), (96, 160), (128, 128), (112, 112)]]
+    pm.hook.cogvx_validation_args(variants=variants, args=args, samples=trained)
+    assert [(v["width"], v["height"]) for v in variants] == [(176, 96), (96, 160), (128, 128)]
+
+
+def trained_sample(width, height):
+    from cogvx_ext.clips import Clip, Sample, Target, VideoInfo
+
+    clip = Clip(0, "clip.mp4", "a clip", VideoInfo(width, height, 9, 8.0))
+    return Sample(clip, Target(height, width, tuple(range(9)), (0, 0, height, width)))
 
 
 @pytest.mark.parametrize("value", ["1024", "1024x", "1000x576", "axb"])

@@ -178,13 +178,18 @@ class Recorder:
     def cogvx_pipeline_loaded(self, pipe):
         self.record("pipeline_loaded", pipeline=type(pipe).__name__)
 
-    @hookimpl
-    def cogvx_validation_args(self, pipeline_args, args):
-        self.record("validation_args", height=pipeline_args.get("height"), width=pipeline_args.get("width"))
+    @hookimpl(trylast=True)
+    def cogvx_validation_args(self, variants, args, samples):
+        # Last, so it sees the sizes other plugins chose.
+        self.record(
+            "validation_args",
+            sizes=[[v.get("width"), v.get("height")] for v in variants],
+            samples=None if samples is None else len(samples),
+        )
         if args.recorder_fast_validation:
             # The scripts validate with the pipeline's defaults (49 frames, 50 steps): minutes on CPU.
-            return [dict(pipeline_args, num_frames=5, num_inference_steps=2)]
-        return []
+            for variant in variants:
+                variant.update(num_frames=5, num_inference_steps=2)
 
     @hookimpl
     def cogvx_lora_metadata(self, args):
