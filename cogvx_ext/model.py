@@ -101,36 +101,40 @@ class ModelInfo:
         return ((f + pt - 1) // pt) * (h // self.patch_size) * (w // self.patch_size)
 
 
-# Positional settings of the released checkpoints (transformer configs on the Hugging Face Hub),
-# for tools that plan without a model at hand (`cogvx-ext plan --model 5b`).
+# Positional settings of the released checkpoints (transformer configs on the Hugging Face Hub):
+# what tools plan with when no model is at hand (`cogvx-ext plan --model 5b`), and what the tiny
+# test models keep (cogvx_ext.testing). sample_height/width are latent units, sample_frames pixels.
+_RELEASED_1_0 = dict(
+    sample_height=60,
+    sample_width=90,
+    sample_frames=49,
+    patch_size=2,
+    patch_size_t=None,
+    patch_bias=True,
+    use_learned_positional_embeddings=False,
+    ofs_embed_dim=None,
+)
+_RELEASED_1_5 = dict(
+    _RELEASED_1_0, sample_height=300, sample_width=300, sample_frames=81, patch_size_t=2, patch_bias=False
+)
 RELEASED: dict[str, dict] = {
-    "2b": {"in_channels": 16, "out_channels": 16, "use_rotary_positional_embeddings": False},
-    "5b": {"in_channels": 16, "out_channels": 16, "use_rotary_positional_embeddings": True},
-    "5b-I2V": {
-        "in_channels": 32,
-        "out_channels": 16,
-        "use_rotary_positional_embeddings": True,
-        "use_learned_positional_embeddings": True,
-    },
-    "1.5-5B": {
-        "in_channels": 16,
-        "out_channels": 16,
-        "use_rotary_positional_embeddings": True,
-        "patch_size_t": 2,
-        "sample_height": 300,
-        "sample_width": 300,
-        "sample_frames": 81,
-    },
-    "1.5-5B-I2V": {
-        "in_channels": 32,
-        "out_channels": 16,
-        "use_rotary_positional_embeddings": True,
-        "patch_size_t": 2,
-        "sample_height": 300,
-        "sample_width": 300,
-        "sample_frames": 81,
-        "ofs_embed_dim": 512,
-    },
+    "2b": dict(_RELEASED_1_0, in_channels=16, out_channels=16, use_rotary_positional_embeddings=False),
+    "5b": dict(_RELEASED_1_0, in_channels=16, out_channels=16, use_rotary_positional_embeddings=True),
+    "5b-I2V": dict(
+        _RELEASED_1_0,
+        in_channels=32,
+        out_channels=16,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=True,
+    ),
+    "1.5-5B": dict(_RELEASED_1_5, in_channels=16, out_channels=16, use_rotary_positional_embeddings=True),
+    "1.5-5B-I2V": dict(
+        _RELEASED_1_5,
+        in_channels=32,
+        out_channels=16,
+        use_rotary_positional_embeddings=True,
+        ofs_embed_dim=512,
+    ),
 }
 
 

@@ -21,62 +21,9 @@ from typing import Any
 
 import numpy as np
 
-MODEL_KINDS = ("2b", "5b", "5b-I2V", "1.5-5B", "1.5-5B-I2V")
+from cogvx_ext.model import RELEASED
 
-# The settings of the released checkpoints that decide positions and shapes, kept as they are.
-# sample_height/width are latent units (x8 for pixels); sample_frames are pixel frames.
-_RELEASED = {
-    "2b": dict(
-        sample_height=60,
-        sample_width=90,
-        sample_frames=49,
-        patch_size=2,
-        patch_size_t=None,
-        patch_bias=True,
-        use_rotary_positional_embeddings=False,
-        use_learned_positional_embeddings=False,
-    ),
-    "5b": dict(
-        sample_height=60,
-        sample_width=90,
-        sample_frames=49,
-        patch_size=2,
-        patch_size_t=None,
-        patch_bias=True,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=False,
-    ),
-    "5b-I2V": dict(
-        sample_height=60,
-        sample_width=90,
-        sample_frames=49,
-        patch_size=2,
-        patch_size_t=None,
-        patch_bias=True,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=True,
-    ),
-    "1.5-5B": dict(
-        sample_height=300,
-        sample_width=300,
-        sample_frames=81,
-        patch_size=2,
-        patch_size_t=2,
-        patch_bias=False,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=False,
-    ),
-    "1.5-5B-I2V": dict(
-        sample_height=300,
-        sample_width=300,
-        sample_frames=81,
-        patch_size=2,
-        patch_size_t=2,
-        patch_bias=False,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=False,
-    ),
-}
+MODEL_KINDS = ("2b", "5b", "5b-I2V", "1.5-5B", "1.5-5B-I2V")
 
 LATENT_CHANNELS = 4  # 16 in the released VAEs
 TIME_EMBED_DIM = 8  # 512 released; the 1.5-I2V ofs embedding must have the same width
@@ -117,14 +64,14 @@ def tiny_transformer_config(kind: str) -> dict[str, Any]:
     the 5b-I2V learned table has ``226 + 13 * 30 * 45`` rows.
     """
     _check_kind(kind)
-    config = dict(_RELEASED[kind])
+    config = dict(RELEASED[kind])  # positions and shapes as released
     config.update(
         num_attention_heads=2,
         attention_head_dim=16,  # RoPE needs a multiple of 16
         in_channels=LATENT_CHANNELS * (2 if _is_i2v(kind) else 1),  # I2V stacks image latents
         out_channels=LATENT_CHANNELS,
         time_embed_dim=TIME_EMBED_DIM,
-        ofs_embed_dim=TIME_EMBED_DIM if kind == "1.5-5B-I2V" else None,
+        ofs_embed_dim=TIME_EMBED_DIM if config["ofs_embed_dim"] else None,
         text_embed_dim=32,
         num_layers=1,
         max_text_seq_length=226,

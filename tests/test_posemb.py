@@ -11,30 +11,16 @@ from diffusers import CogVideoXTransformer3DModel
 
 from cogvx_ext import hookspecs, rope
 from cogvx_ext.model import ModelInfo
+from cogvx_ext.testing import tiny_transformer_config
 from cogvx_ext_plugins import posemb_adapt
 
-TEXT_LEN = 16
+TEXT_LEN = tiny_transformer_config("5b-I2V")["max_text_seq_length"]
 BASE = (13, 60, 90)  # latent frames, height, width of 49 frames at 480x720
 
 
 def tiny_i2v(seed: int = 0) -> CogVideoXTransformer3DModel:
     torch.manual_seed(seed)
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=8,
-        out_channels=4,
-        time_embed_dim=8,
-        text_embed_dim=32,
-        num_layers=1,
-        max_text_seq_length=TEXT_LEN,
-        patch_size=2,
-        sample_height=60,
-        sample_width=90,
-        sample_frames=49,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=True,
-    ).eval()
+    transformer = CogVideoXTransformer3DModel(**tiny_transformer_config("5b-I2V")).eval()
     # A trained table is not the sin-cos it started from: make it random, text rows included.
     transformer.patch_embed.pos_embedding.normal_()
     return transformer
@@ -139,17 +125,7 @@ def test_drop_leaves_the_table_out_and_uninstall_restores_stock(transformer):
 
 
 def test_models_without_a_table_are_left_alone():
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        time_embed_dim=8,
-        text_embed_dim=32,
-        num_layers=1,
-        max_text_seq_length=TEXT_LEN,
-        use_rotary_positional_embeddings=True,
-    )
+    transformer = CogVideoXTransformer3DModel(**tiny_transformer_config("5b"))
     assert posemb_adapt.install(transformer, "interpolate") is None
     assert transformer.patch_embed.use_positional_embeddings is False  # rotary: never had one
 

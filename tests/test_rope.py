@@ -11,41 +11,18 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 from cogvx_ext import rope
 from cogvx_ext.model import ModelInfo
+from cogvx_ext.testing import tiny_transformer_config
 
 CPU = torch.device("cpu")
 
-TINY = dict(
-    num_attention_heads=2,
-    attention_head_dim=16,
-    out_channels=4,
-    time_embed_dim=8,
-    text_embed_dim=32,
-    num_layers=1,
-    max_text_seq_length=16,
-    patch_size=2,
-    use_rotary_positional_embeddings=True,
-)
-CONFIGS = {
-    "5b": dict(in_channels=4, sample_height=60, sample_width=90, sample_frames=49),
-    "5b-I2V": dict(
-        in_channels=8,
-        sample_height=60,
-        sample_width=90,
-        sample_frames=49,
-        use_learned_positional_embeddings=True,
-    ),
-    "1.5-5B": dict(in_channels=4, sample_height=300, sample_width=300, sample_frames=81, patch_size_t=2),
-    "1.5-5B-I2V": dict(
-        in_channels=8, sample_height=300, sample_width=300, sample_frames=81, patch_size_t=2, ofs_embed_dim=8
-    ),
-}
+KINDS = ["5b", "5b-I2V", "1.5-5B", "1.5-5B-I2V"]  # the kinds with RoPE
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+@pytest.fixture(scope="module", params=KINDS)
 def pipe(request):
     """A real pipeline object around a tiny transformer; the RoPE method reads only its config."""
     torch.manual_seed(0)
-    transformer = CogVideoXTransformer3DModel(**TINY, **CONFIGS[request.param])
+    transformer = CogVideoXTransformer3DModel(**tiny_transformer_config(request.param))
     pipeline_class = CogVideoXImageToVideoPipeline if "I2V" in request.param else CogVideoXPipeline
     pipe = pipeline_class(
         tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=None
@@ -199,9 +176,9 @@ def test_base_argument_moves_the_base(pipe):
 
 
 def test_bad_mode_and_non_rotary_model():
-    model = ModelInfo.from_config(dict(TINY, **CONFIGS["5b"]))
+    model = ModelInfo.from_config(tiny_transformer_config("5b"))
     with pytest.raises(ValueError, match="unknown rope mode"):
         rope.rotary_embedding(model, (2, 8, 8), CPU, mode="yarn")
-    sincos = ModelInfo.from_config(dict(TINY, **CONFIGS["5b"], use_rotary_positional_embeddings=False))
+    sincos = ModelInfo.from_config(tiny_transformer_config("2b"))
     with pytest.raises(ValueError, match="rotary"):
         rope.rotary_embedding(sincos, (2, 8, 8), CPU)
