@@ -191,27 +191,16 @@ def test_plugin_requirements_stop_the_run_at_start(tmp_path):
     assert args["pretrained_model_name_or_path"] == str(model.parent)
 
 
+ACCELERATE = ["launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_accelerate_launcher_is_left_alone():
+@pytest.mark.parametrize("way", [[], ["-m", "cogvx_ext"]], ids=["startup hook", "runner"])
+def test_accelerate_launch_both_ways(way):
+    # The launcher's own parser sees --plugins too, and must be left alone.
     result = run(
-        [
-            str(BIN / "accelerate"),
-            "launch",
-            "--cpu",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            ECHO,
-            "--plugins",
-            FLAG_PLUGIN,
-            "--height",
-            "32",
-        ],
+        [str(BIN / "accelerate"), *ACCELERATE, *way, ECHO, "--plugins", FLAG_PLUGIN, "--height", "32"]
     )
     [args] = echoed(result)
     assert args["height"] == 32 and args["configured_by"] == "flag_plugin"
