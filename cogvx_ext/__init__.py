@@ -17,6 +17,7 @@ __all__ = [
     "Target",
     "Sample",
     "VideoInfo",
+    "Stage",
     "ModelInfo",
 ]
 
@@ -30,6 +31,7 @@ _WHERE = {
     "Target": "cogvx_ext.clips",
     "Sample": "cogvx_ext.clips",
     "VideoInfo": "cogvx_ext.clips",
+    "Stage": "cogvx_ext.clips",
     "ModelInfo": "cogvx_ext.model",
 }
 

@@ -91,17 +91,23 @@ def read_listing(
 def plan_samples(
     hook: Any, entries: list[ListingEntry], args: argparse.Namespace, model: ModelInfo, progress: bool = True
 ) -> tuple[list[Sample], list[Skipped]]:
-    """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`."""
+    """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`.
+
+    With a stage schedule (``cogvx_stages``) the samples are ordered stage by stage, so they are
+    encoded (and their progress shown) one stage after the other.
+    """
     from tqdm.auto import tqdm
 
+    from cogvx_ext.clips import STAGE_TAG
     from cogvx_ext.video import probe
 
+    stages = hook.cogvx_stages(args=args)
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
         try:
             clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=probe(entry.path))
-            targets = hook.cogvx_clip_targets(clip=clip, args=args, model=model)
+            targets = hook.cogvx_clip_targets(clip=clip, args=args, model=model, stages=stages)
         except SkipClip as exc:
             skipped.append(Skipped(entry.path, str(exc)))
             continue
@@ -109,6 +115,8 @@ def plan_samples(
             skipped.append(Skipped(entry.path, "no plugin produced a training target for it"))
             continue
         samples.extend(Sample(clip, target) for target in targets)
+    if stages:
+        samples.sort(key=lambda s: int(s.target.tag(STAGE_TAG) or 0))  # stable: clip order within a stage
     return samples, skipped
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from cogvx_ext.clips import Clip, Sample, Target
+from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
 from cogvx_ext.errors import SkipClip
 from cogvx_ext.hookspecs import hookimpl
 from cogvx_ext.model import ModelInfo
@@ -24,20 +24,42 @@ def cover_crop_box(src_width: int, src_height: int, width: int, height: int) -> 
 
 class CoreDefaults:
     @hookimpl(trylast=True)
-    def cogvx_clip_targets(self, clip: Clip, args: argparse.Namespace, model: ModelInfo) -> list[Target]:
-        """The stock rule: one sample at --height x --width, cover and centre-crop, stock frames."""
+    def cogvx_clip_targets(
+        self, clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
+    ) -> list[Target]:
+        """The stock rule: one sample at --height x --width, cover and centre-crop, stock frames.
+
+        With stages, one sample per stage at the stage's size (an area-only stage keeps the
+        aspect of --height x --width) and frame count, tagged with the stage's index.
+        """
+        max_frames = getattr(args, "max_num_frames", 49)
+        if not stages:
+            return [self._stock_target(clip, args, args.height, args.width, max_frames, ())]
+        return [
+            self._stock_target(
+                clip,
+                args,
+                *stage.size_for(args.height, args.width, model.pixel_multiple),
+                stage.frames or max_frames,
+                ((STAGE_TAG, str(i)),),
+            )
+            for i, stage in enumerate(stages)
+        ]
+
+    @staticmethod
+    def _stock_target(clip: Clip, args, height: int, width: int, max_frames: int, tags) -> Target:
         from cogvx_ext.video import stock_frame_indices
 
         indices = stock_frame_indices(
             clip.info.num_frames,
-            getattr(args, "max_num_frames", 49),
+            max_frames,
             getattr(args, "skip_frames_start", 0),
             getattr(args, "skip_frames_end", 0),
         )
         if not indices:
             raise SkipClip(f"too few frames ({clip.info.num_frames}) after skipping start and end frames")
-        crop = cover_crop_box(clip.info.width, clip.info.height, args.width, args.height)
-        return [Target(height=args.height, width=args.width, frame_indices=tuple(indices), crop=crop)]
+        crop = cover_crop_box(clip.info.width, clip.info.height, width, height)
+        return Target(height=height, width=width, frame_indices=tuple(indices), crop=crop, tags=tuple(tags))
 
     @hookimpl(trylast=True)
     def cogvx_load_pixels(self, sample: Sample):
@@ -53,11 +75,16 @@ class CoreDefaults:
         )
 
     @hookimpl(trylast=True)
-    def cogvx_batch_sampler(self, samples: list[Sample], model: ModelInfo):
-        """No sampler of our own while every sample has one shape; refuse to mix shapes silently."""
+    def cogvx_batch_sampler(self, samples: list[Sample], model: ModelInfo, stages: list[Stage] | None):
+        """No sampler of our own while every sample has one shape; refuse to mix shapes silently.
+
+        With stages, ``None``: the plugin that set the schedule supplies a sampler that follows it
+        (progressive_resize wraps this hook and does when no other plugin has answered)."""
         from cogvx_ext.dataset import latent_shape_key
         from cogvx_ext.errors import UsageError
 
+        if stages:
+            return None
         shapes = {latent_shape_key(s, model) for s in samples}
         if len(shapes) > 1:
             raise UsageError(

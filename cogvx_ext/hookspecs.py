@@ -11,7 +11,8 @@ Life of a run (T2V and I2V scripts alike)::
       Accelerator(...)                      ── cogvx_accelerator_ready
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
       AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
-      VideoDataset(...)                     ── cogvx_clip_targets per clip     (data plugins only)
+      VideoDataset(...)                     ── cogvx_stages, then cogvx_clip_targets per clip
+                                                                               (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
       compute_prompt_embeddings(...)        ── cogvx_prompt_embeddings
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
 
     import torch
 
-    from cogvx_ext.clips import Clip, Sample, Target
+    from cogvx_ext.clips import Clip, Sample, Stage, Target
     from cogvx_ext.model import ModelInfo
 
 PROJECT = "cogvx_ext"
@@ -134,17 +135,36 @@ def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace) -> None:
 
 
 @hookspec(firstresult=True)
-def cogvx_clip_targets(clip: Clip, args: argparse.Namespace, model: ModelInfo) -> list[Target] | None:
+def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
+    """Return the run's stage schedule (progressive resolution), or ``None`` for one stage.
+
+    A list of ``cogvx_ext.Stage``, the first starting at optimizer step 0, start steps increasing.
+    The core asks once when it plans the dataset and passes the answer as ``stages`` to
+    ``cogvx_clip_targets`` (one target per stage, tagged ``("stage", "<index>")``) and to
+    ``cogvx_batch_sampler`` (which draws each optimizer step's batches from its stage only).
+    Stops at first non-None result.
+
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_clip_targets(
+    clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
+) -> list[Target] | None:
     """Decide the training sample(s) made from one clip: size, crop and frame indices.
 
     Return a list of ``cogvx_ext.Target`` (several for multi-scale or staged training), or raise
     ``cogvx_ext.SkipClip(reason)`` to leave the clip out; skipped clips are reported by name,
-    never dropped silently. The built-in default (trylast) does what the stock script does:
-    cover ``--height × --width`` and centre-crop. Stops at first non-None result.
+    never dropped silently. With ``stages``, return the targets of every stage, each tagged
+    ``("stage", "<index>")``. The built-in default (trylast) does what the stock script does:
+    cover ``--height × --width`` (or each stage's size) and centre-crop. Stops at first non-None
+    result.
 
     :param clip: the clip's path, prompt and probed metadata.
     :param args: the parsed arguments.
     :param model: positional facts of the model (frame rules, compression factors).
+    :param stages: the schedule from ``cogvx_stages``, or ``None``.
     """
 
 
@@ -179,20 +199,29 @@ def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: a
 
 @hookspec(firstresult=True)
 def cogvx_batch_sampler(
-    samples: list[Sample], batch_size: int, num_replicas: int, args: argparse.Namespace, model: ModelInfo
+    samples: list[Sample],
+    batch_size: int,
+    num_replicas: int,
+    args: argparse.Namespace,
+    model: ModelInfo,
+    stages: list[Stage] | None,
 ) -> Any:
     """Return the batch sampler the script's ``DataLoader`` should use, or ``None``.
 
     It yields lists of sample indices. Every batch must hold one latent shape (the script
-    concatenates latents). ``len()`` must be exact and equal on every rank; the number of
-    batches per epoch should be a multiple of ``num_replicas`` so accelerate adds no padding.
-    Stops at first non-None result.
+    concatenates latents). ``len()`` must be exact, constant and equal on every rank; the number
+    of batches per epoch should be a multiple of ``num_replicas`` so accelerate adds no padding.
+    With ``stages``, every batch of an optimizer step comes from that step's stage
+    (``cogvx_ext.stages.StagedBatchSampler`` does the arithmetic). Samples of one clip and stage
+    tagged ``("scale", ...)`` are alternatives: each epoch trains one of them. Stops at first
+    non-None result.
 
     :param samples: the dataset's samples, in dataset order.
     :param batch_size: the script's ``--train_batch_size``.
     :param num_replicas: the number of training processes.
     :param args: the parsed arguments.
     :param model: positional facts of the model.
+    :param stages: the schedule from ``cogvx_stages``, or ``None``.
     """
 
 

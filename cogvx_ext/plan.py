@@ -3,8 +3,10 @@
 It is made by the code training uses: the chosen plugins' ``cogvx_clip_targets`` decide every clip
 (through ``cogvx_ext.dataset.plan_samples``) and their ``cogvx_batch_sampler`` builds the batches;
 nothing here decides anything again. A sampler that describes itself with a ``buckets`` list
-(``key``, ``clips``, ``batch_size``, ``batches``, as aspect_bucket's does) gets its own rows;
-without a sampler (one shape, the script's DataLoader) the script's arithmetic is shown.
+(``key``, ``clips``, ``batch_size``, ``batches``, as aspect_bucket's does, and ``stage`` with a
+stage schedule) gets its own rows; without a sampler (one shape, the script's DataLoader) the
+script's arithmetic is shown. With a schedule (``cogvx_stages``) the report starts with it: each
+stage's steps, tokens, and estimated share of the run's compute.
 """
 
 from __future__ import annotations
@@ -49,7 +51,30 @@ class BucketRow:
     clips: int
     tokens: int  # video tokens per sample (the text adds TEXT_TOKENS)
     batch_size: int
-    batches: int  # per epoch, all processes together, before rounding to a multiple of the processes
+    batches: int  # per epoch (per pass over a stage), all processes, before rounding to the processes
+    stage: int | None = None
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of the schedule: when it runs and what it costs.
+
+    ``tokens_per_sample`` is the mean video tokens of the stage's samples as batched,
+    ``tokens_per_step`` the mean tokens (video and text) an optimizer step processes over all
+    processes and accumulated batches, ``compute_share`` ``steps x tokens_per_step`` over the
+    run's total: a token-proportional estimate (attention grows faster than that, so large
+    stages cost somewhat more than their share says).
+    """
+
+    index: int
+    label: str
+    area: int
+    start_step: int
+    steps: int
+    shapes: int
+    tokens_per_sample: int
+    tokens_per_step: int
+    compute_share: float | None
 
 
 @dataclass
@@ -62,6 +87,8 @@ class PlanReport:
     gradient_accumulation_steps: int = 1
     text_tokens: int = 226
     plugins: list[str] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
+    total_steps: int | None = None  # optimizer steps of the run (--max_train_steps, or epochs)
 
     @property
     def ok(self) -> list[ClipPlan]:
@@ -122,8 +149,14 @@ def build_report(
     )
     if not samples:
         return report
+    stages = hook.cogvx_stages(args=args)
     sampler = hook.cogvx_batch_sampler(
-        samples=list(samples), batch_size=batch_size, num_replicas=num_replicas, args=args, model=model
+        samples=list(samples),
+        batch_size=batch_size,
+        num_replicas=num_replicas,
+        args=args,
+        model=model,
+        stages=stages,
     )
     shapes, counts = {}, {}
     for sample in samples:
@@ -132,21 +165,61 @@ def build_report(
         shapes[key] = (t.num_frames, t.height, t.width)
         counts[key] = counts.get(key, 0) + 1
     if sampler is not None and hasattr(sampler, "buckets"):
-        rows = [(b.key, b.clips, b.batch_size, b.batches) for b in sampler.buckets]
+        rows = [(b.key, b.clips, b.batch_size, b.batches, getattr(b, "stage", None)) for b in sampler.buckets]
         report.batches_per_epoch = len(sampler)
     else:
         # The script's own DataLoader: shuffled, batches of --train_batch_size, the last one short.
-        rows = [(key, n, batch_size, math.ceil(n / batch_size)) for key, n in counts.items()]
+        rows = [(key, n, batch_size, math.ceil(n / batch_size), None) for key, n in counts.items()]
         report.batches_per_epoch = len(sampler) if sampler is not None else sum(r[3] for r in rows)
-    for key, n, size, batches in rows:
+    for key, n, size, batches, stage in rows:
         frames, height, width = shapes[key]
-        report.buckets.append(BucketRow(width, height, frames, key, n, model.tokens(key), size, batches))
-    report.buckets.sort(key=lambda row: (-row.clips, -row.frames, -row.width * row.height))
+        report.buckets.append(
+            BucketRow(width, height, frames, key, n, model.tokens(key), size, batches, stage)
+        )
+    report.buckets.sort(key=lambda row: (row.stage or 0, -row.clips, -row.frames, -row.width * row.height))
     per_process = math.ceil(report.batches_per_epoch / num_replicas)
     report.steps_per_epoch = math.ceil(per_process / accumulation)
     report.text_tokens = model.text_tokens
     report.plugins = [name for name, _ in hook_plugin_names(hook)]
+    max_steps = getattr(args, "max_train_steps", None)
+    report.total_steps = (
+        int(max_steps)
+        if max_steps
+        else int(getattr(args, "num_train_epochs", 1) or 1) * report.steps_per_epoch
+    )
+    if stages:
+        report.stages = _stage_rows(stages, report, num_replicas * accumulation)
     return report
+
+
+def _stage_rows(stages: Sequence[Any], report: PlanReport, batches_per_step: int) -> list[StageRow]:
+    rows = []
+    for i, stage in enumerate(stages):
+        mine = [b for b in report.buckets if (b.stage or 0) == i]
+        samples = sum(b.batches * b.batch_size for b in mine)
+        batches = sum(b.batches for b in mine)
+        video = sum(b.batches * b.batch_size * b.tokens for b in mine)
+        end = stages[i + 1].start_step if i + 1 < len(stages) else report.total_steps
+        steps = max(0, min(end, report.total_steps) - stage.start_step)
+        per_batch = (video + samples * report.text_tokens) / batches if batches else 0
+        rows.append(
+            StageRow(
+                index=i,
+                label=stage.label,
+                area=stage.area,
+                start_step=stage.start_step,
+                steps=steps,
+                shapes=len(mine),
+                tokens_per_sample=round(video / samples) if samples else 0,
+                tokens_per_step=round(per_batch * batches_per_step),
+                compute_share=None,
+            )
+        )
+    total = sum(r.steps * r.tokens_per_step for r in rows)
+    return [
+        StageRow(**{**r.__dict__, "compute_share": (r.steps * r.tokens_per_step / total) if total else None})
+        for r in rows
+    ]
 
 
 def hook_plugin_names(hook: Any) -> list[tuple[str, Any]]:
@@ -165,17 +238,62 @@ def _pct(value: float) -> str:
     return f"{value * 100:.1f}%"
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  "
+        + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in [header, *rows]
+    ]
+
+
 def format_report(report: PlanReport) -> str:
     """The plan as text: the bucket table, crop and upscale statistics, every skipped clip."""
     ok, skipped = report.ok, report.skipped
+    used = len({c.path for c in ok})
+    # Stages and scales make several samples of one clip: count clips, and say how many samples.
+    samples = f"{len(ok)} samples in " if len(ok) > used else ""
     lines = [
-        f"cogvx-ext plan ({', '.join(report.plugins) or 'stock sizes'}): {len(report.clips)} clips, {len(ok)} used, {len(skipped)} skipped; "
-        f"{len(report.buckets)} shapes; {report.num_replicas} process(es)"
+        f"cogvx-ext plan ({', '.join(report.plugins) or 'stock sizes'}): {used + len(skipped)} clips, {used} used, {len(skipped)} skipped; "
+        f"{samples}{len({b.latent for b in report.buckets})} shapes; {report.num_replicas} process(es)"
     ]
-    if report.buckets:
-        header = ("size", "frames", "latent", "clips", "tokens/sample", "batch", "batches/epoch")
+    if report.stages:
+        lines.append(
+            f"schedule: {len(report.stages)} stages over {report.total_steps} optimizer steps "
+            "(compute: token-proportional estimate)"
+        )
+        header = (
+            "stage",
+            "from step",
+            "steps",
+            "size (hxw)",
+            "shapes",
+            "tokens/sample",
+            "tokens/step",
+            "compute",
+        )
         rows = [
             (
+                str(r.index),
+                str(r.start_step),
+                str(r.steps),
+                r.label,
+                str(r.shapes),
+                f"{r.tokens_per_sample}+{report.text_tokens}",
+                str(r.tokens_per_step),
+                "-" if r.compute_share is None else _pct(r.compute_share),
+            )
+            for r in report.stages
+        ]
+        lines.extend(_table(header, rows))
+    if report.buckets:
+        staged = any(b.stage is not None for b in report.buckets)
+        header = ("size", "frames", "latent", "clips", "tokens/sample", "batch", "batches/epoch")
+        if staged:
+            header = ("stage", *header[:-1], "batches/pass")
+        rows = [
+            (
+                *((str(b.stage),) if staged else ()),
                 f"{b.width}x{b.height}",
                 str(b.frames),
                 "x".join(map(str, b.latent)),
@@ -186,16 +304,14 @@ def format_report(report: PlanReport) -> str:
             )
             for b in report.buckets
         ]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            lines.append(
-                "  "
-                + "  ".join(
-                    cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
-                )
+        lines.extend(_table(header, rows))
+        if staged:
+            rounding = " (one pass over the final stage, each clip at full size)"
+        else:
+            extra = report.batches_per_epoch - sum(b.batches for b in report.buckets)
+            rounding = (
+                f" ({extra:+d} to make it a multiple of {report.num_replicas} processes)" if extra else ""
             )
-        extra = report.batches_per_epoch - sum(b.batches for b in report.buckets)
-        rounding = f" ({extra:+d} to make it a multiple of {report.num_replicas} processes)" if extra else ""
         lines.append(
             f"  batches per epoch: {report.batches_per_epoch}{rounding}; optimizer steps per epoch: "
             f"{report.steps_per_epoch} (gradient accumulation {report.gradient_accumulation_steps})"
@@ -252,8 +368,23 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
                 "text_tokens": report.text_tokens,
                 "batch_size": b.batch_size,
                 "batches_per_epoch": b.batches,
+                **({"stage": b.stage} if b.stage is not None else {}),
             }
             for b in report.buckets
+        ],
+        "stages": [
+            {
+                "stage": r.index,
+                "size": r.label,
+                "area": r.area,
+                "start_step": r.start_step,
+                "steps": r.steps,
+                "shapes": r.shapes,
+                "tokens_per_sample": r.tokens_per_sample,
+                "tokens_per_step": r.tokens_per_step,
+                "compute_share": None if r.compute_share is None else round(r.compute_share, 6),
+            }
+            for r in report.stages
         ],
         "summary": {
             "clips": len(report.clips),
@@ -263,6 +394,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             "steps_per_epoch": report.steps_per_epoch,
             "num_replicas": report.num_replicas,
             "gradient_accumulation_steps": report.gradient_accumulation_steps,
+            "total_steps": report.total_steps,
             "crop": stats([c.crop for c in report.ok]),
             "upscale": stats([c.upscale for c in report.ok]),
             "plugins": report.plugins,
@@ -279,6 +411,9 @@ def run_plan(argv: list[str]) -> int:
     parser.add_argument(
         "--json", metavar="PATH", default=None, help="also write the plan as JSON (- for stdout)"
     )
+    # The run's length, for a stage schedule's share of the compute (the script's flags and defaults).
+    parser.add_argument("--max_train_steps", type=int, default=None)
+    parser.add_argument("--num_train_epochs", type=int, default=1)
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)

@@ -42,7 +42,13 @@ T2V_PIPELINE = "CogVideoXPipeline"
 I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 STATE_FILE = "cogvx_ext_state.json"
 
-DATA_HOOKS = ("cogvx_clip_targets", "cogvx_load_pixels", "cogvx_encode_sample", "cogvx_batch_sampler")
+DATA_HOOKS = (
+    "cogvx_stages",
+    "cogvx_clip_targets",
+    "cogvx_load_pixels",
+    "cogvx_encode_sample",
+    "cogvx_batch_sampler",
+)
 FORWARD_HOOKS = ("cogvx_transformer_forward", "cogvx_rotary_embedding", "cogvx_transformer_output")
 
 
@@ -453,6 +459,7 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
         num_replicas=accelerator.num_processes if accelerator else 1,
         args=run.args,
         model=run.model,
+        stages=run.hook.cogvx_stages(args=run.args),
     )
     if sampler is None:
         return real_dataloader(dataset, *args, **kwargs)

@@ -214,7 +214,9 @@ class RopeRescale:
     def cogvx_validation_args(self, variants: list[dict[str, Any]], samples: list[Any] | None) -> None:
         sizes = self.validation_sizes or trained_validation_sizes(samples)
         if sizes:
-            variants[:] = [{**v, "width": width, "height": height} for v in variants for width, height in sizes]
+            variants[:] = [
+                {**v, "width": width, "height": height} for v in variants for width, height in sizes
+            ]
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def clip_of(path, index: int = 0) -> Clip:
 def test_clip_targets_for_common_aspects(clips, name, bucket):
     pm, plugin, args = configured(SMALL)
     clip = clip_of(clips[name])
-    (target,) = pm.hook.cogvx_clip_targets(clip=clip, args=args, model=V10)
+    (target,) = pm.hook.cogvx_clip_targets(clip=clip, args=args, model=V10, stages=None)
     assert (target.height, target.width) == bucket
     assert target.tag("bucket") == f"{bucket[1]}x{bucket[0]}"
     top, left, crop_h, crop_w = target.crop
@@ -194,7 +194,7 @@ def test_clip_targets_for_common_aspects(clips, name, bucket):
 
 def test_16_9_clip_trains_at_exactly_the_run_size(clips):
     pm, _, args = configured(SMALL)
-    (target,) = pm.hook.cogvx_clip_targets(clip=clip_of(clips["16x9"]), args=args, model=V10)
+    (target,) = pm.hook.cogvx_clip_targets(clip=clip_of(clips["16x9"]), args=args, model=V10, stages=None)
     assert (target.width, target.height, target.crop) == (512, 288, (0, 0, 288, 512))
 
 
@@ -210,7 +210,7 @@ def test_16_9_clip_trains_at_exactly_the_run_size(clips):
 def test_bad_clips_are_skipped_with_their_reasons(clips, name, reason):
     pm, _, args = configured(SMALL)
     with pytest.raises(SkipClip, match=reason):
-        pm.hook.cogvx_clip_targets(clip=clip_of(clips[name]), args=args, model=V10)
+        pm.hook.cogvx_clip_targets(clip=clip_of(clips[name]), args=args, model=V10, stages=None)
 
 
 def test_random_crop_is_fixed_per_clip_by_the_seed(clips):
@@ -226,7 +226,7 @@ def test_random_crop_is_fixed_per_clip_by_the_seed(clips):
             "0.5",
         ]
         pm, _, args = configured([*SMALL, *argv])
-        return pm.hook.cogvx_clip_targets(clip=clip_of(path), args=args, model=V10)[0].crop
+        return pm.hook.cogvx_clip_targets(clip=clip_of(path), args=args, model=V10, stages=None)[0].crop
 
     assert crop(1, clips["16x9"]) == crop(1, clips["16x9"])
     assert len({crop(seed, clips["16x9"]) for seed in range(8)}) > 1
@@ -234,7 +234,7 @@ def test_random_crop_is_fixed_per_clip_by_the_seed(clips):
 
 def test_explicit_frame_counts_and_fps(clips):
     pm, _, args = configured([*SMALL, "--bucket_frames", "9", "--fps", "24"])
-    (target,) = pm.hook.cogvx_clip_targets(clip=clip_of(clips["4x3"]), args=args, model=V10)
+    (target,) = pm.hook.cogvx_clip_targets(clip=clip_of(clips["4x3"]), args=args, model=V10, stages=None)
     assert target.frame_indices == tuple(range(9))
 
 
@@ -259,7 +259,9 @@ SAMPLES = (
 
 def test_batch_sampler_groups_by_latent_shape():
     pm, plugin, args = configured([*SMALL, "--train_batch_size", "2"])
-    sampler = pm.hook.cogvx_batch_sampler(samples=SAMPLES, batch_size=2, num_replicas=2, args=args, model=V10)
+    sampler = pm.hook.cogvx_batch_sampler(
+        samples=SAMPLES, batch_size=2, num_replicas=2, args=args, model=V10, stages=None
+    )
     assert isinstance(sampler, BucketBatchSampler) and plugin.sampler is sampler
     assert len(sampler) % 2 == 0
     for batch in sampler:
@@ -269,7 +271,9 @@ def test_batch_sampler_groups_by_latent_shape():
 def test_token_budget_sizes_batches_per_shape():
     budget = 3 * (V10.tokens((4, 36, 64)) + 226)
     pm, _, args = configured([*SMALL, "--bucket_token_budget", str(budget)])
-    sampler = pm.hook.cogvx_batch_sampler(samples=SAMPLES, batch_size=1, num_replicas=1, args=args, model=V10)
+    sampler = pm.hook.cogvx_batch_sampler(
+        samples=SAMPLES, batch_size=1, num_replicas=1, args=args, model=V10, stages=None
+    )
     sizes = {b.key: b.batch_size for b in sampler.buckets}
     assert sizes[(4, 36, 64)] == 3
     assert sizes[(2, 36, 64)] == 5  # budget allows 6, the bucket has 5 clips
@@ -288,7 +292,7 @@ def test_batch_sampler_refuses_clearly(argv, replicas, samples, message):
     pm, _, args = configured([*SMALL, *argv])
     with pytest.raises(UsageError, match=message):
         pm.hook.cogvx_batch_sampler(
-            samples=samples, batch_size=4, num_replicas=replicas, args=args, model=V10
+            samples=samples, batch_size=4, num_replicas=replicas, args=args, model=V10, stages=None
         )
 
 
@@ -308,7 +312,7 @@ def train(
     for rank in range(replicas):
         pm, plugin, args = configured(argv)
         sampler = pm.hook.cogvx_batch_sampler(
-            samples=SAMPLES, batch_size=2, num_replicas=replicas, args=args, model=V10
+            samples=SAMPLES, batch_size=2, num_replicas=replicas, args=args, model=V10, stages=None
         )
         ranks.append((pm, BatchSamplerShard(sampler, replicas, rank) if replicas > 1 else sampler))
     per_process = len(ranks[0][1])
@@ -360,17 +364,23 @@ def test_resume_continues_at_the_exact_batch(replicas, accumulation):
 
 def test_state_loaded_before_the_sampler_exists_is_applied_when_it_is_built():
     pm, _, args = configured(SMALL)
-    earlier = pm.hook.cogvx_batch_sampler(samples=SAMPLES, batch_size=2, num_replicas=1, args=args, model=V10)
+    earlier = pm.hook.cogvx_batch_sampler(
+        samples=SAMPLES, batch_size=2, num_replicas=1, args=args, model=V10, stages=None
+    )
     state = {"global_step": 12, "sampler": earlier.state_dict(len(earlier) + 3)}
     pm, _, args = configured(SMALL)
     pm.hook.cogvx_load_state_dict(state=state)
-    sampler = pm.hook.cogvx_batch_sampler(samples=SAMPLES, batch_size=2, num_replicas=1, args=args, model=V10)
+    sampler = pm.hook.cogvx_batch_sampler(
+        samples=SAMPLES, batch_size=2, num_replicas=1, args=args, model=V10, stages=None
+    )
     assert list(sampler) == earlier.batches_for_epoch(1)[3:]
 
 
 def test_lora_metadata_lists_the_trained_shapes():
     pm, _, args = configured(SMALL)
-    pm.hook.cogvx_batch_sampler(samples=SAMPLES, batch_size=2, num_replicas=1, args=args, model=V10)
+    pm.hook.cogvx_batch_sampler(
+        samples=SAMPLES, batch_size=2, num_replicas=1, args=args, model=V10, stages=None
+    )
     (metadata,) = pm.hook.cogvx_lora_metadata(args=args)
     assert {(s["width"], s["height"], s["frames"], s["samples"]) for s in metadata["trained_shapes"]} == {
         (512, 288, 13, 7),

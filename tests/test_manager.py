@@ -112,7 +112,8 @@ def test_blocked_name_is_not_loaded(pm):
     [
         (
             "nosuchplugin",
-            "unknown plugin 'nosuchplugin': installed plugins: aspect_bucket, latent_cache, posemb_adapt, rope_rescale",
+            "unknown plugin 'nosuchplugin': installed plugins: aspect_bucket, latent_cache, multi_scale, posemb_adapt, "
+            "progressive_resize, rope_rescale",
         ),
         ("rope_rescal", "unknown plugin 'rope_rescal': did you mean 'rope_rescale'?"),
         ("no_such_pkg.mod", "unknown plugin 'no_such_pkg.mod'"),

@@ -9,6 +9,10 @@
   resume at the exact batch, and may size themselves from ``--bucket_token_budget``
   (``sampler.py``). With per-bucket batch sizes the script's loss (a mean over the batch) gives a
   sample in a batch of 2 twice the weight of one in a batch of 4: each *batch* weighs the same.
+* With a stage schedule (``cogvx_stages``, e.g. progressive_resize) every stage gets buckets of
+  its own area (a portrait clip stays portrait in every stage), and the batches of each optimizer
+  step come from its stage (``cogvx_ext.stages.StagedBatchSampler``). Targets tagged ``scale``
+  (multi_scale) are alternatives: each pass trains one per clip.
 * ``cogvx-ext plan`` runs the same code on metadata only and reports it (``cogvx_ext/plan.py``).
 
 The loader makes one instance per run; all state lives on it.
@@ -20,17 +24,32 @@ import argparse
 import logging
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext import hookimpl
-from cogvx_ext.clips import Clip, Sample, Target
+from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
 from cogvx_ext.errors import SkipClip, UsageError
 from cogvx_ext.model import VAE_SPATIAL, ModelInfo
+from cogvx_ext.stages import (
+    StageBucket,
+    StagedBatchSampler,
+    alternative_groups,
+    choose_alternatives,
+    full_size,
+    stage_of,
+    stage_seed,
+)
 
-from .buckets import Bucket, assign, generate_bucket_ladder, parse_buckets
+from .buckets import Bucket, _round_to, assign, generate_bucket_ladder, parse_buckets
 from .frames import check_frames_spec, frame_ladder, select_frames
 from .sampler import REMAINDER_POLICIES, BucketBatchSampler, batch_sizes_for_budget
+
+DROP_LEAVES_NOTHING = (
+    "--bucket_remainder drop leaves no batch: every bucket has fewer clips than its batch size "
+    "(use fill, or a smaller batch)"
+)
 
 logger = logging.getLogger("cogvx_ext.aspect_bucket")
 
@@ -59,6 +78,20 @@ class BucketSettings:
     remainder: str
     strict: bool
     seed: int
+    # What generating buckets for another area (a stage's) needs.
+    height: int = 480
+    width: int = 720
+    min_side: int = 256
+    min_side_given: bool = False
+    max_side: int = 2048
+    max_aspect: float = 2.4
+    spacing: float = 0.03
+
+
+def default_min_side(area: int, max_aspect: float) -> int:
+    """256, unless the most elongated bucket of ``area`` is thinner than that."""
+    thinnest = int(math.sqrt(max(area, 1) / max(max_aspect, 1.0)) // MULTIPLE) * MULTIPLE
+    return max(MULTIPLE, min(256, thinnest))
 
 
 class AspectBucket:
@@ -73,6 +106,8 @@ class AspectBucket:
         self._gradient_accumulation_steps = 1
         self._last_step = 0
         self._pending_state: dict[str, Any] | None = None
+        self._stage_buckets: dict[Stage, tuple[Bucket, ...]] = {}
+        self._stage_frames: dict[int | None, list[int]] = {}
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -184,11 +219,10 @@ class AspectBucket:
     def _configure(self, args: argparse.Namespace) -> BucketSettings:
         height = script_arg(args, "height", 480)
         width = script_arg(args, "width", 720)
-        if args.bucket_min_side is None:
-            # 256, unless the most elongated bucket of the target area is thinner than that.
+        min_side_given = args.bucket_min_side is not None
+        if not min_side_given:
             area = args.bucket_area if args.bucket_area is not None else height * width
-            thinnest = int(math.sqrt(max(area, 1) / max(args.bucket_max_aspect, 1.0)) // MULTIPLE) * MULTIPLE
-            args.bucket_min_side = max(MULTIPLE, min(256, thinnest))
+            args.bucket_min_side = default_min_side(area, args.bucket_max_aspect)
         for flag, value, low in (
             ("--bucket_min_side", args.bucket_min_side, MULTIPLE),
             ("--bucket_max_side", args.bucket_max_side, MULTIPLE),
@@ -263,6 +297,13 @@ class AspectBucket:
             remainder=args.bucket_remainder,
             strict=bool(args.bucket_strict),
             seed=int(args.bucket_seed),
+            height=height,
+            width=width,
+            min_side=args.bucket_min_side,
+            min_side_given=min_side_given,
+            max_side=args.bucket_max_side,
+            max_aspect=args.bucket_max_aspect,
+            spacing=args.bucket_spacing,
         )
 
     def _setup(self, args: argparse.Namespace, model: ModelInfo) -> BucketSettings:
@@ -273,18 +314,80 @@ class AspectBucket:
             self.frame_counts = frame_ladder(
                 model, script_arg(args, "max_num_frames", 49), self.settings.frames_spec
             )
-            if model.version == "1.5":
-                # 1.5's rotary table has positions for this many pixels per side (150 patches).
-                limit_h, limit_w = model.sample_height * VAE_SPATIAL, model.sample_width * VAE_SPATIAL
-                too_big = [b for b in self.settings.buckets if b[0] > limit_h or b[1] > limit_w]
-                if too_big:
-                    h, w = too_big[0]
-                    raise UsageError(
-                        f"bucket {w}x{h} is larger than CogVideoX 1.5's rotary positions reach "
-                        f"({limit_w}x{limit_h}): lower --bucket_max_side or the --buckets"
-                    )
+            self._check_rotary_reach(self.settings.buckets, model)
             self.model = model
+            self._stage_buckets, self._stage_frames = {}, {}
         return self.settings
+
+    @staticmethod
+    def _check_rotary_reach(buckets, model: ModelInfo, where: str = "") -> None:
+        if model.version != "1.5":
+            return
+        # 1.5's rotary table has positions for this many pixels per side (150 patches).
+        limit_h, limit_w = model.sample_height * VAE_SPATIAL, model.sample_width * VAE_SPATIAL
+        too_big = [b for b in buckets if b[0] > limit_h or b[1] > limit_w]
+        if too_big:
+            h, w = too_big[0]
+            raise UsageError(
+                f"{where}bucket {w}x{h} is larger than CogVideoX 1.5's rotary positions reach "
+                f"({limit_w}x{limit_h}): lower --bucket_max_side or the --buckets"
+            )
+
+    def buckets_for_stage(self, index: int, stage: Stage, model: ModelInfo) -> tuple[Bucket, ...]:
+        """The buckets of one stage: generated around the stage's area (its exact size, or the run's
+        --height x --width aspect at that area, always among them), or the --buckets list scaled
+        from --bucket_area to the stage's area."""
+        if stage in self._stage_buckets:
+            return self._stage_buckets[stage]
+        settings = self.settings
+        if settings.explicit:
+            factor = math.sqrt(stage.area / settings.area)
+            buckets = list(dict.fromkeys((_round_to(h * factor, MULTIPLE), _round_to(w * factor, MULTIPLE))
+                                         for h, w in settings.buckets))  # fmt: skip
+        else:
+            min_side = (
+                settings.min_side
+                if settings.min_side_given
+                else default_min_side(stage.area, settings.max_aspect)
+            )
+            anchor = stage.size_for(settings.height, settings.width, MULTIPLE)
+            rungs = generate_bucket_ladder(
+                stage.area,
+                min_side,
+                settings.max_side,
+                settings.max_aspect,
+                settings.spacing,
+                MULTIPLE,
+                [anchor],
+            )
+            buckets = [bucket for rung in rungs for bucket in rung]
+            if not buckets:
+                raise UsageError(
+                    f"stage {index} ({stage.label}): no bucket of {stage.area} pixels fits sides "
+                    f"{min_side}..{settings.max_side}: change the stage or the side limits"
+                )
+        self._check_rotary_reach(buckets, model, f"stage {index} ({stage.label}): ")
+        self._stage_buckets[stage] = tuple(buckets)
+        return self._stage_buckets[stage]
+
+    def frames_for_stage(self, args: argparse.Namespace, model: ModelInfo, frames: int | None) -> list[int]:
+        """The frame ladder of a stage whose longest count is ``frames`` (the run's without one)."""
+        if frames is None:
+            return self.frame_counts
+        if frames not in self._stage_frames:
+            ladder = [n for n in frame_ladder(model, frames, self.settings.frames_spec) if n <= frames]
+            if not ladder:
+                raise UsageError(
+                    f"--bucket_frames {self.settings.frames_spec} has no count of at most {frames} frames "
+                    "(a stage's frames)"
+                )
+            self._stage_frames[frames] = ladder
+        return self._stage_frames[frames]
+
+    @hookimpl
+    def cogvx_provides(self) -> list[str]:
+        # Batches of one latent shape however many shapes the targets have (multi_scale needs it).
+        return ["shape_batches"]
 
     @hookimpl
     def cogvx_requires(self, args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
@@ -300,8 +403,25 @@ class AspectBucket:
     # -- data ----------------------------------------------------------------------------------
 
     @hookimpl
-    def cogvx_clip_targets(self, clip: Clip, args: argparse.Namespace, model: ModelInfo) -> list[Target]:
+    def cogvx_clip_targets(
+        self, clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
+    ) -> list[Target]:
         settings = self._setup(args, model)
+        if not stages:
+            return [self._target(clip, args, settings.buckets, self.frame_counts, ())]
+        targets = []
+        for i, stage in enumerate(stages):
+            buckets = self.buckets_for_stage(i, stage, model)
+            frames = self.frames_for_stage(args, model, stage.frames)
+            try:
+                targets.append(self._target(clip, args, buckets, frames, ((STAGE_TAG, str(i)),)))
+            except SkipClip as exc:
+                # A clip trains in every stage or in none: the schedule stays the same for all clips.
+                raise SkipClip(f"stage {i} ({stage.label}): {exc}") from None
+        return targets
+
+    def _target(self, clip: Clip, args: argparse.Namespace, buckets, frame_counts, tags) -> Target:
+        settings = self.settings
         info = clip.info
         problems = []
         assignment = None
@@ -313,7 +433,7 @@ class AspectBucket:
             assignment = assign(
                 info.width,
                 info.height,
-                settings.buckets,
+                buckets,
                 settings.upscale_limit,
                 settings.max_crop,
                 settings.crop_position,
@@ -326,7 +446,7 @@ class AspectBucket:
                 info.num_frames,
                 info.fps,
                 script_arg(args, "fps", 8),
-                self.frame_counts,
+                frame_counts,
                 script_arg(args, "skip_frames_start", 0),
                 script_arg(args, "skip_frames_end", 0),
             )
@@ -335,15 +455,13 @@ class AspectBucket:
         if problems:
             raise SkipClip("; ".join(problems))
         height, width = assignment.bucket
-        return [
-            Target(
-                height=height,
-                width=width,
-                frame_indices=indices,
-                crop=assignment.crop,
-                tags=(("bucket", f"{width}x{height}"),),
-            )
-        ]
+        return Target(
+            height=height,
+            width=width,
+            frame_indices=indices,
+            crop=assignment.crop,
+            tags=(("bucket", f"{width}x{height}"), *tags),
+        )
 
     def latent_key(self, sample: Sample, model: ModelInfo) -> tuple[int, int, int]:
         target = sample.target
@@ -357,7 +475,8 @@ class AspectBucket:
         num_replicas: int,
         args: argparse.Namespace,
         model: ModelInfo,
-    ) -> BucketBatchSampler:
+        stages: list[Stage] | None,
+    ) -> BucketBatchSampler | StagedBatchSampler:
         settings = self._setup(args, model)
         if not samples:
             raise UsageError(
@@ -369,25 +488,19 @@ class AspectBucket:
         for key, sample in zip(keys, samples):
             self._shapes[key] = (sample.target.num_frames, sample.target.height, sample.target.width)
             counts[key] = counts.get(key, 0) + 1
-        if settings.token_budget:
-            sizes = batch_sizes_for_budget(
-                list(counts), settings.token_budget, model, settings.max_batch, text_tokens=model.text_tokens
-            )
-            # A budget is a ceiling: no batch holds more copies than its bucket has clips.
-            sizes = {key: min(size, counts[key]) for key, size in sizes.items()}
-        else:
-            sizes = {key: max(1, int(batch_size)) for key in counts}
-        try:
-            sampler = BucketBatchSampler(keys, sizes, settings.seed, num_replicas, settings.remainder)
-        except ValueError as exc:
-            raise UsageError(f"--bucket_remainder: {exc}") from exc
-        if len(sampler) == 0:
-            raise UsageError(
-                "--bucket_remainder drop leaves no batch: every bucket has fewer clips than its batch size "
-                "(use fill, or a smaller batch)"
-            )
-        self.sampler = sampler
         self._gradient_accumulation_steps = max(1, int(script_arg(args, "gradient_accumulation_steps", 1)))
+        groups = alternative_groups(samples)
+        if stages or len(groups) < len(samples):
+            sampler = self._staged_sampler(samples, keys, groups, batch_size, num_replicas, stages, model)
+        else:
+            sizes = self._batch_sizes(counts, settings.token_budget, batch_size, model)
+            try:
+                sampler = BucketBatchSampler(keys, sizes, settings.seed, num_replicas, settings.remainder)
+            except ValueError as exc:
+                raise UsageError(f"--bucket_remainder: {exc}") from exc
+            if len(sampler) == 0:
+                raise UsageError(DROP_LEAVES_NOTHING)
+        self.sampler = sampler
         if self._pending_state is not None:
             sampler.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -399,6 +512,101 @@ class AspectBucket:
             num_replicas,
         )
         return sampler
+
+    def _batch_sizes(
+        self, counts: dict[tuple[int, int, int], int], token_budget: int | None, batch_size: int, model
+    ) -> dict[tuple[int, int, int], int]:
+        if token_budget:
+            sizes = batch_sizes_for_budget(
+                list(counts), token_budget, model, self.settings.max_batch, text_tokens=model.text_tokens
+            )
+            # A budget is a ceiling: no batch holds more copies than its bucket has clips.
+            return {key: min(size, counts[key]) for key, size in sizes.items()}
+        return {key: max(1, int(batch_size)) for key in counts}
+
+    def _staged_sampler(
+        self,
+        samples: list[Sample],
+        keys: list[tuple[int, int, int]],
+        groups: list[list[int]],
+        batch_size: int,
+        num_replicas: int,
+        stages: list[Stage] | None,
+        model: ModelInfo,
+    ) -> StagedBatchSampler:
+        """Per stage (one without a schedule), bucket batches of one alternative per clip and pass."""
+        settings = self.settings
+        if settings.remainder == "partial" and num_replicas > 1:
+            raise UsageError(
+                "--bucket_remainder: remainder 'partial' needs a single process: with several, a short batch "
+                "on one rank weighs its samples more in the averaged gradient; use 'fill' or 'drop'"
+            )
+        starts = [stage.start_step for stage in stages] if stages else [0]
+        by_stage: list[list[list[int]]] = [[] for _ in starts]
+        for group in groups:
+            by_stage[stage_of(samples[group[0]])].append(group)
+        sizes: list[dict] = []
+        rows: list[StageBucket] = []
+        for i, stage_groups in enumerate(by_stage):
+            if not stage_groups:
+                raise UsageError(f"stage {i} has no sample: every clip was skipped in it")
+            counts: dict[tuple[int, int, int], int] = {}
+            expected: dict[tuple[int, int, int], float] = {}
+            for group in stage_groups:
+                for member in group:
+                    counts[keys[member]] = counts.get(keys[member], 0) + 1
+                    expected[keys[member]] = expected.get(keys[member], 0.0) + 1 / len(group)
+            stage = stages[i] if stages else None
+            budget = stage.token_budget if stage and stage.token_budget else settings.token_budget
+            size = stage.batch_size if stage and stage.batch_size else batch_size
+            sizes.append(self._batch_sizes(counts, budget, size, model))
+            for key in sorted(counts):
+                rows.append(
+                    StageBucket(
+                        i, key, counts[key], sizes[i][key], self._batch_count(expected[key], sizes[i][key])
+                    )
+                )
+            full = [keys[full_size(samples, group)] for group in stage_groups]
+            if not sum(self._batch_count(full.count(k), sizes[i][k]) for k in set(full)):
+                raise UsageError(f"stage {i}: {DROP_LEAVES_NOTHING}")
+        # An epoch: one pass over the final stage at full size, a multiple of the processes.
+        base = sum(self._batch_count(n, sizes[-1][key]) for key, n in Counter(full).items())
+        length = base - base % num_replicas if settings.remainder == "drop" else base + (-base) % num_replicas
+        if length == 0:
+            raise UsageError(DROP_LEAVES_NOTHING)
+        seed, remainder = settings.seed, settings.remainder
+        fixed: dict[int, tuple[list[int], BucketBatchSampler]] = {}
+
+        def passes(stage: int, k: int) -> list[list[int]]:
+            stage_groups = by_stage[stage]
+            if stage in fixed:
+                chosen, inner = fixed[stage]
+            else:
+                chosen = choose_alternatives(stage_groups, seed, stage, k)
+                inner = BucketBatchSampler(
+                    [keys[c] for c in chosen], sizes[stage], stage_seed(seed, stage), 1, remainder
+                )
+                if all(len(group) == 1 for group in stage_groups):
+                    fixed[stage] = (chosen, inner)  # the same samples every pass: build once
+            return [[chosen[x] for x in batch] for batch in inner.batches_for_epoch(k)]
+
+        described = [
+            [[[repr(keys[m]) for m in group] for group in stage_groups], sorted(map(repr, sizes[i].items()))]
+            for i, stage_groups in enumerate(by_stage)
+        ]
+        return StagedBatchSampler(
+            starts,
+            passes,
+            length,
+            num_replicas,
+            self._gradient_accumulation_steps,
+            fingerprint=repr([described, by_stage, seed, remainder]),
+            buckets=rows,
+        )
+
+    def _batch_count(self, clips: float, size: int) -> int:
+        clips = round(clips, 6)
+        return math.floor(clips / size) if self.settings.remainder == "drop" else math.ceil(clips / size)
 
     # -- progress and state --------------------------------------------------------------------
 
@@ -444,8 +652,11 @@ class AspectBucket:
         """The shapes the LoRA was trained at, for validation and inference at the same sizes."""
         if self.sampler is None:
             return {}
-        shapes = []
-        for bucket in self.sampler.buckets:
+        shapes: dict[tuple[int, int, int], dict[str, int]] = {}
+        for bucket in self.sampler.buckets:  # one shape may recur in several stages
             frames, height, width = self._shapes[bucket.key]
-            shapes.append({"width": width, "height": height, "frames": frames, "samples": bucket.clips})
-        return {"trained_shapes": shapes}
+            entry = shapes.setdefault(
+                bucket.key, {"width": width, "height": height, "frames": frames, "samples": 0}
+            )
+            entry["samples"] += bucket.clips
+        return {"trained_shapes": list(shapes.values())}
