@@ -41,11 +41,13 @@ import bisect
 import logging
 import math
 import random
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext.clips import SCALE_TAG, STAGE_TAG, Sample
+from cogvx_ext.sampling import EpochBatchSampler
+from cogvx_ext.sampling import fingerprint as fingerprint_of
 
 logger = logging.getLogger("cogvx_ext.stages")
 
@@ -131,7 +133,7 @@ class _Stream:
             k += 1
 
 
-class StagedBatchSampler:
+class StagedBatchSampler(EpochBatchSampler):
     """Yields lists of dataset indices: each optimizer step's batches from that step's stage.
 
     :param stage_starts: the optimizer step each stage starts at (0 first, increasing).
@@ -158,28 +160,19 @@ class StagedBatchSampler:
         starts = [int(s) for s in stage_starts]
         if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
             raise ValueError(f"stage starts must begin at 0 and increase, not {starts}")
-        if num_replicas < 1 or accumulation < 1:
-            raise ValueError("num_replicas and accumulation must be at least 1")
-        if length < 1 or length % num_replicas:
-            raise ValueError(f"length must be a positive multiple of {num_replicas}, not {length}")
+        if accumulation < 1:
+            raise ValueError("accumulation must be at least 1")
+        if length < 1:
+            raise ValueError(f"length must be positive, not {length}")
+        super().__init__(
+            length, num_replicas, fingerprint_of([starts, length, num_replicas, accumulation, fingerprint])
+        )
         self.stage_starts = starts
-        self.num_replicas = num_replicas
         self.accumulation = accumulation
-        self._length = length
         self._streams = [_Stream(lambda k, i=i: passes(i, k), f"stage {i}") for i in range(len(starts))]
         self._buckets = list(buckets)
-        self.fingerprint = _fingerprint([starts, length, num_replicas, accumulation, fingerprint])
-        self._next_epoch = 0
-        self._next_position = 0
 
     # -- the script's arithmetic ---------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return self._length
-
-    @property
-    def batches_per_process(self) -> int:
-        return self._length // self.num_replicas
 
     @property
     def steps_per_epoch(self) -> int:
@@ -204,11 +197,6 @@ class StagedBatchSampler:
     def buckets(self) -> list[StageBucket]:
         return list(self._buckets)
 
-    @property
-    def epoch(self) -> int:
-        """The epoch the next ``iter()`` yields."""
-        return self._next_epoch
-
     def stage_at(self, epoch: int, position: int) -> int:
         """The stage of the batch at ``position`` (before sharding) of ``epoch``."""
         return self.stage_of_step(
@@ -226,47 +214,5 @@ class StagedBatchSampler:
             out.append(self._streams[stage].batch((batch - first) * replicas + position % replicas))
         return out
 
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, position = self._next_epoch, self._next_position
-        self._next_epoch, self._next_position = epoch + 1, 0
-        return iter(self.batches_for_epoch(epoch, position))
-
-    # -- resuming ------------------------------------------------------------------------------
-
-    def state_dict(self, batches_per_process: int) -> dict[str, Any]:
-        """Where training stands, JSON-ready.
-
-        :param batches_per_process: batches each process has taken since training began (loop
-            iterations, not what the DataLoader has prefetched).
-        """
-        epoch, within = divmod(int(batches_per_process), self.batches_per_process)
-        return {
-            "epoch": epoch,
-            "position": within * self.num_replicas,
-            "num_batches": self._length,
-            "num_replicas": self.num_replicas,
-            "stage": self.stage_of_step(self.step_of(int(batches_per_process))),
-            "fingerprint": self.fingerprint,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Make the next ``iter()`` continue at the saved batch of the saved epoch."""
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if state.get("fingerprint") != self.fingerprint:
-            logger.warning(
-                "cogvx-ext: the batches differ from the checkpoint's (data, schedule, batch sizes, seed or "
-                "process count changed); continuing at epoch %d, batch %d of the new order",
-                epoch,
-                position,
-            )
-        position -= position % self.num_replicas
-        if position >= self._length:
-            epoch, position = epoch + 1, 0
-        self._next_epoch, self._next_position = epoch, position
-
-
-def _fingerprint(value: Any) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(value, default=repr).encode()).hexdigest()[:16]
+    def state_details(self, batches_per_process: int) -> dict[str, Any]:
+        return {"stage": self.stage_of_step(self.step_of(int(batches_per_process)))}

@@ -38,6 +38,7 @@ from cogvx_ext import hookimpl
 from cogvx_ext.clips import STAGE_TAG, Sample, Stage, stage_at
 from cogvx_ext.errors import UsageError
 from cogvx_ext.model import ModelInfo
+from cogvx_ext.sampling import SamplerResume
 from cogvx_ext.stages import StageBucket, StagedBatchSampler, stage_of, stage_seed
 
 logger = logging.getLogger("cogvx_ext.progressive_resize")
@@ -145,8 +146,7 @@ class ProgressiveResize:
         self.sampler: StagedBatchSampler | None = None
         self.accelerator: Any = None
         self._accumulation = 1
-        self._last_step = 0
-        self._pending_state: dict[str, Any] | None = None
+        self.resume = SamplerResume()  # the position of this plugin's own sampler, when it made one
         self._tokens: int | None = None  # video tokens per sample of the last training forward
         self._announced: int | None = None
         self._rewarm_installed = False
@@ -323,9 +323,7 @@ class ProgressiveResize:
             fingerprint=repr([members, sizes, seed]),
             buckets=rows,
         )
-        if self._pending_state is not None:
-            self.sampler.load_state_dict(self._pending_state)
-            self._pending_state = None
+        self.resume.attach(self.sampler, self._accumulation)
         return self.sampler
 
     @staticmethod
@@ -349,7 +347,7 @@ class ProgressiveResize:
 
     @hookimpl
     def cogvx_step_end(self, step: int, logs: dict[str, Any], accelerator: Any) -> None:
-        self._last_step = int(step)
+        self.resume.last_step = int(step)
         if not self.stages:
             return
         # The batch just trained went into the update that made `step` (sync) or into the next one.
@@ -411,31 +409,13 @@ class ProgressiveResize:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def batches_consumed(self, global_step: int) -> int:
-        """Batches each process has taken at ``global_step`` (the script's arithmetic, as aspect_bucket)."""
-        sampler = self.sampler
-        epoch, steps = divmod(global_step, sampler.steps_per_epoch)
-        return epoch * sampler.batches_per_process + min(
-            steps * self._accumulation, sampler.batches_per_process
-        )
-
     @hookimpl
     def cogvx_state_dict(self, step: int | None) -> dict[str, Any] | None:
-        if self.sampler is None:  # another plugin's sampler keeps its own position
-            return None
-        global_step = step if step is not None else self._last_step + 1
-        return {
-            "global_step": global_step,
-            "sampler": self.sampler.state_dict(self.batches_consumed(global_step)),
-        }
+        return self.resume.state(step)  # None when another plugin's sampler keeps the position
 
     @hookimpl
     def cogvx_load_state_dict(self, state: dict[str, Any]) -> None:
-        self._last_step = int(state.get("global_step", 0))
-        if self.sampler is not None:
-            self.sampler.load_state_dict(state["sampler"])
-        else:
-            self._pending_state = state["sampler"]
+        self.resume.restore(state)
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from cogvx_ext import hookimpl
 from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
 from cogvx_ext.errors import SkipClip, UsageError
 from cogvx_ext.model import VAE_SPATIAL, ModelInfo
+from cogvx_ext.sampling import SamplerResume
 from cogvx_ext.stages import (
     StageBucket,
     StagedBatchSampler,
@@ -104,8 +105,7 @@ class AspectBucket:
         self.model: ModelInfo | None = None
         self._shapes: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # latent -> (frames, h, w)
         self._gradient_accumulation_steps = 1
-        self._last_step = 0
-        self._pending_state: dict[str, Any] | None = None
+        self.resume = SamplerResume()  # the sampler's position across checkpoints
         self._stage_buckets: dict[Stage, tuple[Bucket, ...]] = {}
         self._stage_frames: dict[int | None, list[int]] = {}
 
@@ -501,9 +501,7 @@ class AspectBucket:
             if len(sampler) == 0:
                 raise UsageError(DROP_LEAVES_NOTHING)
         self.sampler = sampler
-        if self._pending_state is not None:
-            sampler.load_state_dict(self._pending_state)
-            self._pending_state = None
+        self.resume.attach(sampler, self._gradient_accumulation_steps)
         logger.info(
             "aspect_bucket: %d samples in %d shapes, %d batches per epoch over %d process(es)",
             len(samples),
@@ -612,40 +610,15 @@ class AspectBucket:
 
     @hookimpl
     def cogvx_step_end(self, step: int) -> None:
-        self._last_step = int(step)
-
-    def batches_consumed(self, global_step: int) -> int:
-        """Batches each process has taken when the script reaches ``global_step`` optimizer steps.
-
-        Mirrors the script's own arithmetic: ``ceil(len(dataloader) / accumulation)`` steps per
-        epoch, the last step of an epoch taking what is left (accelerate syncs at the end of the
-        data), and ``first_epoch = global_step // steps_per_epoch`` on resume.
-        """
-        per_process = self.sampler.batches_per_process
-        steps_per_epoch = math.ceil(per_process / self._gradient_accumulation_steps)
-        epoch, steps = divmod(global_step, steps_per_epoch)
-        return epoch * per_process + min(steps * self._gradient_accumulation_steps, per_process)
+        self.resume.last_step = int(step)
 
     @hookimpl
     def cogvx_state_dict(self, step: int | None) -> dict[str, Any] | None:
-        if self.sampler is None:
-            return None
-        # The core reads the step from the script's checkpoint-<step> folder. Otherwise: the script
-        # saves right after `global_step += 1` and before that iteration's accelerator.log, so the
-        # step being saved is one past the last step_end seen.
-        global_step = step if step is not None else self._last_step + 1
-        return {
-            "global_step": global_step,
-            "sampler": self.sampler.state_dict(self.batches_consumed(global_step)),
-        }
+        return self.resume.state(step)
 
     @hookimpl
     def cogvx_load_state_dict(self, state: dict[str, Any]) -> None:
-        self._last_step = int(state.get("global_step", 0))
-        if self.sampler is not None:
-            self.sampler.load_state_dict(state["sampler"])
-        else:
-            self._pending_state = state["sampler"]
+        self.resume.restore(state)
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:

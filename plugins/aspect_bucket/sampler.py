@@ -36,16 +36,15 @@ Resuming
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext.model import ModelInfo
+from cogvx_ext.sampling import EpochBatchSampler, fingerprint
 
 logger = logging.getLogger("cogvx_ext.aspect_bucket")
 
@@ -93,7 +92,7 @@ def _sorted_keys(keys: Any) -> list[Hashable]:
         return sorted(keys, key=repr)
 
 
-class BucketBatchSampler:
+class BucketBatchSampler(EpochBatchSampler):
     """Yields lists of dataset indices; all samples of a batch share one shape key.
 
     :param keys: per dataset index, its shape key (a latent ``(frames, height, width)``).
@@ -102,6 +101,8 @@ class BucketBatchSampler:
     :param num_replicas: training processes; the batch count is made a multiple of it.
     :param remainder: ``fill``, ``drop`` or ``partial`` (see the module docstring).
     """
+
+    label = "aspect_bucket"
 
     def __init__(
         self,
@@ -121,7 +122,6 @@ class BucketBatchSampler:
                 "weighs its samples more in the averaged gradient; use 'fill' or 'drop'"
             )
         self.seed = int(seed)
-        self.num_replicas = num_replicas
         self.remainder = remainder
         members: dict[Hashable, list[int]] = {}
         for index, key in enumerate(keys):
@@ -139,56 +139,38 @@ class BucketBatchSampler:
             for key in self._order
         ]
         base = sum(b.batches for b in self._per_bucket)
-        if remainder == "drop":
-            self._length = base - base % num_replicas
-        else:
-            self._length = base + (-base) % num_replicas
-        self._next_epoch = 0
-        self._next_position = 0
-        self.fingerprint = self._fingerprint()
+        length = base - base % num_replicas if remainder == "drop" else base + (-base) % num_replicas
+        super().__init__(length, num_replicas, self._fingerprint(num_replicas))
 
     def _bucket_batch_count(self, key: Hashable) -> int:
         clips, size = len(self._members[key]), self._batch_size[key]
         return clips // size if self.remainder == "drop" else math.ceil(clips / size)
 
-    def _fingerprint(self) -> str:
+    def _fingerprint(self, num_replicas: int) -> str:
         # Names this sampler's batch lists: same data, sizes, seed and replicas, same batches.
         described = [[repr(key), self._members[key], self._batch_size[key]] for key in self._order]
-        text = json.dumps([described, self.seed, self.num_replicas, self.remainder])
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+        return fingerprint([described, self.seed, num_replicas, self.remainder])
 
     # -- what an epoch holds -------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return self._length
 
     @property
     def buckets(self) -> list[BucketBatches]:
         """Per bucket: clips, batch size and batches per epoch (before the multiple-of-replicas rounding)."""
         return list(self._per_bucket)
 
-    @property
-    def batches_per_process(self) -> int:
-        return self._length // self.num_replicas
-
     def batch_size_of(self, key: Hashable) -> int:
         return self._batch_size[key]
 
-    @property
-    def epoch(self) -> int:
-        """The epoch the next ``iter()`` yields."""
-        return self._next_epoch
-
-    def batches_for_epoch(self, epoch: int) -> list[list[int]]:
-        """Every batch of ``epoch``, in order, before sharding across ranks."""
+    def batches_for_epoch(self, epoch: int, start: int = 0) -> list[list[int]]:
+        """The batches of ``epoch`` from position ``start`` on, in order, before sharding across ranks."""
         rng = random.Random(f"{self.seed}:{epoch}")
         keyed: list[tuple[Hashable, list[int]]] = []
         for key in self._order:
             shuffled = list(self._members[key])
             rng.shuffle(shuffled)
             size = self._batch_size[key]
-            for start in range(0, len(shuffled), size):
-                batch = shuffled[start : start + size]
+            for offset in range(0, len(shuffled), size):
+                batch = shuffled[offset : offset + size]
                 if len(batch) < size:
                     if self.remainder == "drop":
                         break
@@ -205,7 +187,7 @@ class BucketBatchSampler:
                 size = self._batch_size[key]
                 keyed.append((key, self._fill(rng.sample(members, min(size, len(members))), members, size)))
             rng.shuffle(keyed)
-        return [batch for _, batch in keyed]
+        return [batch for _, batch in keyed[start:]]
 
     @staticmethod
     def _fill(batch: list[int], shuffled_bucket: list[int], size: int) -> list[int]:
@@ -217,46 +199,5 @@ class BucketBatchSampler:
             filled.append(pool[k % len(pool)])
         return filled
 
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, position = self._next_epoch, self._next_position
-        self._next_epoch, self._next_position = epoch + 1, 0
-        return iter(self.batches_for_epoch(epoch)[position:])
-
-    # -- resuming ------------------------------------------------------------------------------
-
-    def state_dict(self, batches_per_process: int) -> dict[str, Any]:
-        """Where training stands, JSON-ready.
-
-        :param batches_per_process: batches each process has taken since training began (all
-            epochs): loop iterations, not what the DataLoader has prefetched.
-        """
-        per_process = self.batches_per_process
-        epoch, within = divmod(int(batches_per_process), per_process) if per_process else (0, 0)
-        return {
-            "epoch": epoch,
-            "position": within * self.num_replicas,  # in batches before sharding
-            "num_batches": self._length,
-            "num_replicas": self.num_replicas,
-            "seed": self.seed,
-            "fingerprint": self.fingerprint,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Make the next ``iter()`` continue at the saved batch of the saved epoch.
-
-        If the data, batch sizes, seed or process count changed since the state was saved, the
-        saved position no longer names the same batches: the run goes on from the same epoch and
-        position (rounded to a whole step), with a warning.
-        """
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if state.get("fingerprint") != self.fingerprint:
-            logger.warning(
-                "aspect_bucket: the batches differ from the checkpoint's (data, batch sizes, seed or "
-                "process count changed); continuing at epoch %d, batch %d of the new order",
-                epoch,
-                position,
-            )
-        position -= position % self.num_replicas
-        if position >= self._length:
-            epoch, position = epoch + 1, 0
-        self._next_epoch, self._next_position = epoch, position
+    def state_details(self, batches_per_process: int) -> dict[str, Any]:
+        return {"seed": self.seed}
