@@ -6,14 +6,12 @@ import argparse
 import json
 from collections import Counter, defaultdict
 
-import pluggy
 import pytest
 from tests_support import HERE, read_events
+from tests_support import configured as support_configured
 
-from cogvx_ext import hookspecs
 from cogvx_ext.clips import Target
 from cogvx_ext.dataset import ListingEntry, latent_shape_key, plan_samples
-from cogvx_ext.defaults import CoreDefaults
 from cogvx_ext.errors import UsageError
 from cogvx_ext.model import ModelInfo
 from cogvx_ext.stages import StagedBatchSampler, alternative_groups
@@ -76,18 +74,7 @@ def script_parser() -> argparse.ArgumentParser:
 
 
 def configured(argv, *plugins):
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    pm.register(CoreDefaults(), "cogvx_ext.defaults")
-    for plugin in plugins:
-        pm.register(plugin, type(plugin).__name__)
-    pm.check_pending()
-    parser = script_parser()
-    pm.hook.cogvx_add_arguments(parser=parser)
-    args = parser.parse_args(argv)
-    pm.hook.cogvx_configure(args=args)
-    pm.hook.cogvx_requires(args=args, model=V10)
-    return pm, args
+    return support_configured(script_parser(), argv, plugins, V10)
 
 
 def test_requires_a_sampler_that_batches_by_shape():

@@ -8,16 +8,14 @@ import json
 import math
 from pathlib import Path
 
-import pluggy
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 from tests_support import HERE, read_events
+from tests_support import configured as support_configured
 
-from cogvx_ext import hookspecs
 from cogvx_ext.clips import Clip, Sample, Target, VideoInfo, stage_at
 from cogvx_ext.dataset import ListingEntry, plan_samples
-from cogvx_ext.defaults import CoreDefaults
 from cogvx_ext.errors import UsageError
 from cogvx_ext.model import ModelInfo
 from cogvx_ext.plan import build_report, format_report, report_to_json
@@ -103,18 +101,7 @@ def script_parser() -> argparse.ArgumentParser:
 
 
 def configured(argv, *plugins, model=V10):
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    pm.register(CoreDefaults(), "cogvx_ext.defaults")
-    for plugin in plugins:
-        pm.register(plugin, type(plugin).__name__)
-    pm.check_pending()
-    parser = script_parser()
-    pm.hook.cogvx_add_arguments(parser=parser)
-    args = parser.parse_args(argv)
-    pm.hook.cogvx_configure(args=args)
-    pm.hook.cogvx_requires(args=args, model=model)
-    return pm, args
+    return support_configured(script_parser(), argv, plugins, model)
 
 
 def test_configure_stops_at_start_with_one_line():

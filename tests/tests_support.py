@@ -6,6 +6,11 @@ import json
 import os
 from pathlib import Path
 
+import pluggy
+
+from cogvx_ext import hookspecs
+from cogvx_ext.defaults import CoreDefaults
+
 HERE = Path(__file__).parent
 
 
@@ -17,3 +22,19 @@ def read_events(directory) -> dict[str, list[dict]]:
             with open(os.path.join(directory, name), encoding="utf-8") as f:
                 out[name] = [json.loads(line) for line in f]
     return out
+
+
+def configured(parser, argv, plugins, model):
+    """A plugin manager with the core defaults and ``plugins``, through add_arguments, parsing,
+    configure and requires, as a run starts: ``(pm, args)``."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreDefaults(), "cogvx_ext.defaults")
+    for plugin in plugins:
+        pm.register(plugin, type(plugin).__name__)
+    pm.check_pending()
+    pm.hook.cogvx_add_arguments(parser=parser)
+    args = parser.parse_args(argv)
+    pm.hook.cogvx_configure(args=args)
+    pm.hook.cogvx_requires(args=args, model=model)
+    return pm, args

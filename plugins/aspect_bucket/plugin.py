@@ -30,6 +30,7 @@ from typing import Any
 
 from cogvx_ext import hookimpl
 from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
+from cogvx_ext.dataset import latent_shape_key
 from cogvx_ext.errors import SkipClip, UsageError
 from cogvx_ext.model import VAE_SPATIAL, ModelInfo
 from cogvx_ext.sampling import SamplerResume
@@ -463,10 +464,6 @@ class AspectBucket:
             tags=(("bucket", f"{width}x{height}"), *tags),
         )
 
-    def latent_key(self, sample: Sample, model: ModelInfo) -> tuple[int, int, int]:
-        target = sample.target
-        return model.latent_shape(target.num_frames, target.height, target.width)
-
     @hookimpl
     def cogvx_batch_sampler(
         self,
@@ -482,7 +479,7 @@ class AspectBucket:
             raise UsageError(
                 "aspect_bucket: no clip can be used; every clip was skipped (see the reasons above)"
             )
-        keys = [self.latent_key(s, model) for s in samples]
+        keys = [latent_shape_key(s, model) for s in samples]
         self._shapes = {}
         counts: dict[tuple[int, int, int], int] = {}
         for key, sample in zip(keys, samples):
