@@ -151,11 +151,17 @@ def start_run(
 ) -> Run:
     """Load the plugins, let them add flags, parse, configure, check, and install the seams."""
     from cogvx_ext import seams
-    from cogvx_ext.manager import ENV_PLUGINS, load_plugins, make_plugin_manager, parse_plugin_list
+    from cogvx_ext.manager import (
+        ENV_PLUGINS,
+        load_plugins,
+        make_plugin_manager,
+        parse_plugin_list,
+        plugins_flag_values,
+    )
     from cogvx_ext.model import ModelInfo
 
     choice = parse_plugin_list(
-        [os.environ.get(ENV_PLUGINS), *registration.plugins, *_plugins_flag_values(argv)]
+        [os.environ.get(ENV_PLUGINS), *registration.plugins, *plugins_flag_values(argv)]
     )
     pm = make_plugin_manager()
     run = Run(registration.module, pm, load_plugins(pm, choice))
@@ -174,13 +180,6 @@ def start_run(
     run.check_requirements()
     seams.install(run)
     return run
-
-
-def _plugins_flag_values(argv: list[str]) -> list[str]:
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--plugins", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    return known.plugins
 
 
 def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:

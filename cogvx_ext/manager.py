@@ -63,6 +63,16 @@ def parse_plugin_list(values: Iterable[str | None]) -> PluginChoice:
     return PluginChoice(tuple(w for w in wanted if plugin_name(w) not in blocked), frozenset(blocked))
 
 
+def plugins_flag_values(argv: list[str]) -> list[str]:
+    """The values of every ``--plugins`` in a command line, read before its parser knows the flag."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugins", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    return known.plugins
+
+
 def plugin_name(item: str) -> str:
     """The name a plugin is registered under: entry-point name, module path or file stem, then :Name."""
     base, attribute = _split_attribute(item)

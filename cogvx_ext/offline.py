@@ -69,12 +69,17 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_plugins: str) -> OfflineRun:
-    from cogvx_ext.manager import ENV_PLUGINS, load_plugins, make_plugin_manager, parse_plugin_list
+    from cogvx_ext.manager import (
+        ENV_PLUGINS,
+        load_plugins,
+        make_plugin_manager,
+        parse_plugin_list,
+        plugins_flag_values,
+    )
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--plugins", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    choice = parse_plugin_list([os.environ.get(ENV_PLUGINS)] + (known.plugins or [default_plugins]))
+    choice = parse_plugin_list(
+        [os.environ.get(ENV_PLUGINS)] + (plugins_flag_values(argv) or [default_plugins])
+    )
     pm = make_plugin_manager()
     names = load_plugins(pm, choice)
     pm.hook.cogvx_add_arguments(parser=parser)
