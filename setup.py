@@ -1,4 +1,4 @@
-"""Installs cogvx_ext.pth next to the packages, in regular and in editable installs.
+"""Finds the packages and installs cogvx_ext.pth next to them, in regular and in editable installs.
 
 The .pth line is what lets the unmodified diffusers scripts accept --plugins after a plain
 `pip install cogvx-ext`. Everything else about the build lives in pyproject.toml.
@@ -6,11 +6,20 @@ The .pth line is what lets the unmodified diffusers scripts accept --plugins aft
 
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH = "cogvx_ext.pth"
+
+# Every package under cogvx_ext/ and plugins/ (installed as cogvx_ext_plugins, see pyproject.toml's
+# package-dir), found rather than listed: a listed subpackage was once missing from the wheel.
+PACKAGES = [
+    "cogvx_ext",
+    *(f"cogvx_ext.{name}" for name in find_packages("cogvx_ext")),
+    "cogvx_ext_plugins",
+    *(f"cogvx_ext_plugins.{name}" for name in find_packages("plugins")),
+]
 
 
 class BuildPyWithPth(build_py):
@@ -41,4 +50,4 @@ class EditableWheelWithPth(editable_wheel):
         return WithPth()
 
 
-setup(cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth})
+setup(packages=PACKAGES, cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth})

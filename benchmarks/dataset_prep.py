@@ -345,10 +345,12 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main() -> int:
+    from cogvx_ext.trainers import minimal_trainer
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--trainer",
-        default=os.environ.get("COGVX_EXT_TRAINER") or str(REPO / "tests/trainers/tiny_t2v_trainer.py"),
+        default=os.environ.get("COGVX_EXT_TRAINER") or str(minimal_trainer("t2v")),
         help="training script whose VideoDataset is the stock side",
     )
     parser.add_argument(

@@ -117,10 +117,12 @@ def launch(trainer: Path, work: Path, model: Path, data: Path, plugins: str, nam
 
 
 def main() -> int:
+    from cogvx_ext.trainers import minimal_trainer
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--trainer",
-        default=os.environ.get("COGVX_EXT_TRAINER") or str(REPO / "tests/trainers/tiny_t2v_trainer.py"),
+        default=os.environ.get("COGVX_EXT_TRAINER") or str(minimal_trainer("t2v")),
     )
     parser.add_argument(
         "--plugins",

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--frames", type=int, default=33)
-    parser.add_argument("--stages", default="144x256:0,224x400:100,288x512:300")
+    parser.add_argument("--stages", default="256x144:0,400x224:100,512x288:300")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args(argv)

@@ -148,10 +148,12 @@ def train(opts, work: Path, model: Path, data: Path, site: Path, side: str, inde
 
 
 def main() -> int:
+    from cogvx_ext.trainers import minimal_trainer
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--trainer",
-        default=os.environ.get("COGVX_EXT_TRAINER") or str(REPO / "tests/trainers/tiny_t2v_trainer.py"),
+        default=os.environ.get("COGVX_EXT_TRAINER") or str(minimal_trainer("t2v")),
     )
     parser.add_argument("--python", default=sys.executable, help="python that runs the trainer")
     # Not --plugins: that flag on this command line would wake cogvx-ext's start-up hook here.

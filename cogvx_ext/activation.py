@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cogvx_ext.errors import UsageError
+from cogvx_ext.errors import UsageError, report_usage_error
 
 _original_parse_args = argparse.ArgumentParser.parse_args
 _registered: dict[int, _Registration] = {}  # id(module globals) -> how that script was loaded
@@ -141,8 +141,7 @@ def looks_like_trainer(namespace: dict) -> bool:
 
 
 def _exit_with(exc: UsageError) -> None:
-    sys.stderr.write(f"cogvx-ext: {exc}\n")
-    sys.stderr.flush()
+    report_usage_error(exc)
     raise SystemExit(2)
 
 
@@ -254,7 +253,7 @@ def run_script(script_path: str, argv: list[str]) -> int:
     try:
         module = load_trainer(script_path, argv=argv)
     except UsageError as exc:
-        sys.stderr.write(f"cogvx-ext: {exc}\n")
+        report_usage_error(exc)
         return 2
     module.main(module.get_args())
     return 0

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from cogvx_ext.errors import SkipClip, UsageError
+from cogvx_ext.errors import SkipClip, UsageError, report_usage_error
 
 DEFAULT_PLUGINS = "aspect_bucket,latent_cache"
 USAGE = """usage: cogvx-ext cache {fill,prune} [flags]
@@ -47,7 +47,7 @@ def run_cache(argv: list[str]) -> int:
     try:
         return commands[command](rest)
     except UsageError as exc:
-        sys.stderr.write(f"cogvx-ext: {exc}\n")
+        report_usage_error(exc)
         return 2
 
 

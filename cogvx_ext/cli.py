@@ -7,7 +7,7 @@ import os
 import sys
 
 from cogvx_ext import __version__
-from cogvx_ext.errors import UsageError
+from cogvx_ext.errors import UsageError, report_usage_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return _guarded(lambda: run_cache(argv[1:]))
     if argv and argv[0] == "run":
         # Everything after SCRIPT belongs to the script, its --help included.
-        if len(argv) < 2:
-            parser.parse_args(["run", "--help"])
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            sys.stdout.write(RUN_HELP)
+            return 0 if len(argv) >= 2 else 2
         from cogvx_ext.activation import run_script
 
         return run_script(argv[1], argv[2:])
@@ -39,11 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(lambda: args.handler(args))
 
 
+RUN_HELP = """\
+usage: cogvx-ext run SCRIPT [script arguments] --plugins LIST
+       python -m cogvx_ext SCRIPT ...      accelerate launch [...] -m cogvx_ext SCRIPT ...
+
+Runs a training script (diffusers' train_cogvideox_lora.py or train_cogvideox_image_to_video_lora.py,
+unmodified) with cogvx-ext plugins, without the start-up hook: for Pythons started with -S or
+COGVX_EXT_DISABLE=1, and for launchers that cannot pass --plugins to the script itself. After a
+pip install the script also takes --plugins directly: python train_cogvideox_lora.py ... --plugins LIST.
+
+Everything after SCRIPT is the script's own command line plus --plugins (a comma list: installed
+names such as aspect_bucket,rope_rescale, no:NAME, a dotted module, a .py file). The script's
+--help lists its flags and those of the plugins named: cogvx-ext run SCRIPT --plugins LIST --help.
+`cogvx-ext plugins` lists the installed plugins.
+"""
+
+
 def _guarded(action) -> int:
     try:
         return action()
     except UsageError as exc:
-        sys.stderr.write(f"cogvx-ext: {exc}\n")
+        report_usage_error(exc)
         return 2
 
 
@@ -101,20 +118,23 @@ def _plugins(args) -> int:
     from cogvx_ext.manager import describe_installed
 
     rows = describe_installed()
+    broken = [row for row in rows if "error" in row]
     if args.json:
         import json
 
         print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
+    elif not rows:
         print("no cogvx-ext plugins installed")
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    for row in rows:
-        hooks = ", ".join(row.get("hooks", [])) or row.get("error", "")
-        print(f"{row['name']:<{width}}  {row['version']:<8}  {row['value']}")
-        print(f"{'':<{width}}  hooks: {hooks}")
-    return 0
+    for row in [] if args.json else rows:
+        if "error" in row:
+            continue
+        print(f"{row['name']}  {row['version']}  {row['value']}")
+        print(f"    {row['purpose'] or '(no docstring)'}")
+        print(f"    flags: {', '.join(row['flags']) or '-'}")
+        print(f"    hooks: {', '.join(row['hooks'])}")
+    for row in broken:
+        sys.stderr.write(f"cogvx-ext: {row['error']}\n")
+    return 1 if broken else 0
 
 
 def _demo(args) -> int:

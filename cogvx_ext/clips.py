@@ -87,8 +87,8 @@ class Stage:
 
     @property
     def label(self) -> str:
-        """``288x512`` (height x width) or ``147456px`` (an area)."""
-        return f"{self.height}x{self.width}" if self.height else f"{self.area}px"
+        """``512x288`` (WIDTHxHEIGHT, as everywhere) or ``147456px`` (an area)."""
+        return f"{self.width}x{self.height}" if self.height else f"{self.area}px"
 
     def size_for(self, height: int, width: int, multiple: int = 16) -> tuple[int, int]:
         """The stage's exact size, or ``height x width`` scaled to the stage's area: ``(height, width)``

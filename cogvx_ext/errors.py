@@ -1,4 +1,10 @@
-"""The two exceptions plugins raise on purpose."""
+"""The exceptions plugins raise on purpose, and how a user's mistake is reported."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
 
 
 class UsageError(Exception):
@@ -8,8 +14,27 @@ class UsageError(Exception):
     """
 
 
+class PluginImportError(UsageError):
+    """A plugin the user named failed to import (syntax error, missing dependency, exception at
+    import). One line like any usage error; ``COGVX_EXT_TRACE=1`` also prints the cause's
+    traceback."""
+
+
 class SkipClip(Exception):
     """Raised by ``cogvx_clip_targets`` to leave one clip out; the message is the reason.
 
     Skipped clips are listed by path and reason in the training log and in ``cogvx-ext plan``.
     """
+
+
+def tracing() -> bool:
+    return os.environ.get("COGVX_EXT_TRACE", "") not in ("", "0")
+
+
+def report_usage_error(exc: UsageError) -> None:
+    """Write ``cogvx-ext: <message>`` on one line; with ``COGVX_EXT_TRACE`` set, the traceback of
+    what caused it first (a plugin author needs it, a user does not)."""
+    if tracing() and exc.__cause__ is not None:
+        traceback.print_exception(exc.__cause__, file=sys.stderr)
+    sys.stderr.write(f"cogvx-ext: {exc}\n")
+    sys.stderr.flush()

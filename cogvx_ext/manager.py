@@ -17,6 +17,7 @@ installing a plugin package never changes a run.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
@@ -31,7 +32,7 @@ from typing import Any
 import pluggy
 
 from cogvx_ext import hookspecs
-from cogvx_ext.errors import UsageError
+from cogvx_ext.errors import PluginImportError, UsageError
 
 ENTRY_POINT_GROUP = "cogvx_ext"
 ENV_PLUGINS = "COGVX_EXT_PLUGINS"
@@ -184,16 +185,29 @@ def _import_plugin(item: str) -> tuple[str, Any]:
     if item in entry_points:
         try:
             return item, entry_points[item].load()
-        except Exception as exc:  # report which plugin failed, keep the cause attached
-            raise ImportError(f"cogvx-ext: plugin '{item}' failed to import: {exc}") from exc
+        except Exception as exc:
+            raise _import_failed(item, exc) from exc
     if "." in item:
         try:
             return item, importlib.import_module(item)
         except ModuleNotFoundError as exc:
             if exc.name and item.startswith(exc.name):
                 raise UsageError(_unknown_message(item, entry_points)) from None
-            raise ImportError(f"cogvx-ext: plugin '{item}' failed to import: {exc}") from exc
+            raise _import_failed(item, exc) from exc
+        except Exception as exc:
+            raise _import_failed(item, exc) from exc
     raise UsageError(_unknown_message(item, entry_points))
+
+
+def _import_failed(item: str, exc: BaseException) -> PluginImportError:
+    """One line naming the plugin and what went wrong; the cause stays attached for tracing."""
+    detail = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        detail = f"{exc.msg} ({exc.filename}, line {exc.lineno})"
+    return PluginImportError(
+        f"plugin '{item}' failed to import: {type(exc).__name__}: {detail} "
+        "(fix it or leave it out of --plugins; COGVX_EXT_TRACE=1 shows the traceback)"
+    )
 
 
 def _unknown_message(item: str, entry_points: dict[str, Any]) -> str:
@@ -224,15 +238,14 @@ def _import_file(item: str) -> Any:
     try:
         return importlib.import_module(name)
     except Exception as exc:
-        raise ImportError(f"cogvx-ext: plugin '{item}' failed to import: {exc}") from exc
+        raise _import_failed(item, exc) from exc
     finally:
         sys.path.remove(str(path.parent))
 
 
 def describe_installed() -> list[dict[str, Any]]:
-    """Installed plugins with their distribution version and the hooks each implements."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    """Installed plugins: distribution version, one-line purpose, flags and hooks, or the error
+    that keeps a plugin from loading."""
     rows = []
     for name, ep in sorted(installed_plugins().items()):
         row: dict[str, Any] = {
@@ -240,14 +253,35 @@ def describe_installed() -> list[dict[str, Any]]:
             "value": ep.value,
             "version": ep.dist.version if ep.dist else "?",
         }
+        # Each plugin in a manager of its own, so that its flags and hooks are its alone.
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
         try:
-            plugin = ep.load()
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise _import_failed(name, exc) from exc
             register_plugin(pm, plugin, name)
-            row["hooks"] = sorted(impl.name for impl in _impls_of(pm, pm.get_plugin(name)))
+            check_hooks(pm)
+            registered = pm.get_plugin(name)
+            row["purpose"] = _purpose(sys.modules.get(ep.module), plugin)
+            row["hooks"] = sorted({caller.name for caller in _impls_of(pm, registered)})
+            parser = argparse.ArgumentParser(add_help=False)
+            pm.hook.cogvx_add_arguments(parser=parser)
+            row["flags"] = [option for action in parser._actions for option in action.option_strings[:1]]
         except Exception as exc:  # one broken plugin must not hide the others
-            row["error"] = f"{type(exc).__name__}: {exc}"
+            row["error"] = str(exc) if isinstance(exc, UsageError) else f"plugin '{name}': {type(exc).__name__}: {exc}"
         rows.append(row)
     return rows
+
+
+def _purpose(module: Any, plugin: Any) -> str:
+    """The first line of the module docstring the entry point names (else the plugin's own)."""
+    for owner in (module, plugin):
+        doc = (inspect.getdoc(owner) or "").strip() if owner is not None else ""
+        if doc:
+            return doc.splitlines()[0]
+    return ""
 
 
 def _impls_of(pm: pluggy.PluginManager, plugin: Any):

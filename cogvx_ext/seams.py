@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.errors import UsageError
+from cogvx_ext.errors import UsageError, report_usage_error
 from cogvx_ext.hookspecs import hookimpl
 
 T2V_PIPELINE = "CogVideoXPipeline"
@@ -172,7 +172,7 @@ def _wrap_main(run, real_main):
             if isinstance(exc, UsageError):
                 # Found once main runs (a broken dataset, a requirement known only from the loaded
                 # model): still one line and status 2, not a traceback.
-                sys.stderr.write(f"cogvx-ext: {exc}\n")
+                report_usage_error(exc)
                 raise SystemExit(2) from None
             raise
 
@@ -189,7 +189,7 @@ def _report_uncaught(run) -> None:
             exc._cogvx_ext_reported = True
             run.hook.cogvx_exception(exc=exc, args=run.args)
         if isinstance(exc, UsageError):
-            sys.stderr.write(f"cogvx-ext: {exc}\n")
+            report_usage_error(exc)
             return
         previous(exc_type, exc, traceback)
 

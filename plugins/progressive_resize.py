@@ -1,10 +1,10 @@
 """progressive_resize: small first, then large, in one run and one command.
 
-``--progressive_stages "288x512:0,432x768:400,576x1024:1200"`` trains at 288x512 (height x width,
-the order of ``--height``/``--width``) for optimizer steps 0-399, at 432x768 for steps 400-1199,
-then at 576x1024. A stage is ``SIZE:STEP`` and optionally ``:key=value`` settings:
+``--progressive_stages "512x288:0,768x432:400,1024x576:1200"`` trains at 512x288 (WIDTHxHEIGHT, as
+every size in cogvx-ext) for optimizer steps 0-399, at 768x432 for steps 400-1199, then at
+1024x576. A stage is ``SIZE:STEP`` and optionally ``:key=value`` settings:
 
-* ``SIZE``: ``HEIGHTxWIDTH`` (multiples of 16), or an area in pixels (``147456``). With
+* ``SIZE``: ``WIDTHxHEIGHT`` (multiples of 16), or an area in pixels (``147456``). With
   aspect_bucket each stage gets buckets of its area (a portrait clip stays portrait); without it
   each stage has one shape (an area keeps the aspect of ``--height x --width``).
 * ``frames=N`` the stage's longest frame count (instead of ``--max_num_frames``), ``batch=N`` its
@@ -45,7 +45,7 @@ logger = logging.getLogger("cogvx_ext.progressive_resize")
 
 MULTIPLE = 16  # VAE 8 x patch 2
 FLAG = "--progressive_stages"
-EXAMPLE = "e.g. 288x512:0,432x768:400,576x1024:1200"
+EXAMPLE = "e.g. 512x288:0,768x432:400,1024x576:1200"
 KEYS = {"frames": "frames", "batch": "batch_size", "tokens": "token_budget", "warmup": "warmup_steps"}
 
 
@@ -59,19 +59,19 @@ def _stage(item: str, default_warmup: int, first: bool) -> Stage:
     size, start = size.strip().lower(), start.strip()
     if not sep or not size or not start.isdigit():
         raise UsageError(
-            f"{FLAG}: '{item}' is not SIZE:STEP ({EXAMPLE}; SIZE is HEIGHTxWIDTH or an area in pixels, "
+            f"{FLAG}: '{item}' is not SIZE:STEP ({EXAMPLE}; SIZE is WIDTHxHEIGHT or an area in pixels, "
             "then optional :frames=N:batch=N:tokens=N:warmup=N)"
         )
     height = width = None
     if "x" in size:
-        h, _, w = size.partition("x")
+        w, _, h = size.partition("x")
         if not (h.strip().isdigit() and w.strip().isdigit()):
-            raise UsageError(f"{FLAG}: '{item}': the size is not HEIGHTxWIDTH ({EXAMPLE})")
-        height, width = int(h), int(w)
+            raise UsageError(f"{FLAG}: '{item}': the size is not WIDTHxHEIGHT ({EXAMPLE})")
+        width, height = int(w), int(h)
         if height <= 0 or width <= 0 or height % MULTIPLE or width % MULTIPLE:
             raise UsageError(
                 f"{FLAG}: '{item}': sides must be positive multiples of {MULTIPLE} (VAE 8 x patch 2); "
-                f"nearest: {_nearest(height)}x{_nearest(width)}"
+                f"nearest: {_nearest(width)}x{_nearest(height)}"
             )
         area = height * width
     elif size.isdigit():
@@ -79,7 +79,7 @@ def _stage(item: str, default_warmup: int, first: bool) -> Stage:
         if area < MULTIPLE * MULTIPLE:
             raise UsageError(f"{FLAG}: '{item}': an area must be at least {MULTIPLE * MULTIPLE} pixels")
     else:
-        raise UsageError(f"{FLAG}: '{item}': the size is not HEIGHTxWIDTH or an area in pixels ({EXAMPLE})")
+        raise UsageError(f"{FLAG}: '{item}': the size is not WIDTHxHEIGHT or an area in pixels ({EXAMPLE})")
     settings: dict[str, int] = {}
     for option in (o.strip() for o in options.split(":") if options):
         key, eq, value = option.partition("=")
@@ -109,7 +109,7 @@ def _stage(item: str, default_warmup: int, first: bool) -> Stage:
 
 
 def parse_stages(text: str, default_warmup: int = 0) -> list[Stage]:
-    """``"288x512:0,432x768:400:warmup=50"`` -> the stages; one-line ``UsageError`` for any mistake."""
+    """``"512x288:0,768x432:400:warmup=50"`` -> the stages; one-line ``UsageError`` for any mistake."""
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     if not items:
         raise UsageError(f"{FLAG}: no stage given ({EXAMPLE})")
@@ -125,6 +125,25 @@ def parse_stages(text: str, default_warmup: int = 0) -> list[Stage]:
                 f"{i - 1} (step {stages[i - 1].start_step}): start steps must increase"
             )
     return stages
+
+
+def check_orientation(stages: list[Stage], text: str, width: int | None, height: int | None) -> None:
+    """Stop a size written height first, as this flag once took it.
+
+    ``288x512`` on a 1024x576 run is a portrait stage in a landscape run: almost surely the old
+    height-first form. Sizes are WIDTHxHEIGHT now; an area keeps any stage's orientation.
+    """
+    if not width or not height or width == height:
+        return
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item, stage in zip(items, stages):
+        if stage.width and stage.height and stage.width != stage.height:
+            if (stage.width > stage.height) != (width > height):
+                raise UsageError(
+                    f"{FLAG}: '{item}' is {stage.width} wide and {stage.height} high, but the run is "
+                    f"{width}x{height}: sizes are WIDTHxHEIGHT (write {stage.height}x{stage.width}, or an area "
+                    f"such as {stage.area})"
+                )
 
 
 def rewarm_factor(stages: list[Stage], step: int) -> float:
@@ -163,8 +182,8 @@ class ProgressiveResize:
         group.add_argument(
             FLAG,
             default=None,
-            help="SIZE:STEP stages, comma-separated (e.g. 288x512:0,432x768:400,576x1024:1200): SIZE is "
-            "HEIGHTxWIDTH or an area in pixels, STEP the optimizer step the stage starts at (the first 0); "
+            help="SIZE:STEP stages, comma-separated (e.g. 512x288:0,768x432:400,1024x576:1200): SIZE is "
+            "WIDTHxHEIGHT or an area in pixels, STEP the optimizer step the stage starts at (the first 0); "
             "optional per stage :frames=N:batch=N:tokens=N:warmup=N",
         )
         group.add_argument(
@@ -188,6 +207,7 @@ class ProgressiveResize:
         if warmup < 0:
             raise UsageError(f"--progressive_warmup_steps must be at least 0, not {warmup}")
         self.stages = parse_stages(text, warmup)
+        check_orientation(self.stages, text, getattr(args, "width", None), getattr(args, "height", None))
         limit = getattr(args, "max_train_steps", None)
         late = [s for s in self.stages if limit is not None and s.start_step >= limit]
         if late:

@@ -5,22 +5,68 @@
   COGVX_EXT_TRAINER / COGVX_EXT_I2V_TRAINER to the diffusers scripts to run the same tests
   against them (their interpreter then needs torchvision).
 - ``train``: runs a trainer in fresh processes, offline, as a user would.
+
+The tests test the cogvx-ext that is installed, never a checkout that happens to be on sys.path:
+with a regular (wheel) install, the run stops at once when ``cogvx_ext`` would be imported from
+anywhere else (``python -m pytest`` run in a clone puts the clone first; run ``pytest``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+import cogvx_ext
+import cogvx_ext_plugins
+
 from cogvx_ext.testing import MODEL_KINDS, build_tiny_model
+from cogvx_ext.trainers import minimal_trainer
 
 TESTS = Path(__file__).parent
-TINY_T2V_TRAINER = TESTS / "trainers" / "tiny_t2v_trainer.py"
-TINY_I2V_TRAINER = TESTS / "trainers" / "tiny_i2v_trainer.py"
+TINY_T2V_TRAINER = minimal_trainer("t2v")
+TINY_I2V_TRAINER = minimal_trainer("i2v")
+
+
+# ---------------------------------------------------------------------------------------------
+# What is under test
+
+
+def installed_cogvx_ext() -> tuple[str, str | None]:
+    """``(how, problem)``: how cogvx-ext is installed ("wheel" or "editable"), and why the
+    imported package is not the installed one (None when it is)."""
+    try:
+        dist = metadata.distribution("cogvx-ext")
+    except metadata.PackageNotFoundError:
+        return "none", "cogvx-ext is not installed: pip install . (see the README's set-up command)"
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct_url.get("dir_info", {}).get("editable"):
+        return "editable", None
+    for module, relative in ((cogvx_ext, "cogvx_ext/__init__.py"), (cogvx_ext_plugins, "cogvx_ext_plugins/__init__.py")):
+        installed = Path(dist.locate_file(relative)).resolve()
+        imported = Path(module.__file__).resolve()
+        if imported != installed:
+            return "wheel", (
+                f"the tests import {module.__name__} from {imported.parent}, not the installed wheel at "
+                f"{installed.parent}: run `pytest` (`python -m pytest` puts the current folder first on sys.path)"
+            )
+    return "wheel", None
+
+
+def pytest_report_header(config):
+    how, _ = installed_cogvx_ext()
+    return f"cogvx-ext {cogvx_ext.__version__} ({how} install) from {Path(cogvx_ext.__file__).parent}"
+
+
+def pytest_configure(config):
+    _, problem = installed_cogvx_ext()
+    if problem:
+        pytest.exit(f"cogvx-ext tests: {problem}", returncode=4)
 
 
 # ---------------------------------------------------------------------------------------------

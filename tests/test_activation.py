@@ -102,6 +102,29 @@ def test_unknown_plugin_is_one_line_and_exit_status_2():
     assert "aspect_bucket" in lines[0] and "rope_rescale" in lines[0]
 
 
+@pytest.mark.parametrize("way", ["startup", "runner", "accelerate"])
+def test_plugin_file_with_a_syntax_error_is_one_line_and_exit_status_2(tmp_path, way):
+    plugin = tmp_path / "typo_plugin.py"
+    plugin.write_text("from cogvx_ext import hookimpl\n\n@hookimpl\ndef cogvx_configure(args)\n    pass\n")
+    command = {
+        "startup": [sys.executable, ECHO],
+        "runner": [str(BIN / "cogvx-ext"), "run", ECHO],
+        "accelerate": [str(BIN / "accelerate"), *ACCELERATE, ECHO],
+    }[way] + ["--plugins", str(plugin)]
+    result = run(command)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("cogvx-ext:")]
+    assert ours == [
+        f"cogvx-ext: plugin '{plugin}' failed to import: SyntaxError: expected ':' ({plugin}, line 4) "
+        "(fix it or leave it out of --plugins; COGVX_EXT_TRACE=1 shows the traceback)"
+    ]
+    if way != "accelerate":  # accelerate adds its own report of the failed child
+        assert result.returncode == 2
+        assert result.stderr.strip() == ours[0]
+    traced = run(command, env={"COGVX_EXT_TRACE": "1"})
+    assert "Traceback" in traced.stderr and "SyntaxError" in traced.stderr
+
+
 def test_activation_is_idempotent():
     from cogvx_ext import activation
 
@@ -257,6 +280,26 @@ def test_installed_plugin_package_is_found_by_its_entry_point(tmp_path):
     # Installed but not named: the run is unchanged.
     [args] = echoed(run([sys.executable, ECHO, "--plugins", FLAG_PLUGIN], env=env))
     assert "hello_greeting" not in args and "hello_name" not in args
+
+
+def test_plugins_command_fails_and_names_a_broken_installed_plugin(tmp_path):
+    site = tmp_path / "site"
+    (site / "broken_cogvx_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "broken_cogvx_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-cogvx-plugin\nVersion: 0.1\n"
+    )
+    (site / "broken_cogvx_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[cogvx_ext]\nbroken = broken_cogvx_plugin:Broken\n"
+    )
+    (site / "broken_cogvx_plugin.py").write_text("import a_dependency_nobody_installed\n")
+    result = run([str(BIN / "cogvx-ext"), "plugins"], env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    assert "aspect_bucket" in result.stdout  # the others are still listed
+    assert (
+        "cogvx-ext: plugin 'broken' failed to import: ModuleNotFoundError: "
+        "No module named 'a_dependency_nobody_installed'"
+    ) in result.stderr
+    assert run([str(BIN / "cogvx-ext"), "plugins"]).returncode == 0
 
 
 @pytest.mark.parametrize("way", ["startup", "runner"])

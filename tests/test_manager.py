@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cogvx_ext import UsageError, hookimpl
+from cogvx_ext.errors import PluginImportError
 from cogvx_ext.manager import (
     CORE_PLUGIN_NAME,
     chosen_hooks,
@@ -133,11 +134,23 @@ def test_user_mistakes_are_one_line_usage_errors(pm, item, expected):
     assert "\n" not in message
 
 
-def test_broken_plugin_import_names_the_plugin(pm, tmp_path, monkeypatch):
-    (tmp_path / "broken_plugin_mod.py").write_text("import not_a_module_anywhere\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ImportError, match="plugin 'broken_plugin_mod.py'|plugin '.*broken_plugin_mod.py'"):
-        load_plugins(pm, parse_plugin_list([str(tmp_path / "broken_plugin_mod.py")]))
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import not_a_module_anywhere\n", "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+        ("def broken(:\n    pass\n", "SyntaxError: "),
+        ("raise RuntimeError('no GPU here\\nsecond line')\n", "RuntimeError: no GPU here"),
+    ],
+)
+def test_broken_plugin_import_is_one_line_naming_the_plugin(pm, tmp_path, source, expected):
+    path = tmp_path / f"broken_plugin_{abs(hash(source))}.py"
+    path.write_text(source)
+    with pytest.raises(PluginImportError) as info:
+        load_plugins(pm, parse_plugin_list([str(path)]))
+    message = str(info.value)
+    assert f"plugin '{path}' failed to import: {expected}" in message
+    assert "\n" not in message
+    assert isinstance(info.value.__cause__, Exception)  # kept for COGVX_EXT_TRACE=1
 
 
 def test_inline_class_plugin_and_firstresult_order(pm):

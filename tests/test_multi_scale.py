@@ -132,7 +132,7 @@ def test_one_scale_per_clip_and_pass_seeded_the_same_on_every_rank(clips):
 
 def test_several_scales_per_aspect_and_stages_combine(clips):
     samples, sampler = planned(
-        ["--progressive_stages", "96x160:0,144x256:4"],
+        ["--progressive_stages", "160x96:0,256x144:4"],
         clips,
         AspectBucket(),
         MultiScale(),

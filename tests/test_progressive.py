@@ -33,14 +33,14 @@ V15 = ModelInfo.from_config(tiny_transformer_config("1.5-5B"))
 
 
 def test_parse_stages():
-    stages = parse_stages("288x512:0, 432x768:400 ,576x1024:1200")
+    stages = parse_stages("512x288:0, 768x432:400 ,1024x576:1200")
     assert [(s.start_step, s.height, s.width, s.area) for s in stages] == [
         (0, 288, 512, 147456),
         (400, 432, 768, 331776),
         (1200, 576, 1024, 589824),
     ]
-    assert [s.label for s in stages] == ["288x512", "432x768", "576x1024"]
-    area, sized = parse_stages("147456:0:frames=17:batch=4,576x1024:100:tokens=60000:warmup=20", 5)
+    assert [s.label for s in stages] == ["512x288", "768x432", "1024x576"]
+    area, sized = parse_stages("147456:0:frames=17:batch=4,1024x576:100:tokens=60000:warmup=20", 5)
     assert (area.area, area.height, area.frames, area.batch_size, area.warmup_steps) == (
         147456,
         None,
@@ -49,7 +49,7 @@ def test_parse_stages():
         0,
     )
     assert (sized.token_budget, sized.warmup_steps) == (60000, 20)
-    assert parse_stages("96x160:0,144x256:3", default_warmup=7)[1].warmup_steps == 7
+    assert parse_stages("160x96:0,256x144:3", default_warmup=7)[1].warmup_steps == 7
     # An area keeps the run's aspect, in multiples of 16.
     assert area.size_for(576, 1024) == (288, 512)
     assert stage_at(stages, 399) == 0 and stage_at(stages, 400) == 1 and stage_at(stages, 10**6) == 2
@@ -61,22 +61,22 @@ def test_parse_stages():
         ("", "no stage given"),
         ("288x512", "'288x512' is not SIZE:STEP"),
         ("288x512:zero", "'288x512:zero' is not SIZE:STEP"),
-        ("288by512:0", "the size is not HEIGHTxWIDTH or an area"),
-        ("288x:0", "the size is not HEIGHTxWIDTH"),
-        ("288x500:0", r"sides must be positive multiples of 16 \(VAE 8 x patch 2\); nearest: 288x496"),
+        ("288by512:0", "the size is not WIDTHxHEIGHT or an area"),
+        ("288x:0", "the size is not WIDTHxHEIGHT"),
+        ("500x288:0", r"sides must be positive multiples of 16 \(VAE 8 x patch 2\); nearest: 496x288"),
         ("100:0", "an area must be at least 256 pixels"),
-        ("288x512:10,576x1024:100", "the first stage must start at step 0, not 10"),
+        ("512x288:10,1024x576:100", "the first stage must start at step 0, not 10"),
         (
-            "288x512:0,432x768:400,576x1024:400",
-            "stage 2 \\('576x1024:400'\\) starts at step 400, not after stage 1",
+            "512x288:0,768x432:400,1024x576:400",
+            "stage 2 \\('1024x576:400'\\) starts at step 400, not after stage 1",
         ),
-        ("288x512:0,576x1024:0", "starts at step 0, not after stage 0"),
-        ("288x512:0:speed=2", "unknown setting 'speed=2'"),
-        ("288x512:0:frames=16", "frames must be 4k\\+1"),
-        ("288x512:0:batch=0", "batch must be at least 1"),
-        ("288x512:0:batch=2:batch=3", "batch is given twice"),
-        ("288x512:0:warmup=10", "the first stage warms up with the script's --lr_warmup_steps"),
-        ("288x512:0,576x1024:9:warmup=x", "warmup must be a whole number"),
+        ("512x288:0,1024x576:0", "starts at step 0, not after stage 0"),
+        ("512x288:0:speed=2", "unknown setting 'speed=2'"),
+        ("512x288:0:frames=16", "frames must be 4k\\+1"),
+        ("512x288:0:batch=0", "batch must be at least 1"),
+        ("512x288:0:batch=2:batch=3", "batch is given twice"),
+        ("512x288:0:warmup=10", "the first stage warms up with the script's --lr_warmup_steps"),
+        ("512x288:0,1024x576:9:warmup=x", "warmup must be a whole number"),
     ],
 )
 def test_malformed_schedules_are_one_line_errors(text, message):
@@ -106,11 +106,11 @@ def configured(argv, *plugins, model=V10):
 
 def test_configure_stops_at_start_with_one_line():
     with pytest.raises(UsageError, match="start steps must increase") as caught:
-        configured(["--progressive_stages", "96x160:0,144x256:3,192x320:2"], ProgressiveResize())
+        configured(["--progressive_stages", "160x96:0,256x144:3,320x192:2"], ProgressiveResize())
     assert "\n" not in str(caught.value)
     with pytest.raises(UsageError, match="--progressive_warmup_steps must be at least 0"):
         configured(
-            ["--progressive_stages", "96x160:0", "--progressive_warmup_steps", "-1"], ProgressiveResize()
+            ["--progressive_stages", "160x96:0", "--progressive_warmup_steps", "-1"], ProgressiveResize()
         )
 
 
@@ -121,10 +121,10 @@ def test_inert_without_the_flag():
 
 
 def test_requires_batch_rope_and_checks_frames_for_the_model():
-    pm, args = configured(["--progressive_stages", "96x160:0,144x256:3"], ProgressiveResize())
+    pm, args = configured(["--progressive_stages", "160x96:0,256x144:3"], ProgressiveResize())
     assert [("batch_rope", "add rope_rescale to --plugins")] in pm.hook.cogvx_requires(args=args, model=V10)
-    with pytest.raises(UsageError, match="stage 0 \\(96x160\\): CogVideoX 1.5 cannot take 17 frames"):
-        configured(["--progressive_stages", "96x160:0:frames=17,144x256:3"], ProgressiveResize(), model=V15)
+    with pytest.raises(UsageError, match="stage 0 \\(160x96\\): CogVideoX 1.5 cannot take 17 frames"):
+        configured(["--progressive_stages", "160x96:0:frames=17,256x144:3"], ProgressiveResize(), model=V15)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ RUN = ["--height", "144", "--width", "256", "--max_num_frames", "9"]
 
 
 def test_core_default_targets_one_shape_per_stage(clips):
-    pm, args = configured([*RUN, "--progressive_stages", "96x160:0,23040:3:frames=5"], ProgressiveResize())
+    pm, args = configured([*RUN, "--progressive_stages", "160x96:0,23040:3:frames=5"], ProgressiveResize())
     clip = Clip(0, str(clips["9x16"]), "p", probe(clips["9x16"]))
     stages = pm.hook.cogvx_stages(args=args)
     first, second = pm.hook.cogvx_clip_targets(clip=clip, args=args, model=V10, stages=stages)
@@ -163,7 +163,7 @@ def test_core_default_targets_one_shape_per_stage(clips):
 
 def test_aspect_bucket_targets_follow_each_stage_area(clips):
     pm, args = configured(
-        [*RUN, "--progressive_stages", "96x160:0,144x256:3"], AspectBucket(), ProgressiveResize()
+        [*RUN, "--progressive_stages", "160x96:0,256x144:3"], AspectBucket(), ProgressiveResize()
     )
     samples = plan(pm, args, clips)
     by = {(s.clip.prompt, s.target.tag("stage")): s.target for s in samples}
@@ -229,8 +229,8 @@ def sample(index, width, height, frames, stage, scale=None):
     return Sample(Clip(index=index, path=f"clip{index}.mp4", prompt="p", info=info), target)
 
 
-SCHEDULE = "96x160:0,144x256:5,192x336:11"
-# Seven clips: at stage 0 all 96x160, later in two aspects (a bucketed dataset's shapes).
+SCHEDULE = "160x96:0,256x144:5,336x192:11"
+# Seven clips: at stage 0 all 160x96, later in two aspects (a bucketed dataset's shapes).
 STAGED = (
     [sample(i, 160, 96, 9, 0) for i in range(7)]
     + [sample(i, 256, 144, 9, 1) for i in range(5)] + [sample(i, 144, 256, 9, 1) for i in range(5, 7)]
@@ -306,14 +306,14 @@ def test_length_is_one_pass_over_the_final_stage_and_constant():
 
 def test_fallback_refuses_several_shapes_in_a_stage():
     pm, args = configured(["--progressive_stages", SCHEDULE], ProgressiveResize())
-    with pytest.raises(UsageError, match="stage 1 \\(144x256\\) has 2 latent shapes.*add aspect_bucket"):
+    with pytest.raises(UsageError, match="stage 1 \\(256x144\\) has 2 latent shapes.*add aspect_bucket"):
         pm.hook.cogvx_batch_sampler(samples=STAGED, batch_size=1, num_replicas=1, args=args, model=V10,
                                     stages=pm.hook.cogvx_stages(args=args))  # fmt: skip
 
 
 def test_stage_batch_sizes_and_token_budgets():
     budget = 3 * (V10.tokens((3, 18, 32)) + 226)
-    pm, args = configured(["--progressive_stages", f"96x160:0:batch=4,144x256:5:tokens={budget},192x336:11"],
+    pm, args = configured(["--progressive_stages", f"160x96:0:batch=4,256x144:5:tokens={budget},336x192:11"],
                           AspectBucket(), ProgressiveResize())  # fmt: skip
     sampler = pm.hook.cogvx_batch_sampler(samples=STAGED, batch_size=1, num_replicas=1, args=args, model=V10,
                                           stages=pm.hook.cogvx_stages(args=args))  # fmt: skip
@@ -336,26 +336,26 @@ class FakeAccelerator:
 
 def test_step_end_logs_the_stage_and_tokens(capsys):
     plugin = ProgressiveResize()
-    pm, args = configured(["--progressive_stages", "96x160:0,144x256:3"], plugin)
+    pm, args = configured(["--progressive_stages", "160x96:0,256x144:3"], plugin)
     pm.hook.cogvx_transformer_forward(transformer=None, inputs={}, latent_shape=(3, 12, 20), model=V10)
     logs = {}
     pm.hook.cogvx_step_end(step=3, logs=logs, accelerator=FakeAccelerator(None, sync=True))
     assert logs == {"stage": 0, "tokens_per_sample": 3 * 6 * 10}  # the update that made step 3 was in stage 0
     pm.hook.cogvx_step_end(step=3, logs=logs, accelerator=FakeAccelerator(None, sync=False))
     assert logs["stage"] == 1  # a micro-batch towards update 3
-    assert "stage 1 (144x256) from optimizer step 3" in capsys.readouterr().err
+    assert "stage 1 (256x144) from optimizer step 3" in capsys.readouterr().err
 
 
 def test_rewarm_multiplies_the_script_schedule_per_optimizer_step():
     from diffusers.optimization import get_scheduler
 
-    stages = parse_stages("96x160:0,144x256:4:warmup=4,192x336:10")
+    stages = parse_stages("160x96:0,256x144:4:warmup=4,336x192:10")
     assert [rewarm_factor(stages, s) for s in range(2, 12)] == [1, 1, 0.25, 0.5, 0.75, 1, 1, 1, 1, 1]
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
     scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=2, num_training_steps=20)
     plugin = ProgressiveResize()
-    pm, args = configured(["--progressive_stages", "96x160:0,144x256:4:warmup=4,192x336:10"], plugin)
+    pm, args = configured(["--progressive_stages", "160x96:0,256x144:4:warmup=4,336x192:10"], plugin)
     rates = [optimizer.param_groups[0]["lr"]]
     for step in range(1, 12):  # the script: optimizer step, scheduler step, global_step += 1, log
         optimizer.step()
@@ -371,7 +371,7 @@ def test_rewarm_multiplies_the_script_schedule_per_optimizer_step():
 def test_rewarm_survives_a_resume_inside_the_warm_up():
     from diffusers.optimization import get_scheduler
 
-    flag = ["--progressive_stages", "96x160:0,144x256:4:warmup=4,192x336:10"]
+    flag = ["--progressive_stages", "160x96:0,256x144:4:warmup=4,336x192:10"]
 
     def fresh():
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -405,7 +405,7 @@ def test_plan_shows_the_schedule_with_tokens_and_compute_shares(clips):
     argv = [
         *RUN,
         "--progressive_stages",
-        "96x160:0,144x256:3",
+        "160x96:0,256x144:3",
         "--max_train_steps",
         "10",
         "--train_batch_size",
@@ -437,7 +437,7 @@ def test_plan_command_with_a_schedule(tmp_path, capsys):
     code = run_plan([
         "--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
         "--height", "144", "--width", "256", "--max_num_frames", "9", "--train_batch_size", "1",
-        "--plugins", "aspect_bucket,progressive_resize", "--progressive_stages", "96x160:0,144x256:40",
+        "--plugins", "aspect_bucket,progressive_resize", "--progressive_stages", "160x96:0,256x144:40",
         "--max_train_steps", "100", "--json", str(tmp_path / "plan.json"),
     ])  # fmt: skip
     assert code == 0
@@ -445,8 +445,8 @@ def test_plan_command_with_a_schedule(tmp_path, capsys):
     assert "schedule: 2 stages over 100 optimizer steps" in text
     stages = json.loads((tmp_path / "plan.json").read_text())["stages"]
     assert [(s["size"], s["start_step"], s["steps"]) for s in stages] == [
-        ("96x160", 0, 40),
-        ("144x256", 40, 60),
+        ("160x96", 0, 40),
+        ("256x144", 40, 60),
     ]
     assert stages[0]["compute_share"] < 0.4 < stages[1]["compute_share"]
 
@@ -455,7 +455,7 @@ def test_plan_command_with_a_schedule(tmp_path, capsys):
 
 RECORDER = f"{HERE / 'plugins' / 'recorder.py'}:Recorder"
 MIXED = [(256, 144, 17), (144, 256, 17), (192, 144, 17), (160, 160, 17), (336, 144, 17)]
-STAGES_E2E = "96x160:0,144x256:3"
+STAGES_E2E = "160x96:0,256x144:3"
 # A test plugin: what each loop iteration logged to the trackers, with accelerate's sync flag.
 LOG_PLUGIN = """
 import json, os, torch
@@ -513,7 +513,7 @@ def e2e_data(tmp_path_factory):
 
 
 def stage_of_shape(shape) -> int:
-    # Stage 0 buckets hold about 96x160 pixels (240 latent cells), stage 1 about 144x256 (576).
+    # Stage 0 buckets hold about 160x96 pixels (240 latent cells), stage 1 about 256x144 (576).
     return 0 if shape[1] * shape[2] < 400 else 1
 
 
@@ -550,7 +550,7 @@ def test_two_stages_switch_exactly_at_the_boundary(tiny_models, t2v_trainer, tra
     # The script logs the rate of the coming update: re-warmed over stage 1's first two steps.
     warm = {3: 0.5e-3, 4: 1e-3}
     assert [e["logs"]["lr"] for e in logs[1:]] == pytest.approx([warm.get(e["step"], 1e-3) for e in logs[1:]])
-    if "aspect_bucket" not in plugins:  # one shape per stage: 96x160, then 144x256
+    if "aspect_bucket" not in plugins:  # one shape per stage: 160x96, then 256x144
         assert {(expected_stage(e), tuple(e["shape"])) for e in logs} == {(0, (3, 12, 20)), (1, (3, 18, 32))}
     else:  # buckets of each stage's area; the portrait clip stays portrait in both
         events = read_events(record)["events-rank0.jsonl"]
@@ -560,9 +560,9 @@ def test_two_stages_switch_exactly_at_the_boundary(tiny_models, t2v_trainer, tra
         assert all(len(t) == 2 for t in targets.values())
     events = read_events(record)["events-rank0.jsonl"]
     assert all(e["rope_equals_pipeline"] for e in events if e["event"] == "transformer_output" and e["grad"])
-    assert "progressive_resize: stage 1 (144x256) from optimizer step 3" in result.stderr
+    assert "progressive_resize: stage 1 (256x144) from optimizer step 3" in result.stderr
     assert (
-        "progressive_resize: stage 0 (96x160, from step 0): decoding and encoding 5 samples" in result.stderr
+        "progressive_resize: stage 0 (160x96, from step 0): decoding and encoding 5 samples" in result.stderr
     )
     meta = json.loads((tmp_path / "out" / "cogvx_ext.json").read_text())
     assert [s["start_step"] for s in meta["settings"]["progressive_stages"]] == [0, 3]
@@ -622,18 +622,23 @@ def test_resume_inside_stage_1_and_stage_2(tiny_models, t2v_trainer, train, tmp_
     "stages, message",
     [
         (
-            "96x160:0,144x250:3",
-            "cogvx-ext: --progressive_stages: '144x250:3': sides must be positive multiples of 16",
+            "160x96:0,250x144:3",
+            "cogvx-ext: --progressive_stages: '250x144:3': sides must be positive multiples of 16",
         ),
         (
-            "96x160:0,144x256:0",
-            "cogvx-ext: --progressive_stages: stage 1 ('144x256:0') starts at step 0, not after",
+            "160x96:0,256x144:0",
+            "cogvx-ext: --progressive_stages: stage 1 ('256x144:0') starts at step 0, not after",
         ),
         (
-            "96x160:5,144x256:9",
+            "160x96:5,256x144:9",
             "cogvx-ext: --progressive_stages: the first stage must start at step 0, not 5",
         ),
         ("96x160-0", "cogvx-ext: --progressive_stages: '96x160-0' is not SIZE:STEP"),
+        (  # the old height-first form on a 160x96 run
+            "96x160:0,144x256:3",
+            "cogvx-ext: --progressive_stages: '96x160:0' is 96 wide and 160 high, but the run is 256x144: "
+            "sizes are WIDTHxHEIGHT (write 160x96, or an area such as 15360)",
+        ),
     ],
 )
 def test_a_bad_schedule_stops_the_script_at_start(tiny_models, t2v_trainer, train, tmp_path, stages, message):
