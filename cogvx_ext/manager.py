@@ -270,7 +270,9 @@ def describe_installed() -> list[dict[str, Any]]:
             pm.hook.cogvx_add_arguments(parser=parser)
             row["flags"] = [option for action in parser._actions for option in action.option_strings[:1]]
         except Exception as exc:  # one broken plugin must not hide the others
-            row["error"] = str(exc) if isinstance(exc, UsageError) else f"plugin '{name}': {type(exc).__name__}: {exc}"
+            row["error"] = (
+                str(exc) if isinstance(exc, UsageError) else f"plugin '{name}': {type(exc).__name__}: {exc}"
+            )
         rows.append(row)
     return rows
 

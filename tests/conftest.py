@@ -24,7 +24,6 @@ import pytest
 
 import cogvx_ext
 import cogvx_ext_plugins
-
 from cogvx_ext.testing import MODEL_KINDS, build_tiny_model
 from cogvx_ext.trainers import minimal_trainer
 
@@ -47,7 +46,10 @@ def installed_cogvx_ext() -> tuple[str, str | None]:
     direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
     if direct_url.get("dir_info", {}).get("editable"):
         return "editable", None
-    for module, relative in ((cogvx_ext, "cogvx_ext/__init__.py"), (cogvx_ext_plugins, "cogvx_ext_plugins/__init__.py")):
+    for module, relative in (
+        (cogvx_ext, "cogvx_ext/__init__.py"),
+        (cogvx_ext_plugins, "cogvx_ext_plugins/__init__.py"),
+    ):
         installed = Path(dist.locate_file(relative)).resolve()
         imported = Path(module.__file__).resolve()
         if imported != installed:

@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-
 from conftest import installed_cogvx_ext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +52,10 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_source_tree_has_subpackages_to_lose():
     # The check below only means something while there are subpackages that a hand-kept list
     # could miss.
-    assert {"cogvx_ext/trainers/__init__.py", "cogvx_ext_plugins/aspect_bucket/__init__.py"} <= source_modules()
+    assert {
+        "cogvx_ext/trainers/__init__.py",
+        "cogvx_ext_plugins/aspect_bucket/__init__.py",
+    } <= source_modules()
 
 
 def test_wheel_holds_every_module_and_the_startup_line(wheel):
@@ -86,5 +88,12 @@ def test_every_builtin_plugin_loads_from_the_installed_package():
         [sys.executable, "-m", "cogvx_ext", "plugins"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("aspect_bucket", "rope_rescale", "posemb_adapt", "latent_cache", "progressive_resize", "multi_scale"):
+    for name in (
+        "aspect_bucket",
+        "rope_rescale",
+        "posemb_adapt",
+        "latent_cache",
+        "progressive_resize",
+        "multi_scale",
+    ):
         assert name in result.stdout
