@@ -1,9 +1,12 @@
 """``cogvx-ext demo``: the real training script, the built-in plugins, a tiny model, on CPU.
 
 Builds a tiny random CogVideoX-5b (real positional settings) and six short clips of mixed
-aspect ratios, trains a few steps with the unmodified diffusers script and ``--plugins``, and says
-what happened. Everything goes to ``./cogvx-demo/`` (or ``--output_dir``); nothing is downloaded
-except, when no script is given, a pinned copy of the script, checked against its sha256.
+aspect ratios, trains a few steps with a training script and ``--plugins``, and says what
+happened. The script is the one given (``--trainer`` / ``COGVX_EXT_TRAINER``), else the pinned
+diffusers script (downloaded once and checked against its sha256) when the network answers and
+torchvision loads, else the minimal trainer shipped in this package (the diffusers script's
+seams, no torchvision): the demo runs offline. The first line says which. Everything goes to
+``./cogvx-demo/`` (or ``--output_dir``), the script's full output to ``train.log`` there.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cogvx_ext.errors import UsageError
@@ -23,6 +30,15 @@ from cogvx_ext.errors import UsageError
 PINNED_COMMIT = "58eb52c0803ea9af3abec60841c2a093bdf1f951"
 PINNED_SHA256 = "bb2c35429e5467cb95e60ab420f385be94a87c7e4f96aa08428df93b6480ac6f"
 PINNED_URL = f"https://raw.githubusercontent.com/huggingface/diffusers/{PINNED_COMMIT}/examples/cogvideo/train_cogvideox_lora.py"
+
+TORCHVISION_HINT = (
+    "pip install torch==2.14.1 torchvision==0.29.1 (or another pair released together; the README's set-up "
+    "installs it)"
+)
+# The progress bars shown on the console: the scripts' and ours.
+# tqdm draws "NAME: 50%|#####     | 3/6 [00:01<00:01, 2.9it/s, loss=0.87]".
+PROGRESS_BAR = re.compile(r"(?P<name>[^|]+?): +\d+%\|[^|]*\| *(?P<count>\d+)/(?P<total>\d+) \[[^\]]*\]")
+PROGRESS_BARS = {"Steps", "Encoding videos", "Loading videos", "Loading progress resize and crop videos"}
 
 # (width, height, frames): 16:9 twice, 9:16, 4:3, 1:1 and 21:9, three seconds at 8 fps.
 DEMO_CLIPS = [(256, 144, 25), (320, 176, 25), (144, 256, 25), (192, 144, 25), (160, 160, 25), (336, 144, 25)]
@@ -36,12 +52,60 @@ DEMO_PROMPTS = [
 ]
 
 
-def find_trainer(trainer: str | None) -> Path:
+@dataclass(frozen=True)
+class TrainerChoice:
+    path: Path
+    why: str  # for the demo's first line
+
+
+def find_trainer(trainer: str | None) -> TrainerChoice:
+    """The script to train with: the one given, else the pinned diffusers script (cached or
+    downloaded, sha256-checked), else the minimal trainer shipped in this package."""
     if trainer:
         path = Path(trainer).expanduser()
         if not path.is_file():
             raise UsageError(f"--trainer '{trainer}' does not exist")
-        return path
+        problem = torchvision_problem(path)
+        if problem:
+            raise UsageError(f"{path.name} imports torchvision, which {problem}")
+        return TrainerChoice(path, f"the training script you gave, {path}")
+    from cogvx_ext.trainers import minimal_trainer
+
+    shipped = minimal_trainer("t2v")
+    problem = torchvision_problem(None)
+    if problem:
+        return TrainerChoice(
+            shipped,
+            f"cogvx-ext's minimal trainer (diffusers' train_cogvideox_lora.py needs torchvision, which {problem})",
+        )
+    try:
+        pinned = _pinned_script()
+    except OSError as exc:
+        return TrainerChoice(
+            shipped,
+            f"cogvx-ext's minimal trainer, with the diffusers script's seams (no diffusers script: pass "
+            f"--trainer PATH or set COGVX_EXT_TRAINER; the pinned download failed: {exc})",
+        )
+    return TrainerChoice(
+        pinned, f"diffusers' train_cogvideox_lora.py at {PINNED_COMMIT[:12]} (sha256 checked), {pinned}"
+    )
+
+
+def torchvision_problem(script: Path | None) -> str | None:
+    """Why the script cannot import torchvision here, or None. ``None`` script: the pinned one."""
+    if script is not None and "torchvision" not in script.read_text(encoding="utf-8"):
+        return None
+    if importlib.util.find_spec("torchvision") is None:
+        return f"is not installed: {TORCHVISION_HINT}"
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # a torchvision built for another torch fails here, not at install time
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"does not load with this torch ({detail}): {TORCHVISION_HINT}"
+    return None
+
+
+def _pinned_script() -> Path:
     cached = (
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         / "cogvx-ext"
@@ -49,40 +113,29 @@ def find_trainer(trainer: str | None) -> Path:
     )
     if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == PINNED_SHA256:
         return cached
-    try:
-        import urllib.request
+    import urllib.request
 
-        with urllib.request.urlopen(PINNED_URL, timeout=20) as response:
-            text = response.read()
-        if hashlib.sha256(text).hexdigest() != PINNED_SHA256:
-            raise OSError("the downloaded file does not match the pinned sha256")
-        from cogvx_ext.io import write_bytes_atomic
+    # COGVX_EXT_DEMO_SCRIPT_URL: a mirror of the same file (its sha256 is still checked).
+    url = os.environ.get("COGVX_EXT_DEMO_SCRIPT_URL") or PINNED_URL
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read()
+    if hashlib.sha256(text).hexdigest() != PINNED_SHA256:
+        raise OSError("the downloaded file does not match the pinned sha256")
+    from cogvx_ext.io import write_bytes_atomic
 
-        write_bytes_atomic(cached, text)
-        return cached
-    except OSError as exc:
-        raise UsageError(
-            "no training script: pass --trainer PATH or set COGVX_EXT_TRAINER to diffusers' "
-            "examples/cogvideo/train_cogvideox_lora.py (git clone --depth 1 https://github.com/huggingface/diffusers); "
-            f"downloading the pinned copy failed: {exc}"
-        ) from None
+    write_bytes_atomic(cached, text)
+    return cached
 
 
 def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> int:
-    script = find_trainer(trainer)
-    if (
-        "import torchvision" in script.read_text(encoding="utf-8")
-        and importlib.util.find_spec("torchvision") is None
-    ):
-        raise UsageError(
-            f"{script.name} imports torchvision, which is not installed: pip install torchvision (the build that "
-            "matches your torch)"
-        )
+    choice = find_trainer(trainer)
+    print(f"cogvx-ext demo: training with {choice.why}", flush=True)
     from cogvx_ext.testing import build_tiny_model, write_dataset
 
     out = Path(output_dir).resolve()
     started = time.perf_counter()
     print(f"cogvx-ext demo: building a tiny CogVideoX-5b and {len(DEMO_CLIPS)} clips in {out}", flush=True)
+    _quiet_libraries()
     model = build_tiny_model(out / "model", "5b")
     data = write_dataset(out / "data", DEMO_CLIPS, prompts=DEMO_PROMPTS)
     lora_dir = out / "lora"
@@ -94,16 +147,70 @@ def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> 
         "--rank", "8", "--lora_alpha", "8", "--learning_rate", "1e-3", "--seed", "0",
         "--output_dir", str(lora_dir), "--plugins", plugins,
     ]  # fmt: skip
-    command = [sys.executable, "-m", "cogvx_ext", str(script), *script_args]
-    print("cogvx-ext demo: " + " ".join(command[1:4]) + " ... --plugins " + plugins, flush=True)
+    command = [sys.executable, "-m", "cogvx_ext", str(choice.path), *script_args]
+    log_path = out / "train.log"
+    print(f"cogvx-ext demo: HF_HUB_OFFLINE=1 {shlex.join(command)}", flush=True)
+    print(f"cogvx-ext demo: the script's full output goes to {log_path}", flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run(command, env=env)
-    if result.returncode != 0:
-        print(f"cogvx-ext demo: the training script exited with status {result.returncode}", file=sys.stderr)
-        return result.returncode
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    status = _run_quietly(command, env, log_path)
+    if status != 0:
+        print(
+            f"cogvx-ext demo: the training script exited with status {status}; the end of {log_path}:",
+            file=sys.stderr,
+        )
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
+        print("\n".join(tail), file=sys.stderr)
+        return status
     _summarise(script_args, lora_dir, steps, time.perf_counter() - started)
     return 0
+
+
+def _run_quietly(command: list[str], env: dict[str, str], log_path: Path) -> int:
+    """Run the training; everything it prints goes to ``log_path``, the console sees our lines
+    and the progress bars (library load messages and warnings stay in the log)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    live = sys.stdout.isatty()
+    shown: set[tuple[str, str]] = set()  # (bar, n/total) already printed, when not live
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        pending = b""
+        bar_open = False
+        while chunk := process.stdout.read1(65536):
+            log.write(chunk)
+            pending += chunk
+            *segments, pending = re.split(rb"[\r\n]", pending)
+            for raw in segments:
+                segment = raw.decode("utf-8", errors="replace").rstrip()
+                bar = PROGRESS_BAR.match(segment)
+                if bar and (bar.group("name") in PROGRESS_BARS or bar.group("name").startswith("cogvx-ext")):
+                    # A log line may follow the bar's last draw on the same line: show the bar only.
+                    if live:
+                        sys.stdout.write("\r" + bar.group(0)[: shutil.get_terminal_size().columns - 1])
+                        bar_open = True
+                    elif (
+                        bar.group("count") == bar.group("total")
+                        and (bar.group("name"), bar.group("total")) not in shown
+                    ):
+                        shown.add((bar.group("name"), bar.group("total")))
+                        sys.stdout.write(bar.group(0) + "\n")
+                elif segment.startswith("cogvx-ext"):
+                    sys.stdout.write(("\n" if bar_open else "") + segment + "\n")
+                    bar_open = False
+                sys.stdout.flush()
+        if bar_open:
+            sys.stdout.write("\n")
+        return process.wait()
+
+
+def _quiet_libraries() -> None:
+    """No load messages or progress bars from building the tiny model in this process."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
 
 
 def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: float) -> None:

@@ -8,8 +8,8 @@ real model. Building one takes about a second; see ``../shared/docs/cogvideox-fa
 
 Clips are H.264 (yuv420p) mp4 files with moving content, decodable by decord.
 
-Needs ``imageio-ffmpeg`` (the ``test`` extra) to write clips and transformers >= 5 to build the
-tokenizer.
+Clips are written with PyAV (a dependency); ``write_bad_clips`` also needs ``imageio-ffmpeg`` (the
+``test`` extra) for its ffmpeg binary. Building the tokenizer needs transformers >= 5.
 """
 
 from __future__ import annotations
@@ -225,25 +225,18 @@ def write_clip(
 
     Content differs per ``seed``. Raises ``ValueError`` for sizes H.264 or decord cannot take.
     """
-    import imageio_ffmpeg
+    import av
 
     _check_clip_size(width, height, num_frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        macro_block_size=1,  # keep the exact size; imageio would otherwise pad to 16
-        output_params=["-crf", "18"],
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)
-    for frame in _frames(width, height, num_frames, seed):
-        writer.send(frame)
-    writer.close()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in _frames(width, height, num_frames, seed):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cogvx_ext import UsageError, __version__, demo
+from cogvx_ext.trainers import minimal_trainer
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent
@@ -19,38 +21,68 @@ def cli(*args, **kwargs):
     return subprocess.run([str(BIN / "cogvx-ext"), *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
+def check_demo_output(result, lora, first_line):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    assert json.loads((lora / "cogvx_ext.json").read_text())["plugins"] == ["aspect_bucket", "rope_rescale"]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"cogvx-ext demo: training with {first_line}"), lines[0]
+    # The full command, ready to copy: it names the script, the data and every flag.
+    (command,) = [line for line in lines if line.startswith("cogvx-ext demo: HF_HUB_OFFLINE=1 ")]
+    assert "..." not in command and "--plugins aspect_bucket,rope_rescale" in command
+    assert "--instance_data_root" in command and "--output_dir" in command
+    # Our lines and the progress bars; the libraries' load messages stay in the log.
+    log = lora.parent / "train.log"
+    assert log.is_file() and log.stat().st_size > 0
+    head = lines[: lines.index("cogvx-ext demo: what happened")]
+    assert all(line.startswith(("cogvx-ext", "Steps", "Encoding videos")) or not line for line in head), head
+    assert any(line.startswith("Steps") and "6/6" in line for line in head), head
+    out = result.stdout
+    assert "160x96" in out and "96x160" in out  # landscape and portrait buckets
+    assert f"LoRA: {lora / 'pytorch_lora_weights.safetensors'}" in out
+    assert "trained 6 optimizer steps" in out
+
+
 @pytest.mark.slow
 def test_demo_trains_mixed_aspects_and_says_where_the_lora_went(t2v_trainer, tmp_path):
     result = cli(
         "demo", "--trainer", t2v_trainer, "--output_dir", tmp_path / "demo", cwd=tmp_path, timeout=600
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    lora = tmp_path / "demo" / "lora"
-    assert (lora / "pytorch_lora_weights.safetensors").is_file()
-    assert json.loads((lora / "cogvx_ext.json").read_text())["plugins"] == ["aspect_bucket", "rope_rescale"]
-    out = result.stdout
-    assert "96x160" in out and "160x96" in out  # portrait and landscape buckets
-    assert f"LoRA: {lora / 'pytorch_lora_weights.safetensors'}" in out
-    assert "trained 6 optimizer steps" in out
+    check_demo_output(result, tmp_path / "demo" / "lora", f"the training script you gave, {t2v_trainer}")
 
 
-def test_demo_without_a_script_says_how_to_get_one(monkeypatch, tmp_path):
+@pytest.mark.slow
+def test_demo_with_no_flags_runs_offline_with_the_shipped_trainer(tmp_path):
+    # A fresh machine: no script given, nothing cached, no network (nothing listens there).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), COGVX_EXT_DEMO_SCRIPT_URL=UNREACHABLE)
+    result = cli("demo", cwd=tmp_path, timeout=600, env=env)
+    check_demo_output(result, tmp_path / "cogvx-demo" / "lora", "cogvx-ext's minimal trainer")
+
+
+UNREACHABLE = "http://127.0.0.1:9/train_cogvideox_lora.py"  # the discard port: nothing listens
+
+
+def test_demo_without_a_script_falls_back_to_the_shipped_trainer(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(demo, "PINNED_URL", "http://127.0.0.1:9/train_cogvideox_lora.py")  # nothing listens
-    with pytest.raises(UsageError) as info:
-        demo.find_trainer(None)
-    message = str(info.value)
-    assert "pass --trainer PATH or set COGVX_EXT_TRAINER" in message and "git clone" in message
+    monkeypatch.setenv("COGVX_EXT_DEMO_SCRIPT_URL", UNREACHABLE)
+    choice = demo.find_trainer(None)
+    assert choice.path == minimal_trainer("t2v")
+    assert "pass --trainer PATH or set COGVX_EXT_TRAINER" in choice.why or "torchvision" in choice.why
 
 
 def test_demo_uses_a_cached_pinned_copy_only_if_its_hash_matches(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(demo, "PINNED_URL", "http://127.0.0.1:9/train_cogvideox_lora.py")
+    monkeypatch.setenv("COGVX_EXT_DEMO_SCRIPT_URL", UNREACHABLE)
     cached = tmp_path / "cogvx-ext" / f"train_cogvideox_lora-{demo.PINNED_COMMIT[:12]}.py"
     cached.parent.mkdir(parents=True)
     cached.write_text("print('tampered')\n")
-    with pytest.raises(UsageError):
-        demo.find_trainer(None)
+    assert demo.find_trainer(None).path == minimal_trainer("t2v")
+
+
+def test_demo_names_a_missing_trainer():
+    with pytest.raises(UsageError, match="--trainer 'no/such/script.py' does not exist"):
+        demo.find_trainer("no/such/script.py")
 
 
 def test_version_and_plugins_listing():
