@@ -150,6 +150,7 @@ def start_run(
 ) -> Run:
     """Load the plugins, let them add flags, parse, configure, check, and install the seams."""
     from cogvx_ext import seams
+    from cogvx_ext.dataset import check_data_source
     from cogvx_ext.manager import (
         ENV_PLUGINS,
         load_plugins,
@@ -175,6 +176,7 @@ def start_run(
     run.hook.cogvx_add_arguments(parser=parser)
     run.args = _original_parse_args(parser, argv, namespace)
     run.hook.cogvx_configure(args=run.args)
+    check_data_source(run.args)  # before the script loads any model (minutes for a real 5b)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()
     seams.install(run)

@@ -88,6 +88,21 @@ def read_listing(
     return entries, skipped
 
 
+def check_data_source(args: argparse.Namespace) -> None:
+    """Stop now, before any model loads, when the arguments and files already show that there is
+    nothing to train on: a missing data root or listing file, or a listing none of whose clips
+    exists. (A single bad clip is not fatal: it is named when the data is planned.)"""
+    if getattr(args, "dataset_name", None) or getattr(args, "instance_data_root", None) is None:
+        return  # a `load_dataset` source is read where the script reads it; a script without these flags
+    entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    if not entries:
+        first = f"; first: {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+        raise UsageError(
+            f"--instance_data_root '{args.instance_data_root}': no clip to train on "
+            f"({args.video_column} lists {len(skipped)} unusable entries{first})"
+        )
+
+
 def plan_samples(
     hook: Any, entries: list[ListingEntry], args: argparse.Namespace, model: ModelInfo, progress: bool = True
 ) -> tuple[list[Sample], list[Skipped]]:

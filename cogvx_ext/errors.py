@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -38,3 +39,11 @@ def report_usage_error(exc: UsageError) -> None:
         traceback.print_exception(exc.__cause__, file=sys.stderr)
     sys.stderr.write(f"cogvx-ext: {exc}\n")
     sys.stderr.flush()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are usage errors: the line first, no usage block
+    (``--help`` still prints it)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} ({self.prog} --help lists the flags)")

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from cogvx_ext.errors import UsageError
+from cogvx_ext.errors import OneLineParser, UsageError
 from cogvx_ext.model import RELEASED, ModelInfo, released_model
 
 
@@ -30,7 +30,7 @@ class OfflineRun:
 
 def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The training scripts' data and model flags, with their defaults."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     g = parser.add_argument_group("the training script's flags (same names and defaults)")
     g.add_argument(
         "--pretrained_model_name_or_path",

@@ -266,7 +266,7 @@ def format_report(report: PlanReport) -> str:
             "stage",
             "from step",
             "steps",
-            "size (hxw)",
+            "size",
             "shapes",
             "tokens/sample",
             "tokens/step",
@@ -286,9 +286,13 @@ def format_report(report: PlanReport) -> str:
             for r in report.stages
         ]
         lines.extend(_table(header, rows))
+        lines.append(
+            "  (size: WIDTHxHEIGHT, or an area in px; shapes: latent shapes in the stage; tokens/step: video and "
+            "text tokens of one optimizer step over all processes; compute: steps x tokens/step, share of the run)"
+        )
     if report.buckets:
         staged = any(b.stage is not None for b in report.buckets)
-        header = ("size", "frames", "latent", "clips", "tokens/sample", "batch", "batches/epoch")
+        header = ("size", "frames", "latent f,h,w", "clips", "tokens/sample", "batch", "batches/epoch")
         if staged:
             header = ("stage", *header[:-1], "batches/pass")
         rows = [
@@ -296,8 +300,8 @@ def format_report(report: PlanReport) -> str:
                 *((str(b.stage),) if staged else ()),
                 f"{b.width}x{b.height}",
                 str(b.frames),
-                "x".join(map(str, b.latent)),
-                str(b.clips),
+                ",".join(map(str, b.latent)),
+                f"{b.clips}*" if b.clips < b.batch_size else str(b.clips),
                 f"{b.tokens}+{report.text_tokens}",
                 str(b.batch_size),
                 str(b.batches),
@@ -305,12 +309,26 @@ def format_report(report: PlanReport) -> str:
             for b in report.buckets
         ]
         lines.extend(_table(header, rows))
+        lines.append(
+            "  (size: WIDTHxHEIGHT in pixels; latent: frames, height, width of the VAE latent; tokens/sample: video "
+            f"tokens + {report.text_tokens} text tokens the transformer attends over; batch: samples per batch)"
+        )
+        if any(b.clips < b.batch_size for b in report.buckets):
+            lines.append(
+                "  * fewer clips than the batch size: the bucket's batches reuse its clips to fill up "
+                "(or stay short or are dropped, as the sampler's remainder setting says)"
+            )
         if staged:
             rounding = " (one pass over the final stage, each clip at full size)"
         else:
             extra = report.batches_per_epoch - sum(b.batches for b in report.buckets)
             rounding = (
-                f" ({extra:+d} to make it a multiple of {report.num_replicas} processes)" if extra else ""
+                f" ({extra:+d} so that each of the {report.num_replicas} processes takes the same number of "
+                "batches; the extra ones reuse clips)"
+                if extra > 0
+                else f" ({extra:+d} so that each of the {report.num_replicas} processes takes the same number)"
+                if extra
+                else ""
             )
         lines.append(
             f"  batches per epoch: {report.batches_per_epoch}{rounding}; optimizer steps per epoch: "
@@ -411,11 +429,22 @@ def run_plan(argv: list[str]) -> int:
     parser.add_argument(
         "--json", metavar="PATH", default=None, help="also write the plan as JSON (- for stdout)"
     )
+    parser.add_argument(
+        "--chart",
+        metavar="PNG",
+        default=None,
+        help="also draw the plan: clips and tokens per bucket, skipped clips by reason, the stage schedule "
+        "(needs matplotlib: pip install 'cogvx-ext[chart]')",
+    )
     # The run's length, for a stage schedule's share of the compute (the script's flags and defaults).
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--num_train_epochs", type=int, default=1)
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
     args = run.args
+    if args.chart:
+        from cogvx_ext.chart import check_chart_available
+
+        check_chart_available()
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
@@ -428,6 +457,11 @@ def run_plan(argv: list[str]) -> int:
 
             write_json_atomic(args.json, report_to_json(report))
             print(f"plan written to {args.json}")
+    if args.chart:
+        from cogvx_ext.chart import write_chart
+
+        write_chart(report, args.chart)
+        print(f"chart drawn in {args.chart}", file=sys.stderr if args.json == "-" else sys.stdout)
     if getattr(args, "bucket_strict", False) and report.skipped:
         first = report.skipped[0]
         raise UsageError(

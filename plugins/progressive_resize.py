@@ -211,12 +211,13 @@ class ProgressiveResize:
         limit = getattr(args, "max_train_steps", None)
         late = [s for s in self.stages if limit is not None and s.start_step >= limit]
         if late:
+            # Left out of the schedule, so no clip is decoded or encoded for it.
             logger.warning(
-                "progressive_resize: stage %s starts at step %d, at or after --max_train_steps %d: it never runs",
-                late[0].label,
-                late[0].start_step,
+                "progressive_resize: %s at or after --max_train_steps %d: never run, so neither decoded nor encoded",
+                ", ".join(f"stage {self.stages.index(s)} ({s.label}) from step {s.start_step}" for s in late),
                 limit,
             )
+            self.stages = [s for s in self.stages if s not in late]
         return self.stages
 
     @hookimpl

@@ -451,6 +451,24 @@ def test_plan_command_with_a_schedule(tmp_path, capsys):
     assert stages[0]["compute_share"] < 0.4 < stages[1]["compute_share"]
 
 
+def test_a_stage_that_never_runs_is_neither_planned_nor_encoded(tmp_path, capsys, caplog):
+    from cogvx_ext.plan import run_plan
+
+    data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)])
+    code = run_plan([
+        "--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+        "--height", "144", "--width", "256", "--max_num_frames", "9", "--train_batch_size", "1",
+        "--plugins", "aspect_bucket,progressive_resize", "--progressive_stages", "160x96:0,256x144:40",
+        "--max_train_steps", "40", "--json", str(tmp_path / "plan.json"),
+    ])  # fmt: skip
+    assert code == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [s["size"] for s in plan["stages"]] == ["160x96"]
+    # One sample per clip: nothing of the late stage would be decoded or encoded.
+    assert len([c for c in plan["clips"] if c["status"] == "ok"]) == 2
+    assert "stage 1 (256x144) from step 40 at or after --max_train_steps 40: never run" in caplog.text
+
+
 # -- end to end: the training scripts, tiny models -------------------------------------------------
 
 RECORDER = f"{HERE / 'plugins' / 'recorder.py'}:Recorder"
