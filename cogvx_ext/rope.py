@@ -174,9 +174,9 @@ def _pipeline_rope(
             device=device,
         )
     if grid_h > base_h or grid_w > base_w:
-        limit = f"{base_h * model.pixel_multiple}x{base_w * model.pixel_multiple}"
+        limit = f"{base_w * model.pixel_multiple}x{base_h * model.pixel_multiple}"
         raise ValueError(
-            f"a {grid_h}x{grid_w} patch grid is beyond the {base_h}x{base_w} position table of CogVideoX 1.5 "
+            f"a {grid_w}x{grid_h} patch grid (WIDTHxHEIGHT) is beyond the {base_w}x{base_h} position table of CogVideoX 1.5 "
             f"({limit} px), where the pipeline cannot go; use rope mode extrapolate, interpolate or ntk"
         )
     return get_3d_rotary_pos_embed(
@@ -248,7 +248,7 @@ def adapt_learned_posemb(
     rows, dim = table.shape[1], table.shape[2]
     if rows != text_len + b_t * b_h * b_w:
         raise ValueError(
-            f"positional table has {rows} rows, expected {text_len} text rows + {b_t}x{b_h}x{b_w} video rows"
+            f"positional table has {rows} rows, expected {text_len} text rows + {b_t}x{b_h}x{b_w} video rows (frames x height x width)"
         )
     if (n_t, n_h, n_w) == (b_t, b_h, b_w):
         return table
