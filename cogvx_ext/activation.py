@@ -176,9 +176,9 @@ def start_run(
     run.hook.cogvx_add_arguments(parser=parser)
     run.args = _original_parse_args(parser, argv, namespace)
     run.hook.cogvx_configure(args=run.args)
-    check_data_source(run.args)  # before the script loads any model (minutes for a real 5b)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()
+    check_data_source(run.args)  # before the script loads any model (minutes for a real 5b)
     seams.install(run)
     return run
 
