@@ -413,7 +413,17 @@ def test_plan_report(clips, tmp_path):
         0.0,
         "512x288",
     )
-    assert ok["source"] == {"width": 512, "height": 288, "frames": 40, "fps": 24.0}
+    assert ok["source"] == {
+        "width": 512,
+        "height": 288,
+        "stored": "512x288",
+        "display": "512x288",
+        "rotation": 0,
+        "sample_aspect": "1:1",
+        "frames": 40,
+        "fps": 24.0,
+        "decoder": "decord",
+    }
     for name, reason in [
         ("not_a_video", "not a video file"),
         ("truncated", "corrupt or truncated"),

@@ -450,6 +450,7 @@ class AspectBucket:
                 frame_counts,
                 script_arg(args, "skip_frames_start", 0),
                 script_arg(args, "skip_frames_end", 0),
+                times=info.times(),
             )
         except SkipClip as exc:
             problems.append(str(exc))
