@@ -107,12 +107,14 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
                 sample_aspect=f"{sar.numerator}:{sar.denominator}",
             )
         shown, hidden, first = _read_packets(container, stream)
+        time_base, header_frames = stream.time_base, stream.frames
+        mp4 = "mp4" in container.format.name.split(",")
     finally:
         container.close()
     num_frames = len(shown)
-    if stream.frames and num_frames + len(hidden) < stream.frames:
+    if header_frames and num_frames + len(hidden) < header_frames:
         raise ClipError(
-            f"truncated: its header lists {stream.frames} frames, the file holds {num_frames + len(hidden)}"
+            f"truncated: its header lists {header_frames} frames, the file holds {num_frames + len(hidden)}"
         )
     if num_frames < 1:
         raise ClipError("no frames (zero-frame video)")
@@ -125,12 +127,19 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
     width, height = _display_size(stored_w, stored_h, sar, rotation)
     times: tuple[float, ...] = ()
     if all(p is not None for p in shown):
-        times = tuple(float(p * stream.time_base) for p in sorted(shown))
+        times = tuple(float(p * time_base) for p in sorted(shown))
         if fps <= 0 and times[-1] > times[0]:
             fps = (num_frames - 1) / (times[-1] - times[0])
     # decord counts the frames an edit list hides and then mis-numbers the ones after a seek:
     # such files are read with PyAV, which tells frames apart by their times.
-    decoder = "pyav" if hidden else _choose_decoder(path, num_frames, times)
+    if hidden:
+        decoder = "pyav"
+    elif mp4 and header_frames == num_frames and times and times[0] == 0:
+        # An MP4/MOV whose sample table lists every frame, starting at time 0: decord indexes it
+        # from the same table (opening decord to check would cost as much as the whole probe).
+        decoder = "decord"
+    else:
+        decoder = _choose_decoder(path, num_frames, times)
     return VideoInfo(
         width=width,
         height=height,
@@ -152,7 +161,10 @@ def _display_size(stored_w: int, stored_h: int, sar: Fraction, rotation: int) ->
 
 
 def _read_packets(container, stream) -> tuple[list, list, object]:
-    """Presentation times of the shown and the hidden packets, and the first decoded frame."""
+    """Presentation times of the shown and the hidden packets, and the first decoded frame.
+
+    Only one keyframe is decoded, and drained at once: the decoder's reordering delay would
+    otherwise decode several frames (a 1080p frame costs tens of milliseconds)."""
     import av
 
     shown, hidden, first = [], [], None
@@ -161,24 +173,38 @@ def _read_packets(container, stream) -> tuple[list, list, object]:
         for packet in container.demux(stream):
             if not packet.size:
                 continue
-            pts = packet.pts if packet.pts is not None else None
-            (hidden if packet.is_discard else shown).append(pts)
-            if first is None:
-                try:
-                    frames = decoder.decode(packet)
-                except (av.FFmpegError, ValueError):
-                    frames = []  # a damaged packet: the next keyframe may still decode
-                if frames:
-                    first = frames[0]
-        if first is None and shown:
-            try:
-                frames = decoder.decode(None)
-                first = frames[0] if frames else None
-            except (av.FFmpegError, ValueError):
-                first = None
+            (hidden if packet.is_discard else shown).append(packet.pts)
+            if first is None and packet.is_keyframe and not packet.is_discard:
+                first = _decode_one(decoder, packet)
     except (av.FFmpegError, OSError) as exc:
         raise ClipError(f"corrupt or truncated while reading packets ({_ffmpeg_message(exc)})") from exc
+    if first is None and shown:
+        first = _first_frame(container.name)
     return shown, hidden, first
+
+
+def _decode_one(decoder, packet):
+    import av
+
+    try:
+        frames = decoder.decode(packet) or decoder.decode(None)
+    except (av.FFmpegError, ValueError):
+        frames = []  # a damaged keyframe: the next one may still decode
+    decoder.flush_buffers()
+    return frames[0] if frames else None
+
+
+def _first_frame(path: str):
+    """The first frame a full decode gives (files whose keyframes alone do not decode)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            for frame in container.decode(container.streams.best("video")):
+                return frame
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+    return None
 
 
 def _choose_decoder(path: str, packets: int, times: tuple[float, ...]) -> str:
