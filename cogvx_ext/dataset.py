@@ -61,7 +61,10 @@ def read_listing(
         path = root / name
         if not path.is_file():
             raise UsageError(f"{flag} '{name}' is not a file in {root} (one line per clip is expected)")
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a listing saved by a Windows editor starts with a byte-order mark, which
+        # would otherwise become part of the first path or prompt. Lines end in LF or CRLF;
+        # surrounding spaces go, as in the scripts (spaces inside a path stay).
+        with open(path, encoding="utf-8-sig") as f:
             files[flag] = [line.strip() for line in f if line.strip()]
     prompts, videos = files["--caption_column"], files["--video_column"]
     entries, skipped = [], []

@@ -147,3 +147,26 @@ def test_edit_list_only_shown_frames_count_and_time_runs_forward(footage):
     pixels = read_frames(footage["edit_list"], indices, (0, 0, 96, 160), (96, 160), info=info)
     clocks = [read_markers(p.numpy()).index for p in pixels]
     assert clocks == [30 + i for i in indices]
+
+
+@pytest.mark.parametrize("bom", [True, False])
+def test_listing_with_bom_crlf_trailing_spaces_spaces_and_non_ascii(tmp_path, bom):
+    from footage import write_video
+
+    from cogvx_ext.dataset import read_listing
+
+    names = ["clip one é.mp4", "sub dir/ünïcode 视频.mp4", "plain.mp4"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_video(tmp_path / name, 64, 48, num_frames=6)
+    start = "\ufeff" if bom else ""
+    (tmp_path / "videos.txt").write_bytes((start + "".join(f"{n}  \r\n" for n in names)).encode("utf-8"))
+    (tmp_path / "prompts.txt").write_bytes((start + "a cat \r\nun chat\t\r\n\r\nein Hund").encode("utf-8"))
+    entries, skipped = read_listing(tmp_path, "prompts.txt", "videos.txt")
+    assert skipped == []
+    assert [(e.path, e.prompt) for e in entries] == [
+        (str(tmp_path / names[0]), "a cat"),
+        (str(tmp_path / names[1]), "un chat"),
+        (str(tmp_path / names[2]), "ein Hund"),
+    ]
+    assert all(probe(e.path).num_frames == 6 for e in entries)
