@@ -427,7 +427,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
 
 def run_plan(argv: list[str]) -> int:
     """``cogvx-ext plan [the script's data flags] [plugin flags] [--json PATH]``."""
-    from cogvx_ext.dataset import plan_samples, read_listing
+    from cogvx_ext.dataset import plan_samples, read_script_data
     from cogvx_ext.offline import script_data_parser, start_offline_run
 
     parser = script_data_parser("cogvx-ext plan", "The bucket plan of a dataset, from clip headers only.")
@@ -439,7 +439,7 @@ def run_plan(argv: list[str]) -> int:
     parser.add_argument("--num_train_epochs", type=int, default=1)
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
     args = run.args
-    entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    entries, skipped = read_script_data(args)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
     if args.json == "-":
