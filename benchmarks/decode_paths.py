@@ -10,8 +10,8 @@ What is measured (issue 11)
 
     The probe is timed too: today's (demux every packet, decode the first frame, open decord to
     check it agrees) against the header-and-packets-only probe it replaced (``probe_packets_only``
-    below reproduces it). Times are medians of ``--repeats`` runs in this process, after one
-    warm-up run.
+    below reproduces it). All cases run in this process, interleaved (one run of each per round)
+    after a warm-up round; the median and the minimum of ``--repeats`` rounds are printed.
 
     python benchmarks/decode_paths.py [--data DIR] [--repeats 5] [--json]
 """
@@ -62,14 +62,18 @@ def probe_packets_only(path: str) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(cases: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median and minimum seconds of each case, the cases interleaved (one run of each per round),
+    after one warm-up round: on a shared machine the minimum is the steadier figure."""
+    for fn in cases.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 def main() -> int:
@@ -88,24 +92,30 @@ def main() -> int:
     path = str(clip)
     info = probe(path)
     crop, size = (0, 0, 1080, 1920), (576, 1024)
-    cases = {"17 frames at --fps 8": list(range(0, 49, 3)), "49 frames at --fps 24": list(range(49))}
-    results = {
-        "probe (packets + first frame + decord check)": median_time(lambda: probe(path), args.repeats),
-        "probe before issue 11 (packets only)": median_time(lambda: probe_packets_only(path), args.repeats),
+    frame_sets = {"17 frames at --fps 8": list(range(0, 49, 3)), "49 frames at --fps 24": list(range(49))}
+    cases = {
+        "probe (packets + first frame + decord check)": lambda: probe(path),
+        "probe before issue 11 (packets only)": lambda: probe_packets_only(path),
     }
-    for name, indices in cases.items():
+    for name, indices in frame_sets.items():
         for decoder in ("decord", "pyav"):
             one = dataclasses.replace(info, decoder=decoder)
-            results[f"read_frames {decoder}, {name} -> 1024x576"] = median_time(
-                lambda one=one, indices=indices: read_frames(path, indices, crop, size, info=one),
-                args.repeats,
+            cases[f"read_frames {decoder}, {name} -> 1024x576"] = lambda one=one, indices=indices: (
+                read_frames(path, indices, crop, size, info=one)
             )
+    results = timed(cases, args.repeats)
     if args.json:
-        print(json.dumps({k: round(v, 4) for k, v in results.items()}, indent=2))
+        print(
+            json.dumps(
+                {k: {"median_s": round(m, 4), "min_s": round(n, 4)} for k, (m, n) in results.items()},
+                indent=2,
+            )
+        )
     else:
         width = max(map(len, results))
-        for name, seconds in results.items():
-            print(f"{name.ljust(width)}  {seconds * 1000:8.1f} ms")
+        print(f"{'':{width}}  {'median':>9}  {'min':>9}")
+        for name, (median, least) in results.items():
+            print(f"{name.ljust(width)}  {median * 1000:6.1f} ms  {least * 1000:6.1f} ms")
     return 0
 
 
