@@ -59,21 +59,34 @@ def common_flags():
             "--train_batch_size", 1]  # fmt: skip
 
 
-def plan(root, fmt) -> dict:
+def plan(root, fmt, *extra) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [str(BIN / "cogvx-ext"), "plan", *map(str, data_flags(root, fmt) + common_flags()), "--model", "5b",
-         "--json", "-"],
+         *extra],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return result
+
+
+def test_plan_text_names_display_geometry_and_the_pyav_files(mixed):
+    text = plan(mixed, "listing").stdout
+    root = mixed / "clips ü"
+    assert f"{root / 'rotate90.mp4'}: stored 160x96, rotation 90, sample aspect 1:1 -> display 96x160" in text
+    assert (
+        f"{root / 'anamorphic.mp4'}: stored 144x96, rotation 0, sample aspect 4:3 -> display 192x96" in text
+    )
+    pyav = text.split("read with PyAV (4 clips")[1].splitlines()[1:5]
+    assert sorted(line.strip() for line in pyav) == sorted(
+        str(root / name) for name in ("edit_list.mp4", "gif.gif", "mpegts.ts", "vp9_realtime.webm")
+    )
 
 
 @pytest.mark.parametrize("fmt", ["listing", "csv"])
 def test_mixed_footage_trains_upright_at_display_aspect_and_true_times(
     tiny_models, t2v_trainer, train, mixed, tmp_path, fmt
 ):
-    planned = plan(mixed, fmt)
+    planned = json.loads(plan(mixed, fmt, "--json", "-").stdout)
     ok = {Path(c["path"]).name: c for c in planned["clips"] if c["status"] == "ok"}
     assert len(ok) == len(KINDS), [c for c in planned["clips"] if c["status"] != "ok"]
     rotated = ok["rotate90.mp4"]["source"]
