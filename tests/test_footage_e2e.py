@@ -1,6 +1,7 @@
 """End to end on real footage: a mixed folder of every fixture kind plans and trains upright, at
-display aspect and true times, through the T2V trainer (ours, or the diffusers script with
-COGVX_EXT_TRAINER), in both data formats; nothing the plan accepts is dropped later."""
+display aspect and true times, through the T2V trainer in both data formats and the I2V trainer
+(ours, or the diffusers scripts with COGVX_EXT_TRAINER / COGVX_EXT_I2V_TRAINER); nothing the
+plan accepts is dropped later."""
 
 from __future__ import annotations
 
@@ -82,9 +83,9 @@ def test_plan_text_names_display_geometry_and_the_pyav_files(mixed):
     )
 
 
-@pytest.mark.parametrize("fmt", ["listing", "csv"])
+@pytest.mark.parametrize("fmt, kind", [("listing", "t2v"), ("csv", "t2v"), ("listing", "i2v")])
 def test_mixed_footage_trains_upright_at_display_aspect_and_true_times(
-    tiny_models, t2v_trainer, train, mixed, tmp_path, fmt
+    tiny_models, t2v_trainer, i2v_trainer, train, mixed, tmp_path, fmt, kind
 ):
     planned = json.loads(plan(mixed, fmt, "--json", "-").stdout)
     ok = {Path(c["path"]).name: c for c in planned["clips"] if c["status"] == "ok"}
@@ -94,12 +95,17 @@ def test_mixed_footage_trains_upright_at_display_aspect_and_true_times(
     assert ok["anamorphic.mp4"]["source"]["sample_aspect"] == "4:3"
 
     record = tmp_path / "markers.jsonl"
+    model, plugins = (
+        ("5b", "aspect_bucket,rope_rescale")
+        if kind == "t2v"
+        else ("5b-I2V", "aspect_bucket,rope_rescale,posemb_adapt")
+    )
     args = [
-        "--pretrained_model_name_or_path", tiny_models["5b"], *data_flags(mixed, fmt), *common_flags(),
+        "--pretrained_model_name_or_path", tiny_models[model], *data_flags(mixed, fmt), *common_flags(),
         "--max_train_steps", 3, "--output_dir", tmp_path / "out", "--seed", 0, "--rank", 4, "--lora_alpha", 4,
-        "--plugins", f"{READER},aspect_bucket,rope_rescale", "--marker_reader_out", record,
+        "--plugins", f"{READER},{plugins}", "--marker_reader_out", record,
     ]  # fmt: skip
-    result = train(t2v_trainer, args)
+    result = train(t2v_trainer if kind == "t2v" else i2v_trainer, args)
     assert result.returncode == 0, result.stderr[-6000:]
     assert "skipped" not in result.stderr, result.stderr[-3000:]
     decoded = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()]
