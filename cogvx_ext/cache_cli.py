@@ -70,7 +70,7 @@ def fill(argv: list[str]) -> int:
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    from cogvx_ext.dataset import plan_samples, read_listing, report_skipped
+    from cogvx_ext.dataset import plan_samples, read_script_data, report_skipped
     from cogvx_ext.offline import script_data_parser, start_offline_run
     from cogvx_ext.seams import ScriptEncoding
 
@@ -109,7 +109,7 @@ def fill(argv: list[str]) -> int:
     rank, world, main = state.process_index, state.num_processes, state.is_local_main_process
     vae = _load_vae(run, state.device)
 
-    entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    entries, skipped = read_script_data(args)
     samples, more_skipped = plan_samples(run.hook, entries, args, run.model, progress=main)
     if main:
         report_skipped(skipped + more_skipped)
@@ -187,7 +187,7 @@ def _sum_over_processes(counts: list[int], device) -> list[int]:
 
 
 def prune(argv: list[str]) -> int:
-    from cogvx_ext.dataset import plan_samples, read_listing
+    from cogvx_ext.dataset import plan_samples, read_script_data
     from cogvx_ext.offline import script_data_parser, start_offline_run
     from cogvx_ext_plugins.latent_cache import (
         META_CLIP_KEY,
@@ -218,7 +218,7 @@ def prune(argv: list[str]) -> int:
     run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
     args = run.args
     cache = _latent_cache(run)
-    entries, _ = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    entries, _ = read_script_data(args)
     samples, _ = plan_samples(run.hook, entries, args, run.model, progress=False)
     clip_keys = {digest(clip_fields(sample, args)) for sample in samples}
     # Both scripts feed the text encoder the id token and the caption.

@@ -7,12 +7,54 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Metadata read from a file's header (no frame decoded)."""
+    """What the probe learnt of a file: display geometry, the frames shown and when, the decoder.
+
+    ``width`` and ``height`` are the *display* size: the picture upright (after the rotation of
+    its display matrix) in square pixels (the stored width scaled by the sample aspect ratio), as
+    a player shows it. Crops and buckets are in these pixels. ``stored_width``/``stored_height``
+    are the coded picture's, ``rotation`` the clockwise degrees a player turns it (0, 90, 180,
+    270), ``sample_aspect`` the pixel aspect ratio as ``"N:D"``.
+
+    ``num_frames`` counts the frames shown (an edit list can hide decoded ones); ``frame_times``
+    are their presentation times in seconds, in order (empty: ``i / fps``). ``decoder`` names the
+    decoder that reads the file: ``decord``, or ``pyav`` where decord fails or disagrees.
+
+    Plain JSON-able fields only (a probe cache serialises them).
+    """
 
     width: int
     height: int
     num_frames: int
     fps: float
+    stored_width: int = 0  # 0: the same as width (no rotation, square pixels)
+    stored_height: int = 0
+    rotation: int = 0
+    sample_aspect: str = "1:1"
+    frame_times: tuple[float, ...] = ()
+    decoder: str = "decord"
+
+    def __post_init__(self) -> None:
+        if not self.stored_width:
+            object.__setattr__(self, "stored_width", self.width)
+        if not self.stored_height:
+            object.__setattr__(self, "stored_height", self.height)
+        object.__setattr__(self, "frame_times", tuple(float(t) for t in self.frame_times))
+
+    @property
+    def display_size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def stored_size(self) -> str:
+        return f"{self.stored_width}x{self.stored_height}"
+
+    def times(self) -> list[float]:
+        """Presentation time of every shown frame, seconds from the first."""
+        if self.frame_times:
+            first = self.frame_times[0]
+            return [t - first for t in self.frame_times]
+        rate = self.fps if self.fps > 0 else 1.0
+        return [i / rate for i in range(self.num_frames)]
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class CoreDefaults:
             list(target.frame_indices),
             target.crop,
             (target.height, target.width),
-            source_size=(info.height, info.width),
+            info=info,
         )
 
     @hookimpl(trylast=True)

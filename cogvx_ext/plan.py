@@ -343,10 +343,28 @@ def format_report(report: PlanReport) -> str:
             f"upscale: mean {upscale['mean']:.2f}x  p95 {upscale['p95']:.2f}x  max {upscale['max']:.2f}x"
             "  (below 1: downscaled)"
         )
+    turned = {c.path: c.source for c in ok if c.source and _display_differs(c.source)}
+    if turned:
+        lines.append(
+            f"display geometry ({len(turned)} clips shown otherwise than stored; bucketed as shown):"
+        )
+        lines.extend(
+            f"  {path}: stored {info.stored_size}, rotation {info.rotation}, sample aspect {info.sample_aspect}"
+            f" -> display {info.display_size}"
+            for path, info in turned.items()
+        )
+    read_by_pyav = sorted({c.path for c in ok if c.source and c.source.decoder == "pyav"})
+    if read_by_pyav:
+        lines.append(f"read with PyAV ({len(read_by_pyav)} clips decord cannot read, or reads wrongly):")
+        lines.extend(f"  {path}" for path in read_by_pyav)
     if skipped:
         lines.append(f"skipped ({len(skipped)}):")
         lines.extend(f"  {c.path}: {c.reason}" for c in skipped)
     return "\n".join(lines)
+
+
+def _display_differs(info: VideoInfo) -> bool:
+    return bool(info.rotation) or info.sample_aspect != "1:1"
 
 
 def report_to_json(report: PlanReport) -> dict[str, Any]:
@@ -367,10 +385,15 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             entry["reason"] = c.reason
         if c.source is not None:
             entry["source"] = {
-                "width": c.source.width,
+                "width": c.source.width,  # display size: upright, square pixels
                 "height": c.source.height,
+                "stored": c.source.stored_size,
+                "display": c.source.display_size,
+                "rotation": c.source.rotation,
+                "sample_aspect": c.source.sample_aspect,
                 "frames": c.source.num_frames,
                 "fps": c.source.fps,
+                "decoder": c.source.decoder,
             }
         clips.append(entry)
     return {
@@ -422,7 +445,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
 
 def run_plan(argv: list[str]) -> int:
     """``cogvx-ext plan [the script's data flags] [plugin flags] [--json PATH]``."""
-    from cogvx_ext.dataset import plan_samples, read_listing
+    from cogvx_ext.dataset import plan_samples, read_script_data
     from cogvx_ext.offline import script_data_parser, start_offline_run
 
     parser = script_data_parser("cogvx-ext plan", "The bucket plan of a dataset, from clip headers only.")
@@ -445,7 +468,7 @@ def run_plan(argv: list[str]) -> int:
         from cogvx_ext.chart import check_chart_available
 
         check_chart_available()
-    entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
+    entries, skipped = read_script_data(args)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
     if args.json == "-":

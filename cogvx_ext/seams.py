@@ -25,6 +25,7 @@ seam (script globals)               what it does
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import json
@@ -319,23 +320,18 @@ class ScriptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, run, **kwargs):
-        from cogvx_ext.dataset import encode_samples, plan_samples, read_listing, report_skipped
+        from cogvx_ext.dataset import encode_samples, plan_samples, read_script_data, report_skipped
 
         self.run = run
         self.kind = run.kind
         self.id_token = kwargs.get("id_token") or ""
-        if kwargs.get("dataset_name"):
-            raise UsageError(
-                "cogvx-ext data plugins read a local dataset (--instance_data_root with --caption_column and "
-                "--video_column files), not --dataset_name"
-            )
         accelerator = run.accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         progress = accelerator is None or accelerator.is_local_main_process
         strict = bool(getattr(run.args, "bucket_strict", False))
-        entries, skipped = read_listing(
-            kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"]
-        )
+        data_flags = ("instance_data_root", "dataset_name", "dataset_config_name", "caption_column")
+        data_flags += ("video_column", "cache_dir")
+        entries, skipped = read_script_data(argparse.Namespace(**{k: kwargs.get(k) for k in data_flags}))
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
         skipped += more_skipped
         if progress:

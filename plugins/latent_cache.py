@@ -45,7 +45,9 @@ from cogvx_ext.clips import Sample
 from cogvx_ext.errors import UsageError
 
 # Bump when what an entry holds, or how its key is made, changes: old entries then stop matching.
-FORMAT_VERSION = 1
+# 2: frame indices count the frames an edit list shows, crops are in display pixels (rotation,
+# sample aspect), so an entry of version 1 can hold other pixels under the same key.
+FORMAT_VERSION = 2
 HEAD_BYTES = 1 << 20  # the part of a clip that is hashed; size and mtime cover the rest
 PROMPTS_DIR = "prompts"
 SUFFIX = ".safetensors"

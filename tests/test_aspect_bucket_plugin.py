@@ -38,6 +38,7 @@ def script_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--train_batch_size", type=int, default=1)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--video_reshape_mode", type=str, default="center")
     return parser
 
 
@@ -80,7 +81,7 @@ def test_add_arguments_puts_every_flag_in_its_own_group():
     assert (args.bucket_max_aspect, args.bucket_remainder, args.bucket_crop, args.bucket_frames) == (
         2.4,
         "fill",
-        "center",
+        None,
         "auto",
     )
 
@@ -230,6 +231,35 @@ def test_random_crop_is_fixed_per_clip_by_the_seed(clips):
 
     assert crop(1, clips["16x9"]) == crop(1, clips["16x9"])
     assert len({crop(seed, clips["16x9"]) for seed in range(8)}) > 1
+
+
+def test_video_reshape_mode_sets_the_crop_position(clips):
+    """The script's --video_reshape_mode: random crops as --bucket_crop random does, none keeps
+    the whole picture in a bucket of its aspect, or skips the clip saying why."""
+    wide = ["--buckets", "256x256", "--bucket_max_crop", "0.5"]
+
+    def target(path, *argv):
+        pm, _, args = configured([*SMALL, *argv])
+        return pm.hook.cogvx_clip_targets(clip=clip_of(path), args=args, model=V10, stages=None)[0]
+
+    randoms = {
+        target(clips["16x9"], *wide, "--video_reshape_mode", "random", "--bucket_seed", str(s)).crop
+        for s in range(6)
+    }
+    assert len(randoms) > 1
+    assert target(clips["16x9"], *wide).crop == (0, 112, 288, 288)  # center
+    assert target(clips["16x9"], *wide, "--video_reshape_mode", "random", "--bucket_crop", "center").crop == (
+        0,
+        112,
+        288,
+        288,
+    )
+    whole = target(clips["16x9"], "--video_reshape_mode", "none")
+    assert (whole.width, whole.height, whole.crop) == (512, 288, (0, 0, 288, 512))
+    with pytest.raises(SkipClip, match=r"no crop \(--video_reshape_mode none\): aspect 1.78:1 .* too far"):
+        target(clips["16x9"], *wide, "--video_reshape_mode", "none")
+    with pytest.raises(UsageError, match="--video_reshape_mode must be one of center, random, none"):
+        configured([*SMALL, "--video_reshape_mode", "stretch"])
 
 
 def test_explicit_frame_counts_and_fps(clips):
@@ -413,7 +443,17 @@ def test_plan_report(clips, tmp_path):
         0.0,
         "512x288",
     )
-    assert ok["source"] == {"width": 512, "height": 288, "frames": 40, "fps": 24.0}
+    assert ok["source"] == {
+        "width": 512,
+        "height": 288,
+        "stored": "512x288",
+        "display": "512x288",
+        "rotation": 0,
+        "sample_aspect": "1:1",
+        "frames": 40,
+        "fps": 24.0,
+        "decoder": "decord",
+    }
     for name, reason in [
         ("not_a_video", "not a video file"),
         ("truncated", "corrupt or truncated"),

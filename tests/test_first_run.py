@@ -94,7 +94,7 @@ def test_data_mistakes_stop_before_any_model_loads(t2v_trainer, train, tmp_path,
     expected = {
         "no_root": f"cogvx-ext: --instance_data_root '{data}' is not a folder",
         "no_listing": f"cogvx-ext: --video_column 'videos.txt' is not a file in {data}",
-        "no_clip": f"cogvx-ext: --instance_data_root '{data}': no clip to train on (videos.txt lists 1 unusable entries; "
+        "no_clip": f"cogvx-ext: --instance_data_root '{data}': no clip to train on (1 unusable entries; "
         f"first: {data / 'clips/gone.mp4'}: file does not exist)",
     }[mistake]
     assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]

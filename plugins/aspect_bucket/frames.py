@@ -16,13 +16,16 @@ A small ladder of counts, not one count (``--bucket_frames auto``)
     only short clips add shapes, at most three times the spatial buckets. ``--bucket_frames max``
     keeps one count; an explicit list (``49,33``) sets the rungs.
 
-Sampling at ``--fps``
-    Frames are taken at the training frame rate: a 24 fps source at ``--fps 8`` gives every third
-    frame, 30 fps every 3.75th (rounded to the nearest frame), so motion per frame is the same for
-    every source. A source slower than ``--fps`` is used frame by frame (repeating frames would
-    teach stutter); one whose rate is unknown too. The window starts after
-    ``--skip_frames_start`` (the head of the clip, as the stock script starts there) and ends
-    before ``--skip_frames_end``.
+Sampling at ``--fps``, by presentation time
+    Frames are taken at the training frame rate, by their presentation timestamps: sample ``k`` is
+    the frame shown nearest ``k / fps`` seconds after the first, so a 24 fps source at ``--fps 8``
+    gives every third frame, 30 fps every 3.75th, and a variable-rate source (a phone in low
+    light, a screen recorder) frames that are truly ``1 / fps`` apart, however its rate swings
+    (picking by index at the average rate would change the motion speed within a sample). A
+    sample never repeats a frame or goes back. A source slower than ``--fps`` is used frame by
+    frame (repeating frames would teach stutter); one whose rate is unknown too. The window
+    starts after ``--skip_frames_start`` shown frames (the head of the clip, as the stock script
+    starts there) and ends before ``--skip_frames_end``; frames an edit list hides do not count.
 """
 
 from __future__ import annotations
@@ -147,21 +150,58 @@ def select_frames(
     ladder: Sequence[int],
     skip_start: int = 0,
     skip_end: int = 0,
+    times: Sequence[float] | None = None,
 ) -> tuple[int, ...]:
     """Source frame indices for one clip: the longest rung of ``ladder`` it fills at ``target_fps``.
 
+    With ``times`` (the presentation time of each shown frame, seconds) frames are picked by
+    time: sample ``k`` is the frame nearest ``start + k / target_fps``, always after the one
+    before (a sample never stands still or goes back), so spacing is true in seconds at constant
+    and variable frame rates alike. Without them the times are ``i / source_fps``. A source
+    whose average rate over the window is below ``target_fps`` (or unknown) is used frame by frame.
+
     :raises SkipClip: the clip is shorter than the shortest rung; the reason gives both lengths.
     """
-    stride = sampling_stride(source_fps, target_fps)
-    available = frames_available(num_frames, stride, skip_start, skip_end)
-    count = next((n for n in sorted(ladder, reverse=True) if n <= available), None)
+    start = max(0, skip_start)
+    end = num_frames - max(0, skip_end)
+    if times is None or len(times) != num_frames:
+        rate = source_fps if source_fps > 0 else 0.0
+        times = [i / rate for i in range(num_frames)] if rate else None
+    picks = _pick_by_time(times, start, end, target_fps)
+    count = next((n for n in sorted(ladder, reverse=True) if n <= len(picks)), None)
     if count is None:
+        stride = sampling_stride(source_fps, target_fps)
         rate = f"at {target_fps:g} fps " if stride > 1 else ""
         skipped = f" after skipping {skip_start} + {skip_end}" if skip_start or skip_end else ""
         raise SkipClip(
-            f"too short: {available} frames {rate}({num_frames} at {source_fps:g} fps{skipped}); "
+            f"too short: {len(picks)} frames {rate}({num_frames} at {source_fps:g} fps{skipped}); "
             f"the shortest frame bucket is {min(ladder)} frames"
         )
-    start = max(0, skip_start)
-    # floor(x + 0.5) rounds to the nearest frame and never passes the last one available.
-    return tuple(start + int(math.floor(i * stride + 0.5)) for i in range(count))
+    return tuple(picks[:count])
+
+
+def _pick_by_time(times: Sequence[float] | None, start: int, end: int, target_fps: float) -> list[int]:
+    """Every frame of ``start..end`` picked at ``target_fps`` by time (see ``select_frames``)."""
+    if end <= start:
+        return []
+    span = times[end - 1] - times[start] if times else 0.0
+    if not times or target_fps <= 0 or span <= 0 or (end - 1 - start) / span <= target_fps * (1 + 1e-9):
+        return list(range(start, end))
+    # The clip ends half a mean source frame after its last frame's time.
+    limit = times[end - 1] + 0.5 * span / (end - 1 - start)
+    picks: list[int] = []
+    j = start
+    k = 0
+    while True:
+        target = times[start] + k / target_fps
+        if target > limit:
+            break
+        while j + 1 < end and abs(times[j + 1] - target) <= abs(times[j] - target):
+            j += 1
+        pick = j if not picks or j > picks[-1] else picks[-1] + 1
+        if pick >= end:
+            break
+        picks.append(pick)
+        j = max(j, pick)
+        k += 1
+    return picks

@@ -21,6 +21,7 @@ The loader makes one instance per run; all state lives on it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import random
@@ -56,6 +57,11 @@ DROP_LEAVES_NOTHING = (
 logger = logging.getLogger("cogvx_ext.aspect_bucket")
 
 MULTIPLE = 16  # VAE 8 x patch 2
+
+CROP_POSITIONS = ("center", "random", "none")
+# With no crop (--video_reshape_mode none) the whole picture is resized to a bucket whose aspect
+# differs by at most this: a stretch no one sees, where buckets in multiples of 16 are rarely exact.
+NO_CROP_TOLERANCE = 0.01
 
 
 def script_arg(args: argparse.Namespace, name: str, default: Any) -> Any:
@@ -171,9 +177,11 @@ class AspectBucket:
         )
         group.add_argument(
             "--bucket_crop",
-            choices=("center", "random"),
-            default="center",
-            help="where the crop sits: centred, or at a random place fixed per clip by the seed",
+            choices=CROP_POSITIONS,
+            default=None,
+            help="where the crop sits: centred, at a random place fixed per clip by the seed, or none: "
+            f"the whole picture, into a bucket within {NO_CROP_TOLERANCE * 100:g}%% of its aspect, else the clip "
+            "is skipped (default: the script's --video_reshape_mode, center)",
         )
         group.add_argument(
             "--bucket_frames",
@@ -253,6 +261,13 @@ class AspectBucket:
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, not {value}")
         check_frames_spec(args.bucket_frames)
+        # The script's --video_reshape_mode (center/random/none) is where the crop sits, unless
+        # --bucket_crop says otherwise.
+        crop_position = args.bucket_crop or script_arg(args, "video_reshape_mode", "center")
+        if crop_position not in CROP_POSITIONS:
+            raise UsageError(
+                f"--video_reshape_mode must be one of {', '.join(CROP_POSITIONS)}, not '{crop_position}'"
+            )
         if args.bucket_seed is None:
             args.bucket_seed = script_arg(args, "seed", 0)
 
@@ -291,7 +306,7 @@ class AspectBucket:
             area=area,
             max_crop=args.bucket_max_crop,
             upscale_limit=args.bucket_upscale_limit,
-            crop_position=args.bucket_crop,
+            crop_position=crop_position,
             frames_spec=args.bucket_frames,
             token_budget=args.bucket_token_budget,
             max_batch=args.bucket_max_batch,
@@ -431,16 +446,23 @@ class AspectBucket:
             rng = (
                 random.Random(f"{settings.seed}:{clip.path}") if settings.crop_position == "random" else None
             )
+            whole = settings.crop_position == "none"
             assignment = assign(
                 info.width,
                 info.height,
                 buckets,
                 settings.upscale_limit,
-                settings.max_crop,
-                settings.crop_position,
+                NO_CROP_TOLERANCE if whole else settings.max_crop,
+                "center" if whole else settings.crop_position,
                 rng,
             )
+            if whole:
+                assignment = dataclasses.replace(assignment, crop=(0, 0, info.height, info.width))
         except SkipClip as exc:
+            if settings.crop_position == "none":
+                exc = SkipClip(
+                    f"no crop (--video_reshape_mode none): {exc} (a smaller --bucket_spacing gives more aspects)"
+                )
             problems.append(str(exc))
         try:
             indices = select_frames(
@@ -450,6 +472,7 @@ class AspectBucket:
                 frame_counts,
                 script_arg(args, "skip_frames_start", 0),
                 script_arg(args, "skip_frames_end", 0),
+                times=info.times(),
             )
         except SkipClip as exc:
             problems.append(str(exc))
