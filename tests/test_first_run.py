@@ -54,10 +54,16 @@ def test_plan_chart_without_matplotlib_says_how_to_get_it(tmp_path):
 
 
 def test_plan_errors_come_first_without_the_usage_block():
-    result = cogvx_ext("plan", "--height", "96")
+    result = cogvx_ext("plan", "--instance_data_root", ".", "--height", "96px")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "cogvx-ext: the following arguments are required: --instance_data_root (cogvx-ext plan --help lists the flags)"
+        "cogvx-ext: argument --height: invalid int value: '96px' (cogvx-ext plan --help lists the flags)"
+    )
+    assert result.stdout == ""
+    nothing = cogvx_ext("plan", "--height", "96")
+    assert nothing.returncode == 2
+    assert nothing.stderr.strip() == (
+        "cogvx-ext: no training data: give --instance_data_root (a folder with listings) or --dataset_name"
     )
     assert "usage" in cogvx_ext("plan", "--help").stdout
 

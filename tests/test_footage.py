@@ -14,7 +14,7 @@ import pytest
 from footage import KINDS, player_view, read_markers, vfr_times, write_kind
 
 from cogvx_ext.video import probe, read_frames
-from plugins.aspect_bucket.frames import select_frames
+from cogvx_ext_plugins.aspect_bucket.frames import select_frames
 
 # kind -> (display WxH, stored WxH, rotation, sample aspect, frames, decoder)
 EXPECTED = {
