@@ -148,6 +148,25 @@ def model_configs(pretrained: str | None, model: str | None) -> tuple[dict, dict
     return released_transformer_config(name), dict(RELEASED_T5), {}
 
 
+def _from_hub_cache(pretrained: str | None, model: str | None) -> tuple[dict, dict, dict] | None:
+    """The configs of a Hub model already in the local Hugging Face cache (nothing is downloaded)."""
+    if not pretrained or model:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = {
+            part: try_to_load_from_cache(pretrained, f"{part}/config.json")
+            for part in ("transformer", "text_encoder", "vae")
+        }
+    except Exception:  # not a repo id: name matching decides
+        return None
+    if not isinstance(found["transformer"], str):
+        return None
+    configs = [_read_json(v) if isinstance(v, str) else None for v in found.values()]
+    return configs[0], configs[1] or dict(RELEASED_T5), configs[2] or {}
+
+
 @dataclass(frozen=True)
 class TrainingSetup:
     """What decides the memory of a step, besides the shape and the batch size.
@@ -251,10 +270,36 @@ def setup_from_args(
         lora_alpha=float(getattr(args, "lora_alpha", None) or 128),
         optimizer=optimizer if optimizer in OPTIMIZERS else "adamw",
         use_8bit_adam=bool(getattr(args, "use_8bit_adam", False)),
-        mixed_precision=str(getattr(args, "mixed_precision", None) or "no"),
+        # The script's default (None) leaves it to accelerate, whose launcher exports its choice.
+        mixed_precision=str(
+            getattr(args, "mixed_precision", None) or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
+        ),
         gradient_checkpointing=bool(getattr(args, "gradient_checkpointing", False)),
         text_encoder_on_device=text_encoder_on_device,
         validation=validation,
+    )
+
+
+def setup_for_plugins(pm: Any, args: Any, model: str | None = None) -> TrainingSetup:
+    """The run's setup, with what the chosen plugins change: a plugin answering
+    ``cogvx_prompt_embeddings`` takes the text encoder off the device (the core moves it to the CPU
+    once every prompt is answered, before the first step)."""
+    from cogvx_ext.manager import chosen_hooks
+
+    return setup_from_args(
+        args, model, text_encoder_on_device="cogvx_prompt_embeddings" not in chosen_hooks(pm)
+    )
+
+
+def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model: str | None = None) -> None:
+    """Fire ``cogvx_memory_check`` when a chosen plugin implements it (before any model loads)."""
+    from cogvx_ext.manager import chosen_hooks
+
+    if "cogvx_memory_check" not in chosen_hooks(pm):
+        return
+    setup = setup_for_plugins(pm, args, model)
+    pm.hook.cogvx_memory_check(
+        setup=setup, args=args, model=model_info or setup.model, stages=pm.hook.cogvx_stages(args=args)
     )
 
 

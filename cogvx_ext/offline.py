@@ -51,6 +51,16 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--train_batch_size", type=int, default=4)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--seed", type=int, default=None)
+    # What the memory estimate (cogvx_ext.memory) depends on.
+    g.add_argument("--rank", type=int, default=128)
+    g.add_argument("--lora_alpha", type=float, default=128)
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument(
+        "--optimizer", type=lambda s: s.lower(), choices=("adam", "adamw", "prodigy"), default="adam"
+    )
+    g.add_argument("--use_8bit_adam", action="store_true")
+    g.add_argument("--validation_prompt", default=None)
     t = parser.add_argument_group("cogvx-ext")
     t.add_argument(
         "--model",
@@ -93,4 +103,8 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
                 f"no transformer/config.json under '{args.pretrained_model_name_or_path}': "
                 "give a local model folder or --model NAME"
             )
-    return OfflineRun(pm=pm, args=args, model=model or released_model(args.model or "5b"), plugin_names=names)
+    model = model or released_model(args.model or "5b")
+    from cogvx_ext.memory import check_before_loading
+
+    check_before_loading(pm, args, model, args.model)
+    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)
