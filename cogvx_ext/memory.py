@@ -410,9 +410,9 @@ def _trace_config(setup: TrainingSetup, layers: int) -> dict[str, Any]:
     return config
 
 
-def _build_transformer(setup: TrainingSetup, config: dict[str, Any]):
-    """The transformer as the script has it after set-up, on the meta device: weight dtype, frozen,
-    gradient checkpointing as asked, the LoRA adapter (fp32 for fp16 mixed precision)."""
+def _build_transformer(setup: TrainingSetup, config: dict[str, Any], device: str = "meta"):
+    """The transformer as the script has it after set-up (on the meta device unless told): weight
+    dtype, frozen, gradient checkpointing as asked, the LoRA adapter (fp32 for fp16 mixed precision)."""
     import logging
 
     import torch
@@ -423,7 +423,7 @@ def _build_transformer(setup: TrainingSetup, config: dict[str, Any]):
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity(logging.ERROR)  # `.to(dtype)` warns about keep-in-fp32 modules
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             transformer = CogVideoXTransformer3DModel.from_config(config)
         transformer.to(_dtype(setup))
     finally:
@@ -544,42 +544,56 @@ def step_activation_peak(
 ) -> int:
     """Bytes above the resident weights, gradients and states at the peak of one step of a
     ``layers``-block copy of the transformer (``train``: forward and backward; else a no-grad
-    forward, as in inference)."""
-    import torch
+    forward, as in inference), traced with fake tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    config = _trace_config(setup, layers)
-    transformer = _build_transformer(setup, config)
+    transformer = _build_transformer(setup, _trace_config(setup, layers))
     mode = FakeTensorMode()
     _fake_module(transformer, mode)
+    return trace_step(transformer, setup, latent, batch_size, train, mode)
+
+
+def trace_step(
+    transformer, setup: TrainingSetup, latent, batch_size: int, train: bool = True, mode=None
+) -> int:
+    """Run one step of the script on ``transformer`` and return the peak bytes of the storages it
+    made (its weights and the gradients excluded).
+
+    ``mode``: the ``FakeTensorMode`` the module's tensors belong to; ``None`` runs real tensors
+    (what the tests compare the fake trace with).
+    """
+    import contextlib
+
+    import torch
+
+    context = mode if mode is not None else contextlib.nullcontext()
+    config = transformer.config
     dtype = _dtype(setup)
-    model = setup.model
+    model = ModelInfo.from_config(config)
     frames, height, width = _latent_for_model(model, latent)
-    channels = int(config.get("in_channels", 16))
-    text_tokens = int(config.get("max_text_seq_length", 226))
-    text_dim = int(config.get("text_embed_dim", 4096))
-    head_dim = int(config.get("attention_head_dim", 64))
+    channels = int(config.in_channels)
+    head_dim = int(config.attention_head_dim)
     tokens = model.tokens((frames, height, width))
-    with mode:
+    with context:
         if train:
             # Resident gradients: the backward accumulates into them (see the module docstring).
             for p in transformer.parameters():
-                if p.requires_grad:
+                if p.requires_grad and p.grad is None:
                     p.grad = torch.zeros_like(p)
     counter = LiveStorageCounter()
     counter.exclude(_module_tensors(transformer))
     autocast = setup.autocast and setup.mixed_precision != "no"
     _fp32_layer_norms(transformer)
-    with mode, counter, torch.set_grad_enabled(train):
+    with context, counter, torch.set_grad_enabled(train):
         # The batch as it reaches the device: float32 from the collate function, then the weight
         # dtype; noise and the noisy input; prompt embeddings; the rotary tables.
-        batch = torch.empty(batch_size, frames, channels, height, width, dtype=torch.float32)
+        batch = torch.randn(batch_size, frames, channels, height, width, dtype=torch.float32)
         model_input = batch.to(dtype)
         noise = torch.randn_like(model_input)
         noisy = model_input * 0.5 + noise * 0.5
-        prompt = torch.empty(batch_size, text_tokens, text_dim, dtype=dtype)
-        timesteps = torch.zeros(batch_size, dtype=torch.long)
-        rotary = (torch.empty(tokens, head_dim), torch.empty(tokens, head_dim)) if model.rotary else None
+        prompt = torch.randn(batch_size, config.max_text_seq_length, config.text_embed_dim, dtype=dtype)
+        timesteps = torch.randint(0, 1000, (batch_size,))
+        rotary = (torch.ones(tokens, head_dim), torch.zeros(tokens, head_dim)) if model.rotary else None
         extra = {"ofs": torch.full((batch_size,), 2.0, dtype=dtype)} if model.ofs else {}
         transformer.train(train)
         with torch.autocast("cpu", dtype=dtype, enabled=autocast):
@@ -759,6 +773,19 @@ def largest_batch(
     return size
 
 
+def _largest_fitting(candidates: list, fits: Callable[[Any], bool]) -> Any:
+    """The first of ``candidates`` (largest first, memory falling along the list) that fits, by
+    binary search; None when none does."""
+    low, high = 0, len(candidates)
+    while low < high:
+        middle = (low + high) // 2
+        if fits(candidates[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return candidates[low] if low < len(candidates) else None
+
+
 def advice(
     setup: TrainingSetup, latent: tuple[int, int, int], budget: int, margin: float = DEFAULT_MARGIN
 ) -> str:
@@ -782,18 +809,23 @@ def advice(
     ):
         tips.append("cached prompt embeddings (latent_cache: the text encoder leaves the device)")
     model = setup.model
-    for f in range(frames - 1, 0, -1):
-        if model.patch_size_t and f % model.patch_size_t:
-            continue
-        if estimate(setup, (f, height, width)).peak <= allowed:
-            tips.append(f"at most {(f - 1) * model.temporal_compression_ratio + 1} frames")
-            break
-    for scale in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25):
-        h = max(2, int(height * math.sqrt(scale)) // 2 * 2)
-        w = max(2, int(width * math.sqrt(scale)) // 2 * 2)
-        if estimate(setup, (frames, h, w)).peak <= allowed:
-            tips.append(f"an area of at most {w * VAE_SPATIAL}x{h * VAE_SPATIAL} ({scale:.0%} of the pixels)")
-            break
+    step = model.patch_size_t or 1
+    counts = [f for f in range(frames - step, 0, -step)]  # fewer latent frames, largest first
+    fits = _largest_fitting(counts, lambda f: estimate(setup, (f, height, width)).peak <= allowed)
+    if fits is not None:
+        tips.append(f"at most {(fits - 1) * model.temporal_compression_ratio + 1} frames")
+    scales = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25]
+
+    def scaled(scale: float) -> tuple[int, int]:
+        return (
+            max(2, int(height * math.sqrt(scale)) // 2 * 2),
+            max(2, int(width * math.sqrt(scale)) // 2 * 2),
+        )
+
+    scale = _largest_fitting(scales, lambda s: estimate(setup, (frames, *scaled(s))).peak <= allowed)
+    if scale is not None:
+        h, w = scaled(scale)
+        tips.append(f"an area of at most {w * VAE_SPATIAL}x{h * VAE_SPATIAL} ({scale:.0%} of the pixels)")
     return ", or ".join(tips) if tips else "a smaller model or a larger budget"
 
 
