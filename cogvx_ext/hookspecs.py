@@ -99,7 +99,7 @@ def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str
 
 @hookspec
 def cogvx_memory_check(
-    setup: TrainingSetup, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
+    setup: TrainingSetup | None, args: argparse.Namespace, model: ModelInfo | None, stages: list[Stage] | None
 ) -> None:
     """Check, or plan by, the run's accelerator memory before any model is loaded.
 
@@ -108,7 +108,9 @@ def cogvx_memory_check(
     ``setup`` is a ``cogvx_ext.memory.TrainingSetup`` (the transformer config, LoRA rank,
     optimizer, precision, gradient checkpointing, validation, and where the text encoder and the
     VAE live: the text encoder leaves the device when a chosen plugin implements
-    ``cogvx_prompt_embeddings``); ``cogvx_ext.memory.estimate(setup, latent_shape, batch_size)``
+    ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without a download
+    (``cogvx_ext.memory.setup_from_args(args)`` raises the reason);
+    ``cogvx_ext.memory.estimate(setup, latent_shape, batch_size)``
     gives a step's peak. Raise ``UsageError`` for a run that cannot fit. Not firstresult.
     Built-in: ``aspect_bucket`` (``--bucket_memory_budget``).
 

@@ -280,6 +280,24 @@ def setup_from_args(
     )
 
 
+def add_setup_arguments(parser: Any) -> None:
+    """The training script's flags the estimate depends on (same names and defaults), for tools
+    that take the training command's flags (``cogvx-ext plan``); flags the parser has are kept."""
+    group = parser.add_argument_group("the training script's flags the memory estimate reads")
+    flags = [
+        ("--rank", dict(type=int, default=128)),
+        ("--lora_alpha", dict(type=float, default=128)),
+        ("--mixed_precision", dict(choices=MIXED_PRECISIONS, default=None)),
+        ("--gradient_checkpointing", dict(action="store_true")),
+        ("--optimizer", dict(type=str.lower, choices=OPTIMIZERS, default="adam")),
+        ("--use_8bit_adam", dict(action="store_true")),
+        ("--validation_prompt", dict(default=None)),
+    ]
+    for flag, options in flags:
+        if flag not in parser._option_string_actions:
+            group.add_argument(flag, **options)
+
+
 def setup_for_plugins(pm: Any, args: Any, model: str | None = None) -> TrainingSetup:
     """The run's setup, with what the chosen plugins change: a plugin answering
     ``cogvx_prompt_embeddings`` takes the text encoder off the device (the core moves it to the CPU
@@ -297,9 +315,17 @@ def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model
 
     if "cogvx_memory_check" not in chosen_hooks(pm):
         return
-    setup = setup_for_plugins(pm, args, model)
+    try:
+        setup = setup_for_plugins(pm, args, model)
+    except UsageError:
+        # The configs cannot be had without a download: a plugin that needs them says so itself
+        # (setup_from_args gives the reason); the others go on.
+        setup = None
     pm.hook.cogvx_memory_check(
-        setup=setup, args=args, model=model_info or setup.model, stages=pm.hook.cogvx_stages(args=args)
+        setup=setup,
+        args=args,
+        model=model_info or (setup.model if setup else None),
+        stages=pm.hook.cogvx_stages(args=args),
     )
 
 

@@ -51,16 +51,6 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--train_batch_size", type=int, default=4)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--seed", type=int, default=None)
-    # What the memory estimate (cogvx_ext.memory) depends on.
-    g.add_argument("--rank", type=int, default=128)
-    g.add_argument("--lora_alpha", type=float, default=128)
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument(
-        "--optimizer", type=lambda s: s.lower(), choices=("adam", "adamw", "prodigy"), default="adam"
-    )
-    g.add_argument("--use_8bit_adam", action="store_true")
-    g.add_argument("--validation_prompt", default=None)
     t = parser.add_argument_group("cogvx-ext")
     t.add_argument(
         "--model",

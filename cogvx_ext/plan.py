@@ -481,6 +481,9 @@ def run_plan(argv: list[str]) -> int:
         help="estimate each bucket's peak accelerator memory per training step (cogvx_ext.memory: "
         "fake tensors on the CPU, no GPU and no weights)",
     )
+    from cogvx_ext.memory import add_setup_arguments
+
+    add_setup_arguments(parser)
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)

@@ -260,3 +260,23 @@ def test_plan_memory_table_and_json(tmp_path, capsys):
     by_tokens = sorted(rows, key=lambda r: r["tokens_per_sample"])
     assert [r["memory_bytes"] for r in by_tokens] == sorted(r["memory_bytes"] for r in rows)
     assert report["summary"]["memory"]["peak_bytes"] == max(r["memory_bytes"] for r in rows)
+
+
+@pytest.mark.slow
+def test_a_budget_too_small_stops_the_script_before_any_model_loads(
+    tiny_models, t2v_trainer, train, tmp_path
+):
+    data = write_dataset(tmp_path / "data", [(160, 96, 9)])
+    args = [
+        "--pretrained_model_name_or_path", tiny_models["5b"], "--instance_data_root", data,
+        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+        "--height", 96, "--width", 160, "--max_num_frames", 9, "--train_batch_size", 1, "--max_train_steps", 2,
+        "--output_dir", tmp_path / "out", "--rank", 4, "--lora_alpha", 4,
+        "--plugins", "aspect_bucket,rope_rescale", "--bucket_memory_budget", "1MiB",
+    ]  # fmt: skip
+    result = train(t2v_trainer, args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip()
+    assert line.startswith("cogvx-ext: --bucket_memory_budget 1MiB: bucket ") and len(line.splitlines()) == 1
+    assert "it would fit with" in line
+    assert not (tmp_path / "out").exists()

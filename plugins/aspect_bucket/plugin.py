@@ -437,10 +437,14 @@ class AspectBucket:
     def cogvx_memory_check(self, setup, args: argparse.Namespace, model: ModelInfo, stages) -> None:
         """With --bucket_memory_budget: every shape the run can make must fit at batch 1; the
         largest one that does not is named with what would make it fit (before any model loads)."""
-        settings = self._setup(args, model)
-        if settings.memory_budget is None:
+        if self.settings is None or self.settings.memory_budget is None:
             return
-        from cogvx_ext.memory import advice, estimate
+        from cogvx_ext.memory import advice, estimate, setup_from_args
+
+        if setup is None:
+            setup_from_args(args)  # raises, naming why the model's configs cannot be read
+        model = model or setup.model
+        settings = self._setup(args, model)
 
         self.memory_setup = setup
         budget, margin = settings.memory_budget, settings.memory_margin
