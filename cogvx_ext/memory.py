@@ -244,15 +244,27 @@ def _plain(config: dict) -> dict:
 
 
 def setup_from_args(
-    args: Any, model: str | None = None, text_encoder_on_device: bool = True
+    args: Any,
+    model: str | None = None,
+    text_encoder_on_device: bool = True,
+    transformer_config: dict | None = None,
+    mixed_precision: str | None = None,
 ) -> TrainingSetup:
     """The setup of a run from the training script's flags (an argparse namespace).
 
     ``text_encoder_on_device``: False when a chosen plugin answers every prompt embedding (the core
-    then moves the text encoder to the CPU for the rest of the run).
+    then moves the text encoder to the CPU for the rest of the run). ``transformer_config`` (a
+    loaded model's) and ``mixed_precision`` (the accelerator's) replace what the flags say.
     """
     pretrained = getattr(args, "pretrained_model_name_or_path", None)
-    transformer, text, vae = model_configs(pretrained, model or getattr(args, "model", None))
+    if transformer_config is not None:
+        try:
+            _, text, vae = model_configs(pretrained, model or getattr(args, "model", None))
+        except UsageError:
+            text, vae = dict(RELEASED_T5), {}
+        transformer = dict(transformer_config)
+    else:
+        transformer, text, vae = model_configs(pretrained, model or getattr(args, "model", None))
     optimizer = str(getattr(args, "optimizer", None) or "adamw").lower()
     validation = None
     if getattr(args, "validation_prompt", None):
@@ -272,7 +284,10 @@ def setup_from_args(
         use_8bit_adam=bool(getattr(args, "use_8bit_adam", False)),
         # The script's default (None) leaves it to accelerate, whose launcher exports its choice.
         mixed_precision=str(
-            getattr(args, "mixed_precision", None) or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
+            mixed_precision
+            or getattr(args, "mixed_precision", None)
+            or os.environ.get("ACCELERATE_MIXED_PRECISION")
+            or "no"
         ),
         gradient_checkpointing=bool(getattr(args, "gradient_checkpointing", False)),
         text_encoder_on_device=text_encoder_on_device,
@@ -298,14 +313,14 @@ def add_setup_arguments(parser: Any) -> None:
             group.add_argument(flag, **options)
 
 
-def setup_for_plugins(pm: Any, args: Any, model: str | None = None) -> TrainingSetup:
+def setup_for_plugins(pm: Any, args: Any, model: str | None = None, **overrides: Any) -> TrainingSetup:
     """The run's setup, with what the chosen plugins change: a plugin answering
     ``cogvx_prompt_embeddings`` takes the text encoder off the device (the core moves it to the CPU
-    once every prompt is answered, before the first step)."""
+    once every prompt is answered, before the first step). ``overrides`` go to ``setup_from_args``."""
     from cogvx_ext.manager import chosen_hooks
 
     return setup_from_args(
-        args, model, text_encoder_on_device="cogvx_prompt_embeddings" not in chosen_hooks(pm)
+        args, model, text_encoder_on_device="cogvx_prompt_embeddings" not in chosen_hooks(pm), **overrides
     )
 
 

@@ -280,3 +280,20 @@ def test_a_budget_too_small_stops_the_script_before_any_model_loads(
     assert line.startswith("cogvx-ext: --bucket_memory_budget 1MiB: bucket ") and len(line.splitlines()) == 1
     assert "it would fit with" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_training_logs_the_estimate_and_budget_batches_at_start(tiny_models, t2v_trainer, train, tmp_path):
+    data = write_dataset(tmp_path / "data", [(160, 96, 9), (160, 96, 9), (96, 96, 9)])
+    args = [
+        "--pretrained_model_name_or_path", tiny_models["5b"], "--instance_data_root", data,
+        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+        "--height", 96, "--width", 160, "--max_num_frames", 9, "--train_batch_size", 1, "--max_train_steps", 1,
+        "--output_dir", tmp_path / "out", "--rank", 4, "--lora_alpha", 4,
+        "--plugins", "aspect_bucket,rope_rescale", "--bucket_memory_budget", "8GiB",
+    ]  # fmt: skip
+    result = train(t2v_trainer, args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "estimated peak accelerator memory per step: " in result.stderr
+    # 8 GiB holds many samples of a tiny model: each shape's batch is its clip count.
+    assert "160x96x9 batch 2, estimated peak" in result.stderr
