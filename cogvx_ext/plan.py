@@ -357,6 +357,11 @@ def _memory_lines(report: PlanReport) -> list[str]:
             )
             + "; not counted: allocator reserve and fragmentation, CUDA context, kernel workspaces"
         )
+        stages = memory.get("stage_peak_bytes") or {}
+        if len(stages) > 1:
+            lines.append(
+                "  largest per stage: " + ", ".join(f"{i}: {format_bytes(v)}" for i, v in stages.items())
+            )
     if "budget_bytes" in memory:
         lines.append(
             f"  batch sizes from --bucket_memory_budget {format_bytes(memory['budget_bytes'])} "

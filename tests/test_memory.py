@@ -297,3 +297,34 @@ def test_training_logs_the_estimate_and_budget_batches_at_start(tiny_models, t2v
     assert "estimated peak accelerator memory per step: " in result.stderr
     # 8 GiB holds many samples of a tiny model: each shape's batch is its clip count.
     assert "160x96x9 batch 2, estimated peak" in result.stderr
+
+
+def test_plan_with_stages_and_a_budget_gives_the_small_stage_larger_batches(tmp_path):
+    from cogvx_ext.plan import run_plan
+
+    data = write_dataset(tmp_path / "data", [(256, 144, 9)] * 4)
+    setup = TrainingSetup.build(
+        released_transformer_config("5b"), rank=128, mixed_precision="bf16", gradient_checkpointing=True,
+        text_encoder_on_device=False,
+    )  # fmt: skip
+    model = setup.model
+    large = estimate(setup, model.latent_shape(9, 144, 256), 1).peak
+    budget = int((large + 0.5 * (estimate(setup, model.latent_shape(9, 144, 256), 2).peak - large)) / 0.85)
+    code = run_plan([
+        "--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+        "--model", "5b", "--height", "144", "--width", "256", "--max_num_frames", "9", "--bucket_frames", "max",
+        "--gradient_checkpointing", "--mixed_precision", "bf16", "--rank", "128", "--optimizer", "adamw",
+        "--plugins", "aspect_bucket,rope_rescale,latent_cache,progressive_resize", "--latent_cache_dir",
+        str(tmp_path / "cache"), "--progressive_stages", "96x160:0,144x256:10", "--max_train_steps", "20",
+        "--bucket_memory_budget", str(budget), "--memory", "--json", str(tmp_path / "plan.json"),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "plan.json").read_text())
+    batch = {row["stage"]: row["batch_size"] for row in report["buckets"]}
+    assert batch[1] == 1 and batch[0] > 1
+    memory_summary = report["summary"]["memory"]
+    assert memory_summary["budget_bytes"] == budget and "text encoder on the CPU" in memory_summary["setup"]
+    assert all(row["memory_bytes"] <= budget * 0.85 for row in report["buckets"])
+    for stage in (0, 1):
+        mine = [r["memory_bytes"] for r in report["buckets"] if r["stage"] == stage]
+        assert memory_summary["stage_peak_bytes"][str(stage)] == max(mine)
