@@ -21,6 +21,14 @@ What is measured (issue 7)
     ``--steps`` steps (CUDA-synchronised). Reported: ``torch.cuda.max_memory_allocated`` and
     ``max_memory_reserved`` over the timed steps, the weights' memory, and the median step time.
 
+    Next to each measurement the script prints cogvx-ext's estimate of the same configuration
+    (``cogvx_ext.memory``: fake tensors on the CPU, computed in this parent process): the
+    transformer, LoRA, its gradients and AdamW states, the step's activations; no text encoder or
+    VAE (neither is built here). The forward runs under ``torch.autocast`` (bf16), as the scripts
+    do under ``accelerate launch --mixed_precision bf16``; ``--no_autocast`` runs it in pure bf16
+    (as finetrainers does). On the CPU (``--tiny``) the "measured" column is the peak of the bytes
+    the run's storages hold (``cogvx_ext.memory.LiveStorageCounter`` from the model's creation).
+
     Figures must come from a real device: without CUDA the script stops with one line. ``--tiny``
     runs the same code on the CPU with a tiny 5b-shaped model (``cogvx_ext.testing``) at small
     sizes, as a smoke test of the model building and the step; its numbers mean nothing.
@@ -145,6 +153,18 @@ def stock_rotary(config, height: int, width: int, latent_frames: int, device):
 
 
 def worker(opts) -> int:
+    import contextlib
+
+    counter = contextlib.nullcontext()
+    if opts.tiny:
+        from cogvx_ext.memory import LiveStorageCounter
+
+        counter = LiveStorageCounter()  # the CPU's allocated bytes, counted from the model's creation
+    with counter:
+        return _work(opts, counter)
+
+
+def _work(opts, counter) -> int:
     import torch
 
     device = torch.device("cpu" if opts.tiny else "cuda")
@@ -180,13 +200,14 @@ def worker(opts) -> int:
         target = torch.randn_like(latents)
         timestep = torch.randint(0, 1000, (1,), device=device)
         rotary = None if opts.side == "ours" else stock_rotary(config, height, width, latent[0], device)
-        output = transformer(
-            hidden_states=latents,
-            encoder_hidden_states=text,
-            timestep=timestep,
-            image_rotary_emb=rotary,  # ours: replaced by the forward hook
-            return_dict=False,
-        )[0]
+        with torch.autocast(device.type, dtype=dtype, enabled=opts.autocast):  # accelerate's bf16
+            output = transformer(
+                hidden_states=latents,
+                encoder_hidden_states=text,
+                timestep=timestep,
+                image_rotary_emb=rotary,  # ours: replaced by the forward hook
+                return_dict=False,
+            )[0]
         loss = torch.nn.functional.mse_loss(output.float(), target.float())
         loss.backward()
         optimizer.step()
@@ -219,6 +240,7 @@ def worker(opts) -> int:
         result["max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["max_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     else:
+        result["counted_peak_gib"] = counter.peak / 2**30
         import resource
 
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -244,7 +266,7 @@ def run_one(opts, size: str, side: str) -> dict:
         sys.executable, __file__, "--worker", "--size", size, "--side", side,
         "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--rank", str(opts.rank),
         "--with_plugins", opts.plugins,
-    ] + (["--tiny"] if opts.tiny else [])  # fmt: skip
+    ] + (["--tiny"] if opts.tiny else []) + ([] if opts.autocast else ["--no_autocast"])  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -270,6 +292,12 @@ def main() -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="CPU smoke test with a tiny model (numbers mean nothing)"
     )
+    parser.add_argument(
+        "--no_autocast",
+        dest="autocast",
+        action="store_false",
+        help="pure bf16 forward (finetrainers' way) instead of accelerate's bf16 autocast",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
@@ -293,12 +321,14 @@ def main() -> int:
     sides = [s.strip() for s in opts.sides.split(",") if s.strip()]
     rows = []
     for size in sizes:
+        estimated = estimate_gib(opts, size)
         for side in sides:
             print(f"{size} {side} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(opts, size, side))
+            rows.append({**run_one(opts, size, side), "estimate_gib": estimated})
     report = {
         "benchmark": "gpu_memory",
         "tiny": opts.tiny,
+        "autocast": opts.autocast,
         "rank": opts.rank,
         "plugins": opts.plugins,
         "results": rows,
@@ -311,12 +341,37 @@ def main() -> int:
     return 0 if not any("error" in r and r["error"] != "out of memory" for r in rows) else 1
 
 
+def estimate_gib(opts, size: str) -> float:
+    """cogvx-ext's estimate of the worker's configuration at this size (cogvx_ext.memory)."""
+    from cogvx_ext.memory import TrainingSetup, estimate
+
+    if opts.tiny:
+        from cogvx_ext.testing import tiny_transformer_config
+
+        config = tiny_transformer_config("5b")
+    else:
+        config = dict(REAL_5B_CONFIG)
+    setup = TrainingSetup.build(
+        config,
+        rank=opts.rank,
+        lora_alpha=opts.rank,
+        optimizer="adamw",
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        text_encoder_on_device=False,  # the benchmark builds no text encoder
+        vae_on_device=False,  # nor a VAE
+        autocast=opts.autocast,
+    )
+    frames, height, width = parse_size(size)
+    return estimate(setup, ((frames - 1) // 4 + 1, height // 8, width // 8), 1).peak / 2**30
+
+
 def summary_rows(rows: list[dict], sizes: list[str]) -> list[dict]:
     found = {(r["size"], r["side"]): r for r in rows}
     out = []
     for size in sizes:
         ours, stock = found.get((size, "ours"), {}), found.get((size, "stock"), {})
-        memory_key = "max_allocated_gib" if "max_allocated_gib" in ours else "peak_rss_gib"
+        memory_key = "max_allocated_gib" if "max_allocated_gib" in ours else "counted_peak_gib"
         for label, key in ((f"peak memory {size} (GiB)", memory_key), (f"step time {size} (s)", "step_s")):
             a, b = ours.get(key), stock.get(key)
             out.append(
@@ -338,22 +393,27 @@ def print_table(report: dict) -> None:
     device = next((r["device"] for r in rows if "device" in r), "?")
     print(
         f"CogVideoX-5b{' (TINY, CPU smoke test)' if report['tiny'] else ''} LoRA rank {report['rank']}, "
-        f"batch 1, gradient checkpointing, bf16, on {device}"
+        f"batch 1, gradient checkpointing, bf16 {'autocast' if report['autocast'] else '(no autocast)'}, on {device}"
     )
-    memory = "max alloc GiB" if not report["tiny"] else "peak RSS GiB"
+    # The tiny model's figures are MiB; the real ones GiB.
+    unit, scale = ("MiB", 1024) if report["tiny"] else ("GiB", 1)
+    memory = f"max alloc {unit}" if not report["tiny"] else f"counted {unit}"
     print(
-        f"{'size (FxHxW)':14} {'side':6} {'tokens':>7} {'weights GiB':>11} {memory:>14} {'reserved GiB':>12} "
-        f"{'step s':>8}"
+        f"{'size (FxHxW)':14} {'side':6} {'tokens':>7} {'weights ' + unit:>11} {memory:>14} {'estimate ' + unit:>12} "
+        f"{'est./meas.':>10} {'reserved ' + unit:>12} {'step s':>8}"
     )
     for r in rows:
         if "error" in r:
-            print(f"{r['size']:14} {r['side']:6} {r['error']}")
+            print(
+                f"{r['size']:14} {r['side']:6} {r['error']}  (estimate {r['estimate_gib'] * scale:.2f} {unit})"
+            )
             continue
-        peak = r.get("max_allocated_gib", r.get("peak_rss_gib"))
+        peak = r.get("max_allocated_gib", r.get("counted_peak_gib"))
         reserved = r.get("max_reserved_gib")
         print(
-            f"{r['size']:14} {r['side']:6} {r['tokens']:>7} {r['weights_gib']:11.2f} {peak:14.2f} "
-            f"{'-' if reserved is None else f'{reserved:.2f}':>12} {r['step_s']:8.3f}"
+            f"{r['size']:14} {r['side']:6} {r['tokens']:>7} {r['weights_gib'] * scale:11.2f} {peak * scale:14.2f} "
+            f"{r['estimate_gib'] * scale:12.2f} {r['estimate_gib'] / peak - 1:+10.1%} "
+            f"{'-' if reserved is None else f'{reserved * scale:.2f}':>12} {r['step_s']:8.3f}"
         )
 
 

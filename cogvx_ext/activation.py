@@ -158,6 +158,7 @@ def start_run(
         parse_plugin_list,
         plugins_flag_values,
     )
+    from cogvx_ext.memory import check_before_loading
     from cogvx_ext.model import ModelInfo
 
     choice = parse_plugin_list(
@@ -178,6 +179,7 @@ def start_run(
     run.hook.cogvx_configure(args=run.args)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()
+    check_before_loading(pm, run.args, run.model)
     check_data_source(run.args)  # before the script loads any model (minutes for a real 5b)
     seams.install(run)
     return run

@@ -1,7 +1,8 @@
 """``cogvx-ext plan --chart plan.png``: the plan as a picture.
 
 Top: clips and video tokens per bucket, portrait buckets on the left, landscape on the right
-(ordered by aspect ratio). Bottom left: skipped clips by reason. Bottom right: the stage schedule
+(ordered by aspect ratio); with ``--memory``, each bucket's estimated peak memory against the
+budget. Bottom left: skipped clips by reason. Bottom right: the stage schedule
 when there is one (each stage's steps and tokens per step), else how much of each clip's picture
 the crop cuts away. matplotlib is an optional extra: ``pip install "cogvx-ext[chart]"``.
 """
@@ -59,31 +60,45 @@ def write_chart(report: PlanReport, path: str | os.PathLike) -> Path:
         + (f" (final stage {last_stage})" if last_stage else "")
     )
     if buckets:
-        labels = [f"{b.width}x{b.height}\n{b.frames}f" for b in buckets]
+        with_memory = all(b.memory_bytes is not None for b in buckets)
+        labels = [
+            f"{b.width}x{b.height}\n{b.frames}f" + (f"\n{b.tokens} tok" if with_memory else "")
+            for b in buckets
+        ]
         colours = [
             PORTRAIT if b.height > b.width else LANDSCAPE if b.width > b.height else SQUARE for b in buckets
         ]
-        positions = range(len(buckets))
+        positions = list(range(len(buckets)))
         top.bar(positions, [b.clips for b in buckets], color=colours)
-        top.set_xticks(list(positions), labels, fontsize=8)
+        top.set_xticks(positions, labels, fontsize=8)
         top.set_ylabel("clips")
         top.set_ylim(0, max(b.clips for b in buckets) * 1.3)  # room for the legend
         top.yaxis.get_major_locator().set_params(integer=True)
         top.set_xlabel("bucket (WIDTHxHEIGHT, frames), by aspect ratio: portrait | square | landscape")
-        tokens = top.twinx()
-        tokens.plot(
-            list(positions), [b.tokens for b in buckets], "k.", markersize=9, label="video tokens per sample"
-        )
-        tokens.set_ylabel("video tokens per sample")
+        right_axis = top.twinx()
+        if with_memory:
+            # plan --memory: each bucket's estimated peak at its batch size, against the budget.
+            gib = [b.memory_bytes / 2**30 for b in buckets]
+            right_axis.plot(positions, gib, "kD", markersize=6, label="estimated peak memory (GiB)")
+            budget = (report.memory or {}).get("budget_bytes")
+            if budget:
+                right_axis.axhline(budget / 2**30, color="#c44e52", linestyle="--", label="memory budget")
+            right_axis.set_ylabel("GiB per step (batch as planned)")
+            right_axis.set_ylim(0, max([*gib, (budget or 0) / 2**30]) * 1.3)
+        else:
+            right_axis.plot(
+                positions, [b.tokens for b in buckets], "k.", markersize=9, label="video tokens per sample"
+            )
+            right_axis.set_ylabel("video tokens per sample")
+            right_axis.set_ylim(0, max(b.tokens for b in buckets) * 1.3)
         handles = [matplotlib.patches.Patch(color=c, label=n) for c, n in
                    ((PORTRAIT, "portrait"), (SQUARE, "square"), (LANDSCAPE, "landscape"))]  # fmt: skip
         top.legend(
-            handles=[*handles, *tokens.get_legend_handles_labels()[0]],
+            handles=[*handles, *right_axis.get_legend_handles_labels()[0]],
             loc="upper center",
-            ncols=4,
+            ncols=5,
             fontsize=8,
         )
-        tokens.set_ylim(0, max(b.tokens for b in buckets) * 1.3)
     else:
         top.text(
             0.5, 0.5, "no bucket: no clip can be used", ha="center", va="center", transform=top.transAxes

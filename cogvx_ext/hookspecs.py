@@ -7,6 +7,7 @@ documents each hook with an example; ``tests/test_hooks_documented.py`` keeps th
 Life of a run (T2V and I2V scripts alike)::
 
     get_args()  ── cogvx_add_arguments ─ parse ─ cogvx_configure ─ cogvx_provides/cogvx_requires
+                ─ cogvx_memory_check (only when a chosen plugin implements it)
     main(args)
       Accelerator(...)                      ── cogvx_accelerator_ready
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
     import torch
 
     from cogvx_ext.clips import Clip, Sample, Stage, Target
+    from cogvx_ext.memory import TrainingSetup
     from cogvx_ext.model import ModelInfo
 
 PROJECT = "cogvx_ext"
@@ -92,6 +94,30 @@ def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str
 
     :param args: the parsed arguments.
     :param model: positional facts of the model being trained.
+    """
+
+
+@hookspec
+def cogvx_memory_check(
+    setup: TrainingSetup | None, args: argparse.Namespace, model: ModelInfo | None, stages: list[Stage] | None
+) -> None:
+    """Check, or plan by, the run's accelerator memory before any model is loaded.
+
+    Fires once after ``cogvx_requires`` (training) or ``cogvx_configure`` (``cogvx-ext plan``),
+    and only when a chosen plugin implements it: building ``setup`` reads the model's configs.
+    ``setup`` is a ``cogvx_ext.memory.TrainingSetup`` (the transformer config, LoRA rank,
+    optimizer, precision, gradient checkpointing, validation, and where the text encoder and the
+    VAE live: the text encoder leaves the device when a chosen plugin implements
+    ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without a download
+    (``cogvx_ext.memory.setup_from_args(args)`` raises the reason);
+    ``cogvx_ext.memory.estimate(setup, latent_shape, batch_size)``
+    gives a step's peak. Raise ``UsageError`` for a run that cannot fit. Not firstresult.
+    Built-in: ``aspect_bucket`` (``--bucket_memory_budget``).
+
+    :param setup: the memory-relevant settings of the run.
+    :param args: the parsed arguments.
+    :param model: positional facts of the model (from its config).
+    :param stages: the stage schedule (``cogvx_stages``), or ``None``.
     """
 
 

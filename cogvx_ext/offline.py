@@ -97,4 +97,8 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
                 f"no transformer/config.json under '{args.pretrained_model_name_or_path}': "
                 "give a local model folder or --model NAME"
             )
-    return OfflineRun(pm=pm, args=args, model=model or released_model(args.model or "5b"), plugin_names=names)
+    model = model or released_model(args.model or "5b")
+    from cogvx_ext.memory import check_before_loading
+
+    check_before_loading(pm, args, model, args.model)
+    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)

@@ -22,6 +22,7 @@ from typing import Any
 from cogvx_ext.clips import Sample, VideoInfo
 from cogvx_ext.dataset import latent_shape_key
 from cogvx_ext.errors import UsageError
+from cogvx_ext.memory import format_bytes
 from cogvx_ext.model import ModelInfo
 
 
@@ -53,6 +54,7 @@ class BucketRow:
     batch_size: int
     batches: int  # per epoch (per pass over a stage), all processes, before rounding to the processes
     stage: int | None = None
+    memory_bytes: int | None = None  # estimated peak accelerator memory of a step (plan --memory)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class PlanReport:
     plugins: list[str] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
     total_steps: int | None = None  # optimizer steps of the run (--max_train_steps, or epochs)
+    memory: dict[str, Any] | None = None  # plan --memory: the setup, and the sampler's budget if any
 
     @property
     def ok(self) -> list[ClipPlan]:
@@ -164,6 +167,9 @@ def build_report(
         t = sample.target
         shapes[key] = (t.num_frames, t.height, t.width)
         counts[key] = counts.get(key, 0) + 1
+    budget = getattr(sampler, "memory_budget", None)
+    if budget:
+        report.memory = {"budget_bytes": budget["bytes"], "margin": budget["margin"]}
     if sampler is not None and hasattr(sampler, "buckets"):
         rows = [(b.key, b.clips, b.batch_size, b.batches, getattr(b, "stage", None)) for b in sampler.buckets]
         report.batches_per_epoch = len(sampler)
@@ -295,6 +301,9 @@ def format_report(report: PlanReport) -> str:
         header = ("size", "frames", "latent f,h,w", "clips", "tokens/sample", "batch", "batches/epoch")
         if staged:
             header = ("stage", *header[:-1], "batches/pass")
+        with_memory = any(b.memory_bytes is not None for b in report.buckets)
+        if with_memory:
+            header = (*header, "peak memory")
         rows = [
             (
                 *((str(b.stage),) if staged else ()),
@@ -305,6 +314,7 @@ def format_report(report: PlanReport) -> str:
                 f"{b.tokens}+{report.text_tokens}",
                 str(b.batch_size),
                 str(b.batches),
+                *((format_bytes(b.memory_bytes),) if with_memory else ()),
             )
             for b in report.buckets
         ]
@@ -334,6 +344,8 @@ def format_report(report: PlanReport) -> str:
             f"  batches per epoch: {report.batches_per_epoch}{rounding}; optimizer steps per epoch: "
             f"{report.steps_per_epoch} (gradient accumulation {report.gradient_accumulation_steps})"
         )
+    if report.memory:
+        lines.extend(_memory_lines(report))
     crop = stats([c.crop for c in ok])
     upscale = stats([c.upscale for c in ok])
     if crop:
@@ -365,6 +377,58 @@ def format_report(report: PlanReport) -> str:
 
 def _display_differs(info: VideoInfo) -> bool:
     return bool(info.rotation) or info.sample_aspect != "1:1"
+
+
+def _memory_lines(report: PlanReport) -> list[str]:
+    memory = report.memory
+    lines = []
+    if "setup" in memory:
+        lines.append(f"memory: estimated peak allocated per step; {memory['setup']}")
+        lines.append(
+            f"  largest: {format_bytes(memory['peak_bytes'])}"
+            + (
+                f"; validation pipeline: {format_bytes(memory['validation_peak_bytes'])}"
+                if memory.get("validation_peak_bytes")
+                else ""
+            )
+            + "; not counted: allocator reserve and fragmentation, CUDA context, kernel workspaces"
+        )
+        stages = memory.get("stage_peak_bytes") or {}
+        if len(stages) > 1:
+            lines.append(
+                "  largest per stage: " + ", ".join(f"{i}: {format_bytes(v)}" for i, v in stages.items())
+            )
+    if "budget_bytes" in memory:
+        lines.append(
+            f"  batch sizes from --bucket_memory_budget {format_bytes(memory['budget_bytes'])} "
+            f"with a {memory['margin']:.0%} margin"
+        )
+    return lines
+
+
+def add_memory(report: PlanReport, setup: Any) -> None:
+    """Each bucket row's estimated peak at its batch size (``cogvx_ext.memory.estimate``)."""
+    from dataclasses import replace
+
+    from cogvx_ext.memory import estimate
+
+    rows, peaks, validation = [], [], None
+    for row in report.buckets:
+        found = estimate(setup, row.latent, row.batch_size)
+        rows.append(replace(row, memory_bytes=found.peak))
+        peaks.append(found.peak)
+        validation = found.validation_peak
+    report.buckets = rows
+    report.memory = {
+        **(report.memory or {}),
+        "setup": setup.describe(),
+        "peak_bytes": max(peaks, default=None),
+        "validation_peak_bytes": validation,
+        "stage_peak_bytes": {
+            str(stage): max(r.memory_bytes for r in rows if (r.stage or 0) == stage)
+            for stage in sorted({r.stage or 0 for r in rows})
+        },
+    }
 
 
 def report_to_json(report: PlanReport) -> dict[str, Any]:
@@ -410,6 +474,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
                 "batch_size": b.batch_size,
                 "batches_per_epoch": b.batches,
                 **({"stage": b.stage} if b.stage is not None else {}),
+                **({"memory_bytes": b.memory_bytes} if b.memory_bytes is not None else {}),
             }
             for b in report.buckets
         ],
@@ -439,6 +504,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             "crop": stats([c.crop for c in report.ok]),
             "upscale": stats([c.upscale for c in report.ok]),
             "plugins": report.plugins,
+            **({"memory": report.memory} if report.memory else {}),
         },
     }
 
@@ -462,6 +528,15 @@ def run_plan(argv: list[str]) -> int:
     # The run's length, for a stage schedule's share of the compute (the script's flags and defaults).
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--num_train_epochs", type=int, default=1)
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="estimate each bucket's peak accelerator memory per training step (cogvx_ext.memory: "
+        "fake tensors on the CPU, no GPU and no weights)",
+    )
+    from cogvx_ext.memory import add_setup_arguments
+
+    add_setup_arguments(parser)
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
     args = run.args
     if args.chart:
@@ -471,6 +546,10 @@ def run_plan(argv: list[str]) -> int:
     entries, skipped = read_script_data(args)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
+    if args.memory and report.buckets:
+        from cogvx_ext.memory import setup_for_plugins
+
+        add_memory(report, setup_for_plugins(run.pm, args, args.model))
     if args.json == "-":
         print(json.dumps(report_to_json(report), indent=2))
     else:

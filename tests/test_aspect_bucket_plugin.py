@@ -75,6 +75,7 @@ def test_add_arguments_puts_every_flag_in_its_own_group():
         "--bucket_area", "--buckets", "--bucket_min_side", "--bucket_max_side", "--bucket_max_aspect",
         "--bucket_spacing", "--bucket_max_crop", "--bucket_upscale_limit", "--bucket_crop", "--bucket_frames",
         "--bucket_token_budget", "--bucket_max_batch", "--bucket_remainder", "--bucket_strict", "--bucket_seed",
+        "--bucket_memory_budget", "--bucket_memory_margin",
     }  # fmt: skip
     assert "--bucket_token_budget" in parser.format_help()
     args = parser.parse_args([])

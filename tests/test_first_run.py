@@ -41,6 +41,20 @@ def test_plan_chart_draws_the_buckets(tmp_path):
     assert picture[..., :3].std() > 0.05  # something is drawn
 
 
+@pytest.mark.slow
+def test_plan_chart_shows_memory_against_the_budget(tmp_path, tiny_models):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    data = write_dataset(tmp_path / "data", [(256, 144, 25), (144, 256, 25)])
+    chart = tmp_path / "memory.png"
+    result = cogvx_ext("plan", "--instance_data_root", data, *PLAN, "--pretrained_model_name_or_path",
+                       tiny_models["5b"], "--memory", "--bucket_memory_budget", "1GiB", "--chart", chart)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "peak memory" in result.stdout and f"chart drawn in {chart}" in result.stdout
+    assert imread(chart).shape[:2] == (750, 1200)
+
+
 def test_plan_chart_without_matplotlib_says_how_to_get_it(tmp_path):
     data = write_dataset(tmp_path / "data", [(256, 144, 25)])
     result = cogvx_ext("plan", "--instance_data_root", data, *PLAN, "--chart", tmp_path / "plan.png",

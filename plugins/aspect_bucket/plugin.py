@@ -33,6 +33,7 @@ from cogvx_ext import hookimpl
 from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
 from cogvx_ext.dataset import latent_shape_key
 from cogvx_ext.errors import SkipClip, UsageError
+from cogvx_ext.memory import DEFAULT_MARGIN, format_bytes, parse_bytes
 from cogvx_ext.model import VAE_SPATIAL, ModelInfo
 from cogvx_ext.sampling import SamplerResume
 from cogvx_ext.stages import (
@@ -82,6 +83,8 @@ class BucketSettings:
     crop_position: str
     frames_spec: str
     token_budget: int | None
+    memory_budget: int | None
+    memory_margin: float
     max_batch: int | None
     remainder: str
     strict: bool
@@ -115,6 +118,7 @@ class AspectBucket:
         self.resume = SamplerResume()  # the sampler's position across checkpoints
         self._stage_buckets: dict[Stage, tuple[Bucket, ...]] = {}
         self._stage_frames: dict[int | None, list[int]] = {}
+        self.memory_setup = None  # cogvx_ext.memory.TrainingSetup, with --bucket_memory_budget
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -199,6 +203,21 @@ class AspectBucket:
             "for every shape)",
         )
         group.add_argument(
+            "--bucket_memory_budget",
+            type=str,
+            default=None,
+            help="accelerator memory per process, e.g. 24GiB or 80GB: each shape gets the largest batch "
+            "whose estimated peak (cogvx_ext.memory) stays within it less --bucket_memory_margin; a shape "
+            "that does not fit at batch 1 stops the run before any model loads, saying what would fit",
+        )
+        group.add_argument(
+            "--bucket_memory_margin",
+            type=float,
+            default=DEFAULT_MARGIN,
+            help="fraction of --bucket_memory_budget kept free for what the estimate leaves out: the "
+            f"allocator's reserve, the CUDA context, kernels' workspaces (default: {DEFAULT_MARGIN})",
+        )
+        group.add_argument(
             "--bucket_max_batch",
             type=int,
             default=None,
@@ -260,6 +279,17 @@ class AspectBucket:
         ):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, not {value}")
+        memory_budget = None
+        if args.bucket_memory_budget is not None:
+            if args.bucket_token_budget is not None:
+                raise UsageError(
+                    "--bucket_memory_budget and --bucket_token_budget both size batches: give one"
+                )
+            memory_budget = parse_bytes(args.bucket_memory_budget)
+        if not 0 <= args.bucket_memory_margin < 1:
+            raise UsageError(
+                f"--bucket_memory_margin is a fraction of the budget, from 0 to below 1, not {args.bucket_memory_margin}"
+            )
         check_frames_spec(args.bucket_frames)
         # The script's --video_reshape_mode (center/random/none) is where the crop sits, unless
         # --bucket_crop says otherwise.
@@ -309,6 +339,8 @@ class AspectBucket:
             crop_position=crop_position,
             frames_spec=args.bucket_frames,
             token_budget=args.bucket_token_budget,
+            memory_budget=memory_budget,
+            memory_margin=args.bucket_memory_margin,
             max_batch=args.bucket_max_batch,
             remainder=args.bucket_remainder,
             strict=bool(args.bucket_strict),
@@ -416,6 +448,61 @@ class AspectBucket:
             needs.append(("learned_posemb", "add posemb_adapt to --plugins"))
         return needs
 
+    @hookimpl
+    def cogvx_memory_check(self, setup, args: argparse.Namespace, model: ModelInfo, stages) -> None:
+        """With --bucket_memory_budget: every shape the run can make must fit at batch 1; the
+        largest one that does not is named with what would make it fit (before any model loads)."""
+        if self.settings is None or self.settings.memory_budget is None:
+            return
+        from cogvx_ext.memory import advice, estimate, setup_from_args
+
+        if setup is None:
+            setup_from_args(args)  # raises, naming why the model's configs cannot be read
+        model = model or setup.model
+        settings = self._setup(args, model)
+
+        self.memory_setup = setup
+        budget, margin = settings.memory_budget, settings.memory_margin
+        allowed = budget * (1 - margin)
+        candidates = []  # (tokens, latent, label)
+        groups = (
+            [(f"stage {i} ({stage.label}) ", self.buckets_for_stage(i, stage, model), self.frames_for_stage(args, model, stage.frames))
+             for i, stage in enumerate(stages)]
+            if stages
+            else [("", settings.buckets, self.frame_counts)]
+        )  # fmt: skip
+        for where, buckets, frames in groups:
+            for height, width in buckets:
+                for count in frames:
+                    latent = model.latent_shape(count, height, width)
+                    candidates.append((model.tokens(latent), latent, f"{where}{width}x{height}x{count}"))
+        # Memory grows with a sample's tokens: sorted by them, the shapes that do not fit come
+        # first; a binary search finds where they end with a few estimates.
+        candidates.sort(key=lambda c: -c[0])
+        low, high = 0, len(candidates)
+        while low < high:
+            middle = (low + high) // 2
+            if estimate(setup, candidates[middle][1], 1).peak <= allowed:
+                high = middle
+            else:
+                low = middle + 1
+        over = candidates[:low]
+        if over:
+            _, latent, label = over[0]
+            peak = estimate(setup, latent, 1).peak
+            raise UsageError(
+                f"--bucket_memory_budget {args.bucket_memory_budget}: bucket {label} needs about "
+                f"{format_bytes(peak)} at batch 1, over the {format_bytes(int(allowed))} the budget allows "
+                f"with a {margin:.0%} margin ({len(over)} shape(s) too large; {setup.describe()}); it would fit "
+                f"with {advice(setup, latent, budget, margin)}"
+            )
+        logger.info(
+            "aspect_bucket: memory budget %s (%s usable): every shape fits at batch 1 (%s)",
+            format_bytes(budget),
+            format_bytes(int(allowed)),
+            setup.describe(),
+        )
+
     # -- data ----------------------------------------------------------------------------------
 
     @hookimpl
@@ -521,6 +608,9 @@ class AspectBucket:
             if len(sampler) == 0:
                 raise UsageError(DROP_LEAVES_NOTHING)
         self.sampler = sampler
+        if settings.memory_budget is not None:
+            # For reports (cogvx-ext plan): what the batch sizes were chosen against.
+            sampler.memory_budget = {"bytes": settings.memory_budget, "margin": settings.memory_margin}
         self.resume.attach(sampler, self._gradient_accumulation_steps)
         logger.info(
             "aspect_bucket: %d samples in %d shapes, %d batches per epoch over %d process(es)",
@@ -534,6 +624,8 @@ class AspectBucket:
     def _batch_sizes(
         self, counts: dict[tuple[int, int, int], int], token_budget: int | None, batch_size: int, model
     ) -> dict[tuple[int, int, int], int]:
+        if self.settings.memory_budget is not None and self.memory_setup is not None:
+            return self._memory_batch_sizes(counts)
         if token_budget:
             sizes = batch_sizes_for_budget(
                 list(counts), token_budget, model, self.settings.max_batch, text_tokens=model.text_tokens
@@ -541,6 +633,27 @@ class AspectBucket:
             # A budget is a ceiling: no batch holds more copies than its bucket has clips.
             return {key: min(size, counts[key]) for key, size in sizes.items()}
         return {key: max(1, int(batch_size)) for key in counts}
+
+    def _memory_batch_sizes(self, counts: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
+        """Per shape, the largest batch within the memory budget (at most its clips, --bucket_max_batch)."""
+        from cogvx_ext.memory import estimate, largest_batch
+
+        settings, setup = self.settings, self.memory_setup
+        sizes = {}
+        for key in sorted(counts, key=lambda k: -self.model.tokens(k)):
+            size = largest_batch(setup, key, settings.memory_budget, settings.memory_margin)
+            size = max(1, min(size, counts[key], settings.max_batch or size))
+            sizes[key] = size
+            frames, height, width = self._shapes.get(key, (None, None, None))
+            logger.info(
+                "aspect_bucket: %sx%sx%s batch %d, estimated peak %s",
+                width,
+                height,
+                frames,
+                size,
+                format_bytes(estimate(setup, key, size).peak),
+            )
+        return sizes
 
     def _staged_sampler(
         self,
