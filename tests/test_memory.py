@@ -315,7 +315,7 @@ def test_plan_with_stages_and_a_budget_gives_the_small_stage_larger_batches(tmp_
         "--model", "5b", "--height", "144", "--width", "256", "--max_num_frames", "9", "--bucket_frames", "max",
         "--gradient_checkpointing", "--mixed_precision", "bf16", "--rank", "128", "--optimizer", "adamw",
         "--plugins", "aspect_bucket,rope_rescale,latent_cache,progressive_resize", "--latent_cache_dir",
-        str(tmp_path / "cache"), "--progressive_stages", "96x160:0,144x256:10", "--max_train_steps", "20",
+        str(tmp_path / "cache"), "--progressive_stages", "160x96:0,256x144:10", "--max_train_steps", "20",
         "--bucket_memory_budget", str(budget), "--memory", "--json", str(tmp_path / "plan.json"),
     ])  # fmt: skip
     assert code == 0
