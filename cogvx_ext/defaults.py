@@ -75,6 +75,17 @@ class CoreDefaults:
         )
 
     @hookimpl(trylast=True)
+    def cogvx_rotary_embedding(self, model: ModelInfo, latent_shape: tuple[int, int, int], device):
+        """What the diffusers pipeline computes at this latent shape, when no plugin answers.
+
+        The seam has already taken the script's own embedding away (it is computed from
+        ``--height/--width``, not from the batch), so a plugin returning ``None`` must still
+        leave the model with a batch-correct embedding, never with none."""
+        from cogvx_ext.rope import default_rotary_embedding
+
+        return default_rotary_embedding(model, latent_shape, device)
+
+    @hookimpl(trylast=True)
     def cogvx_batch_sampler(self, samples: list[Sample], model: ModelInfo, stages: list[Stage] | None):
         """No sampler of our own while every sample has one shape; refuse to mix shapes silently.
 

@@ -286,8 +286,10 @@ def cogvx_rotary_embedding(
 
     Fires before every forward of a model that uses RoPE, after ``cogvx_transformer_forward``,
     with the shape of the tensor that actually reaches the transformer (accelerate fetches
-    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``; with
-    no implementation the caller's embedding is kept. Stops at first non-None result.
+    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``. Return
+    ``None`` when your option is off: the core's default (trylast) then answers with the diffusers
+    pipeline's embedding at this latent shape, so a forward never goes without RoPE (the script's
+    own embedding, from ``--height/--width``, was skipped). Stops at first non-None result.
 
     :param model: positional facts of the model.
     :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.

@@ -336,3 +336,16 @@ def test_latent_cache_second_launch_decodes_and_encodes_nothing(tiny_models, t2v
     for result in (cold, warm):  # every prompt is at hand after the first pass: T5 leaves the device
         assert "prompt embeddings are at hand; the text encoder stays on the CPU" in result.stderr
     assert (tmp_path / "cache" / "prompts").is_dir()
+
+
+def test_a_rope_plugin_answering_none_leaves_the_default_rope(tiny_models, t2v_trainer, train, tmp_path):
+    # The seam has taken the script's RoPE away; a None answer must mean the batch's default, never none.
+    data = mixed_dataset(tmp_path / "data", MIXED[:3])
+    record = tmp_path / "events"
+    rope_off = f"{HERE / 'plugins' / 'rope_off.py'}:RopeOff"
+    args = script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", f"{RECORDER},aspect_bucket,{rope_off}",
+                       "--recorder_out", record, steps=3)  # fmt: skip
+    ok(train(t2v_trainer, args))
+    outputs = [e for e in by_event(events_of(record), "transformer_output") if e["grad"]]
+    assert len(outputs) == 3 and len({tuple(e["input_shape"]) for e in outputs}) > 1
+    assert all(e.get("rope_equals_pipeline") for e in outputs)
