@@ -3,6 +3,8 @@ on real parts (tiny transformers, real files), whoever the plugin is."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
@@ -43,3 +45,15 @@ def test_none_from_every_rope_plugin_means_the_default_rope_of_the_batch(kind):
                         timestep=torch.tensor([500]), image_rotary_emb=None, return_dict=False)  # fmt: skip
         expected = rope.rotary_embedding(model, (2, height, width), "cpu", mode="pipeline")
         assert seen[-1] is not None and all(torch.equal(a, b) for a, b in zip(seen[-1], expected))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
+    from cogvx_ext.io import write_json_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "a" / "state.json", {"x": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a" / "state.json").stat().st_mode & 0o777 == mode

@@ -349,3 +349,21 @@ def test_a_rope_plugin_answering_none_leaves_the_default_rope(tiny_models, t2v_t
     outputs = [e for e in by_event(events_of(record), "transformer_output") if e["grad"]]
     assert len(outputs) == 3 and len({tuple(e["input_shape"]) for e in outputs}) > 1
     assert all(e.get("rope_equals_pipeline") for e in outputs)
+
+
+def test_files_the_run_writes_are_readable_by_teammates(tiny_models, t2v_trainer, train, tmp_path):
+    # umask 022: a shared latent cache, the LoRA folder's record and the checkpoint's plugin state
+    # must be 0644 like every other file the run writes, not mkstemp's private 0600.
+    data = mixed_dataset(tmp_path / "data", MIXED[:2])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = script_args(tiny_models["5b"], data, out, "--plugins", "aspect_bucket,rope_rescale,latent_cache",
+                       "--latent_cache_dir", cache, "--checkpointing_steps", 2, steps=2)  # fmt: skip
+    previous = os.umask(0o022)
+    try:
+        ok(train(t2v_trainer, args))
+    finally:
+        os.umask(previous)
+    entries = [p for p in cache.rglob("*") if p.is_file()]
+    written = [*entries, out / "cogvx_ext.json", out / "checkpoint-2" / "cogvx_ext_state.json"]
+    assert entries and all(p.is_file() for p in written)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
