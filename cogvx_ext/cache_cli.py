@@ -23,7 +23,7 @@ from typing import Any
 
 from cogvx_ext.errors import SkipClip, UsageError
 
-DEFAULT_PLUGINS = "aspect_bucket,latent_cache"
+DEFAULT_PLUGINS = "aspect_bucket,rope_rescale,latent_cache"
 USAGE = """usage: cogvx-ext cache {fill,prune} [flags]
 
   fill   encode every sample of a dataset into the latent cache ahead of training

@@ -93,12 +93,16 @@ def plan_samples(
 ) -> tuple[list[Sample], list[Skipped]]:
     """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`.
 
+    Every target is checked as it arrives and the run's needs are checked against the targets'
+    shapes (cogvx_ext.contracts): a violation is a UsageError, before anything is decoded.
+
     With a stage schedule (``cogvx_stages``) the samples are ordered stage by stage, so they are
     encoded (and their progress shown) one stage after the other.
     """
     from tqdm.auto import tqdm
 
     from cogvx_ext.clips import STAGE_TAG
+    from cogvx_ext.contracts import check_clip_targets, check_data_requirements
     from cogvx_ext.video import probe
 
     stages = hook.cogvx_stages(args=args)
@@ -107,14 +111,17 @@ def plan_samples(
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
         try:
             clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=probe(entry.path))
-            targets = hook.cogvx_clip_targets(clip=clip, args=args, model=model, stages=stages)
+            asked = dict(clip=clip, args=args, model=model, stages=stages)
+            targets = hook.cogvx_clip_targets(**asked)
         except SkipClip as exc:
             skipped.append(Skipped(entry.path, str(exc)))
             continue
         if not targets:
             skipped.append(Skipped(entry.path, "no plugin produced a training target for it"))
             continue
+        check_clip_targets(hook.cogvx_clip_targets, asked, targets, clip, model)
         samples.extend(Sample(clip, target) for target in targets)
+    check_data_requirements(hook, samples, args, model)
     if stages:
         samples.sort(key=lambda s: int(s.target.tag(STAGE_TAG) or 0))  # stable: clip order within a stage
     return samples, skipped

@@ -63,12 +63,16 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--num_processes", type=int, default=1, help="training processes (steps per epoch depend on it)"
     )
     t.add_argument(
-        "--plugins", action="append", default=None, help="plugins, as for training (default: aspect_bucket)"
+        "--plugins",
+        action="append",
+        default=None,
+        help="plugins, as for training (default: aspect_bucket,rope_rescale)",
     )
     return parser
 
 
 def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_plugins: str) -> OfflineRun:
+    from cogvx_ext.contracts import check_requirements
     from cogvx_ext.manager import (
         ENV_PLUGINS,
         load_plugins,
@@ -93,4 +97,6 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
                 f"no transformer/config.json under '{args.pretrained_model_name_or_path}': "
                 "give a local model folder or --model NAME"
             )
-    return OfflineRun(pm=pm, args=args, model=model or released_model(args.model or "5b"), plugin_names=names)
+    model = model or released_model(args.model or "5b")
+    check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
+    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)

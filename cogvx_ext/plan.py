@@ -414,7 +414,7 @@ def run_plan(argv: list[str]) -> int:
     # The run's length, for a stage schedule's share of the compute (the script's flags and defaults).
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--num_train_epochs", type=int, default=1)
-    run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
+    run = start_offline_run(parser, argv, default_plugins="aspect_bucket,rope_rescale")
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())

@@ -8,12 +8,17 @@ import os
 import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
+from tests_support import HERE
 
 from cogvx_ext import hookimpl, rope
+from cogvx_ext.clips import Clip, Target, VideoInfo
+from cogvx_ext.contracts import target_problem
+from cogvx_ext.errors import UsageError
 from cogvx_ext.forward import install_forward_hooks
 from cogvx_ext.manager import make_plugin_manager
-from cogvx_ext.model import ModelInfo
-from cogvx_ext.testing import tiny_transformer_config
+from cogvx_ext.model import ModelInfo, released_model
+from cogvx_ext.plan import run_plan
+from cogvx_ext.testing import tiny_transformer_config, write_dataset
 
 TEXT_LEN = 16
 
@@ -57,3 +62,82 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert (tmp_path / "a" / "state.json").stat().st_mode & 0o777 == mode
+
+
+# ---- targets: checked as a plugin returns them, before anything is decoded ----------------------
+
+BAD_TARGETS = f"{HERE / 'plugins' / 'bad_targets.py'}:BadTargets"
+RULES = {
+    "size": "width 168 is not a multiple of 16 (VAE 8 x patch 2)",
+    "frames": "8 frames: the VAE takes 4k+1 frames",
+    "crop": "is not inside the 256x144 source",
+}
+
+
+def target_of(**changes) -> Target:
+    fields = dict(height=96, width=160, frame_indices=tuple(range(9)), crop=(0, 0, 144, 256))
+    return Target(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, rule",
+    [
+        ({}, None),
+        ({"height": 0}, "height must be a positive whole number"),
+        ({"width": 100}, "width 100 is not a multiple of 16"),
+        ({"frame_indices": tuple(range(8))}, "8 frames: the VAE takes 4k+1 frames"),
+        ({"frame_indices": ()}, "0 frames"),
+        ({"crop": (0, 0, 145, 256)}, "not inside the 256x144 source"),
+        ({"crop": (0, -1, 144, 256)}, "not inside the 256x144 source"),
+        ({"crop": (0, 0, 144, 0)}, "not inside the 256x144 source"),
+    ],
+)
+def test_target_rules(changes, rule):
+    clip = Clip(
+        index=0, path="a.mp4", prompt="p", info=VideoInfo(width=256, height=144, num_frames=17, fps=8.0)
+    )
+    problem = target_problem(target_of(**changes), clip, released_model("5b"))
+    assert problem == rule if rule is None else rule in problem
+
+
+def plan_flags(data, *extra, model="5b"):
+    return ["--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+            "--height", "96", "--width", "160", "--max_num_frames", "9", "--model", model, *map(str, extra)]  # fmt: skip
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_plan_stops_at_a_bad_target_naming_plugin_clip_and_rule(tmp_path, rule):
+    data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)])
+    with pytest.raises(UsageError) as info:
+        run_plan(plan_flags(data, "--plugins", f"{BAD_TARGETS},rope_rescale", "--bad_target", rule))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"plugin 'bad_targets:BadTargets' gave {data / 'videos' / 'clip_000_256x144x17.mp4'} a target"
+    )
+    assert RULES[rule] in message
+
+
+def test_requirements_follow_the_data_not_plugin_names(tmp_path, capsys):
+    # Portrait targets on a landscape run, from a plugin that declares nothing: RoPE from
+    # --height/--width would be transposed, so the run needs a RoPE that follows the batch.
+    data = write_dataset(tmp_path / "data", [(256, 144, 17)])
+    with pytest.raises(UsageError) as info:
+        run_plan(plan_flags(data, "--plugins", BAD_TARGETS, "--bad_target", "transposed"))
+    assert "5b model:" in str(info.value) and "trains at 96x160x9, not --width x --height 160x96" in str(
+        info.value
+    )
+    assert "add rope_rescale" in str(info.value)
+    assert (
+        run_plan(plan_flags(data, "--plugins", f"{BAD_TARGETS},rope_rescale", "--bad_target", "transposed"))
+        == 0
+    )
+    # 2b regenerates its sin-cos table per shape: nothing is needed.
+    assert run_plan(plan_flags(data, "--plugins", BAD_TARGETS, "--bad_target", "transposed", model="2b")) == 0
+    # 5b-I2V adds a learned table made for one size.
+    with pytest.raises(UsageError, match="add posemb_adapt"):
+        run_plan(
+            plan_flags(
+                data, "--plugins", f"{BAD_TARGETS},rope_rescale", "--bad_target", "transposed", model="5b-I2V"
+            )
+        )

@@ -367,3 +367,52 @@ def test_files_the_run_writes_are_readable_by_teammates(tiny_models, t2v_trainer
     written = [*entries, out / "cogvx_ext.json", out / "checkpoint-2" / "cogvx_ext_state.json"]
     assert entries and all(p.is_file() for p in written)
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+
+
+BAD_TARGETS = f"{HERE / 'plugins' / 'bad_targets.py'}:BadTargets"
+
+
+@pytest.mark.parametrize(
+    "plugins, rule, message",
+    [
+        (
+            f"{BAD_TARGETS},rope_rescale",
+            "size",
+            "a target that cannot train: width 168 is not a multiple of 16",
+        ),
+        (f"{BAD_TARGETS},rope_rescale", "frames", "a target that cannot train: 8 frames: the VAE takes 4k+1"),
+        (BAD_TARGETS, "transposed", "trains at 96x160x9, not --width x --height 160x96: add rope_rescale"),
+    ],
+)
+def test_a_bad_target_stops_the_run_before_anything_is_decoded(
+    tiny_models, t2v_trainer, train, tmp_path, plugins, rule, message
+):
+    data = mixed_dataset(tmp_path / "data", MIXED[:2])
+    record = tmp_path / "events"
+    args = script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", f"{RECORDER},{plugins}",
+                       "--recorder_out", record, "--bad_target", rule, steps=2)  # fmt: skip
+    result = train(t2v_trainer, args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cogvx-ext: ") and message in last and "Traceback" not in result.stderr
+    if rule != "transposed":
+        assert "plugin 'bad_targets:BadTargets' gave " in last
+    assert not by_event(events_of(record), "load_pixels")
+
+
+def test_plan_and_training_give_the_same_verdict_on_a_1_5_schedule(tiny_models, t2v_trainer, train, tmp_path):
+    from cogvx_ext.errors import UsageError
+    from cogvx_ext.plan import run_plan
+
+    data = mixed_dataset(tmp_path / "data", MIXED[:2])
+    flags = [
+        "--plugins",
+        "aspect_bucket,rope_rescale,progressive_resize",
+        "--progressive_stages",
+        "160x160:0:frames=9",
+    ]
+    with pytest.raises(UsageError) as info:
+        run_plan([*map(str, script_args(tiny_models["1.5-5B"], data, tmp_path / "plan")[:16]), *flags])
+    assert "cannot take 9 frames" in str(info.value)
+    result = train(t2v_trainer, script_args(tiny_models["1.5-5B"], data, tmp_path / "out", *flags, steps=2))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"cogvx-ext: {info.value}"
