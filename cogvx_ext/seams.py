@@ -228,28 +228,22 @@ def _log_with_step_end(run, accelerator, real_log):
 
 def _save_plugin_state(run, models, weights, output_dir):
     from cogvx_ext.io import write_json_atomic
+    from cogvx_ext.state import collect_states
 
     match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
-    step = int(match.group(1)) if match else None
-    states = {}
-    # Called one plugin at a time (not through the relay) to keep each state under its plugin's name.
-    for impl in run.hook.cogvx_state_dict.get_hookimpls():
-        state = impl.function(**({"step": step} if "step" in impl.argnames else {}))
-        if state is not None:
-            states[impl.plugin_name] = state
+    states = collect_states(run.pm, int(match.group(1)) if match else None)
     if states:
         write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states})
 
 
 def _load_plugin_state(run, models, input_dir):
+    from cogvx_ext.state import restore_states
+
     path = os.path.join(input_dir, STATE_FILE)
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        states = json.load(f).get("plugins", {})
-    for impl in run.hook.cogvx_load_state_dict.get_hookimpls():
-        if impl.plugin_name in states:
-            impl.function(**({"state": states[impl.plugin_name]} if impl.argnames else {}))
+        restore_states(run.pm, json.load(f).get("plugins", {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,3 +141,65 @@ def test_requirements_follow_the_data_not_plugin_names(tmp_path, capsys):
                 data, "--plugins", f"{BAD_TARGETS},rope_rescale", "--bad_target", "transposed", model="5b-I2V"
             )
         )
+
+
+# ---- plugin state: through the plugin manager, keyed by what the plugin is ----------------------
+
+
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    @hookimpl
+    def cogvx_state_dict(self, step):
+        return {"count": self.count, "step": step}
+
+    @hookimpl
+    def cogvx_load_state_dict(self, state):
+        self.count = state["count"]
+
+
+class Quiet:
+    @hookimpl
+    def cogvx_state_dict(self):
+        return None
+
+
+class Audit:
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl(wrapper=True)
+    def cogvx_state_dict(self):
+        states = yield
+        self.seen.append(states)
+        return [{**s, "audited": True} for s in states]
+
+
+def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeypatch):
+    from cogvx_ext.state import collect_states, restore_states
+
+    monkeypatch.setenv("COGVX_EXT_TRACE", "1")
+    pm = make_plugin_manager()
+    counter, audit = Counter(), Audit()
+    counter.count = 7
+    pm.register(counter, name="whatever it was called")
+    pm.register(Quiet(), name="quiet")
+    pm.register(audit, name="audit")
+    states = collect_states(pm, step=3)
+    identity = f"{__name__}:Counter"
+    assert states == {identity: {"count": 7, "step": 3, "audited": True}}
+    assert audit.seen == [[], [{"count": 7, "step": 3}]] or audit.seen == [[{"count": 7, "step": 3}], []]
+    assert "cogvx_state_dict" in capsys.readouterr().err  # tracing sees the calls
+
+    again = make_plugin_manager()
+    fresh = Counter()
+    again.register(fresh, name="another name")
+    assert restore_states(again, states) == [identity]
+    assert fresh.count == 7
+    # A checkpoint from before identities: found under the registered name.
+    older = make_plugin_manager()
+    old = Counter()
+    older.register(old, name="counter")
+    restore_states(older, {"counter": {"count": 2}})
+    assert old.count == 2

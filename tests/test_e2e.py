@@ -106,7 +106,7 @@ def test_every_hook_fires_in_a_bucketed_t2v_run(tiny_models, t2v_trainer, train,
     # Checkpoints carry the plugins' state; the LoRA carries what inference needs.
     state = json.loads((out / "checkpoint-2" / "cogvx_ext_state.json").read_text())["plugins"]
     assert state["recorder:Recorder"] == {"steps_seen": 1}
-    assert state["aspect_bucket"]["global_step"] == 2
+    assert state["cogvx_ext_plugins.aspect_bucket.plugin:AspectBucket"]["global_step"] == 2
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     meta = json.loads((out / "cogvx_ext.json").read_text())
     assert meta["plugins"] == ["recorder:Recorder", "aspect_bucket", "rope_rescale"]
@@ -416,3 +416,39 @@ def test_plan_and_training_give_the_same_verdict_on_a_1_5_schedule(tiny_models, 
     assert "cannot take 9 frames" in str(info.value)
     result = train(t2v_trainer, script_args(tiny_models["1.5-5B"], data, tmp_path / "out", *flags, steps=2))
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"cogvx-ext: {info.value}"
+
+
+ASPECT_BUCKET_BY_CLASS = "cogvx_ext_plugins.aspect_bucket:AspectBucket"
+
+
+@pytest.mark.parametrize("resume_name", ["aspect_bucket", ASPECT_BUCKET_BY_CLASS])
+def test_resume_with_gradient_accumulation_continues_at_the_exact_batch(
+    tiny_models, t2v_trainer, train, tmp_path, resume_name
+):
+    # 5 one-clip buckets, accumulation 2: 3 optimizer steps an epoch, the third takes one batch.
+    # Checkpoint at step 2 (4 batches taken); the resumed run must take batch 5, then epoch 1.
+    # It is resumed under another name for the same plugin: its state must be found all the same.
+    data = mixed_dataset(tmp_path / "data")
+
+    def launch(out, name, *extra, steps):
+        # A plugin that wraps the state hooks must not break the checkpoint.
+        wrapper = f"{HERE / 'plugins' / 'state_wrapper.py'}:StateWrapper"
+        plugins = [
+            "--plugins",
+            f"{RECORDER},{name},rope_rescale,{wrapper}",
+            "--gradient_accumulation_steps",
+            2,
+        ]
+        return ok(
+            train(t2v_trainer, script_args(tiny_models["5b"], data, out, *plugins, *extra, steps=steps))
+        )
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    launch(whole, "aspect_bucket", "--recorder_out", whole / "ev", steps=5)
+    launch(part, "aspect_bucket", "--recorder_out", part / "ev1", "--checkpointing_steps", 2, steps=2)
+    launch(part, resume_name, "--recorder_out", part / "ev2", "--resume_from_checkpoint", "latest", steps=5)
+    expected = training_shapes(events_of(whole / "ev"))
+    first, second = training_shapes(events_of(part / "ev1")), training_shapes(events_of(part / "ev2"))
+    assert len(expected) == 9 and len(first) == 4  # 3 + 3 + ... micro-batches: 5 + 4
+    assert first + second == expected
+    assert by_event(events_of(part / "ev2"), "load_state_dict")  # the recorder's state came back too

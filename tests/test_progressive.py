@@ -616,7 +616,11 @@ def test_resume_inside_stage_1_and_stage_2(tiny_models, t2v_trainer, train, tmp_
         ok(train(t2v_trainer, script_args(tiny_models["5b"], data, part, *second)))
         assert training_shapes(part / "ev1") + training_shapes(part / "ev2") == expected, stop
         state = json.loads((part / f"checkpoint-{stop}" / "cogvx_ext_state.json").read_text())["plugins"]
-        owner = "aspect_bucket" if "aspect_bucket" in plugins else "progressive_resize"
+        owner = (  # states are kept under what the plugin is, whatever it was called
+            "cogvx_ext_plugins.aspect_bucket.plugin:AspectBucket"
+            if "aspect_bucket" in plugins
+            else "cogvx_ext_plugins.progressive_resize:ProgressiveResize"
+        )
         assert state[owner]["sampler"]["stage"] == (0 if stop < 3 else 1)
 
 
