@@ -4,7 +4,8 @@ Nothing here knows the training scripts; ``cogvx_ext.seams`` puts a script-shape
 
 * The listing is read like the scripts read it (``--instance_data_root`` with line-separated
   caption and video files), but a problem line is reported and skipped, not fatal.
-* Every clip is probed (header only) and turned into samples by ``cogvx_clip_targets``.
+* Every clip is probed (``cogvx_probe``: the header only, or a cache) and turned into samples by
+  ``cogvx_clip_targets``.
 * Encoding streams: one clip is decoded, straight to its target size, encoded and dropped before
   the next, so peak memory does not grow with the number of clips. Each rank encodes its share
   and the posteriors are then exchanged with their real shapes (the stock T2V script's exchange
@@ -110,7 +111,10 @@ def plan_samples(
     skipped: list[Skipped] = []
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
         try:
-            clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=probe(entry.path))
+            info = hook.cogvx_probe(path=entry.path, args=args)
+            if info is None:  # a hook relay made without the core's defaults (cogvx_ext.defaults)
+                info = probe(entry.path)
+            clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=info)
             asked = dict(clip=clip, args=args, model=model, stages=stages)
             targets = hook.cogvx_clip_targets(**asked)
         except SkipClip as exc:
@@ -204,7 +208,7 @@ def encode_samples(
                 raise RuntimeError(f"no plugin encoded {samples[i].clip.path}")
             results[i] = _to_cpu_posteriors(encoded)
     if world > 1:
-        _share(results, world, device=_vae_device(vae), dtype=vae.dtype)
+        _share(results, world, device=vae_device(vae), dtype=vae.dtype)
     return results, failed
 
 
@@ -216,7 +220,7 @@ def _to_cpu_posteriors(encoded: Any) -> Any:
     return LatentPosterior.from_distribution(encoded)
 
 
-def _vae_device(vae: Any) -> torch.device:
+def vae_device(vae: Any) -> torch.device:
     return next(vae.parameters()).device
 
 

@@ -24,6 +24,13 @@ def cover_crop_box(src_width: int, src_height: int, width: int, height: int) -> 
 
 class CoreDefaults:
     @hookimpl(trylast=True)
+    def cogvx_probe(self, path: str):
+        """The container's header, read with PyAV (raises SkipClip for what is not a usable video)."""
+        from cogvx_ext.video import probe
+
+        return probe(path)
+
+    @hookimpl(trylast=True)
     def cogvx_clip_targets(
         self, clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
     ) -> list[Target]:

@@ -11,7 +11,8 @@ Life of a run (T2V and I2V scripts alike)::
       Accelerator(...)                      ── cogvx_accelerator_ready
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
       AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
-      VideoDataset(...)                     ── cogvx_stages, then cogvx_clip_targets per clip
+      VideoDataset(...)                     ── cogvx_stages, then cogvx_probe and
+                                               cogvx_clip_targets per clip
                                                                                (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
 
     import torch
 
-    from cogvx_ext.clips import Clip, Sample, Stage, Target
+    from cogvx_ext.clips import Clip, Sample, Stage, Target, VideoInfo
     from cogvx_ext.model import ModelInfo
 
 PROJECT = "cogvx_ext"
@@ -144,6 +145,21 @@ def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
     ``cogvx_batch_sampler`` (which draws each optimizer step's batches from its stage only).
     Stops at first non-None result.
 
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
+    """Read one clip's metadata (size, frame count, frame rate) without decoding it.
+
+    Fires once per listed clip when the core plans the dataset, before ``cogvx_clip_targets``.
+    Return a ``cogvx_ext.VideoInfo`` (a frozen dataclass: build it with every field), or raise
+    ``cogvx_ext.SkipClip(reason)`` for a file that cannot be used. The built-in default (trylast)
+    reads the container's header with PyAV and rejects what is not a video. Answer for files of
+    your own format (with ``cogvx_load_pixels``), or from a cache. Stops at first non-None result.
+
+    :param path: the clip's path, as listed under ``--instance_data_root``.
     :param args: the parsed arguments.
     """
 

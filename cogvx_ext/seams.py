@@ -44,6 +44,7 @@ STATE_FILE = "cogvx_ext_state.json"
 
 DATA_HOOKS = (
     "cogvx_stages",
+    "cogvx_probe",
     "cogvx_clip_targets",
     "cogvx_load_pixels",
     "cogvx_encode_sample",
@@ -313,7 +314,8 @@ class ScriptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, run, **kwargs):
-        from cogvx_ext.dataset import encode_samples, plan_samples, read_listing, report_skipped
+        from cogvx_ext.dataset import encode_samples, plan_samples, read_listing, report_skipped, vae_device
+        from cogvx_ext.ranks import check_ranks_agree
 
         self.run = run
         self.kind = run.kind
@@ -331,6 +333,9 @@ class ScriptDataset(torch.utils.data.Dataset):
             kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"]
         )
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
+        check_ranks_agree(
+            samples, kwargs["instance_data_root"], vae_device(run.vae) if run.vae is not None else "cpu"
+        )
         skipped += more_skipped
         if progress:
             report_skipped(skipped)

@@ -48,6 +48,7 @@ from cogvx_ext.errors import UsageError
 FORMAT_VERSION = 1
 HEAD_BYTES = 1 << 20  # the part of a clip that is hashed; size and mtime cover the rest
 PROMPTS_DIR = "prompts"
+PROBES_DIR = "probes"  # JSON answers of cogvx_probe, so a warm launch opens no clip
 SUFFIX = ".safetensors"
 ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 TEMP_NAME = re.compile(r"^\.[0-9a-f]{64}\.safetensors\..*\.tmp$")  # cogvx_ext.io.write_bytes_atomic's names
@@ -155,6 +156,50 @@ def vae_identity(vae: torch.nn.Module, fingerprint: str | None = None) -> dict[s
 
 def entry_key(clip_key: str, kind: str, vae_id: dict[str, Any]) -> str:
     return digest({"clip": clip_key, "kind": kind, "vae": vae_id})
+
+
+def probe_key(path: str, stat: os.stat_result) -> str:
+    """A clip's probe entry key: the path, size and modification time, so that a warm launch
+    reads no clip at all (a file rewritten in place with the same size and time is not seen)."""
+    return digest(
+        {
+            "format": FORMAT_VERSION,
+            "path": os.path.abspath(path),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+    )
+
+
+def probe_entry_path(root: str | os.PathLike, key: str) -> Path:
+    return Path(root) / PROBES_DIR / key[:2] / f"{key}.json"
+
+
+def video_info_to_json(info: Any) -> dict[str, Any]:
+    """Every field of the probe's answer, whatever fields it has (``dataclasses.asdict``)."""
+    import dataclasses
+
+    return dataclasses.asdict(info)
+
+
+def video_info_from_json(data: Any) -> Any:
+    """The probe's answer again, or ``None`` when the stored fields are not today's (a newer or
+    older cogvx-ext wrote it: probe again)."""
+    import dataclasses
+
+    from cogvx_ext.clips import VideoInfo
+
+    names = {f.name for f in dataclasses.fields(VideoInfo)}
+    if not isinstance(data, dict) or set(data) != names:
+        return None
+
+    def frozen(value: Any) -> Any:  # JSON arrays back to tuples: VideoInfo is frozen and hashable
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+    try:
+        return VideoInfo(**{name: frozen(value) for name, value in data.items()})
+    except (TypeError, ValueError):
+        return None
 
 
 def entry_path(root: str | os.PathLike, key: str) -> Path:
@@ -356,6 +401,7 @@ class CacheStats:
     store_errors: int = 0
     prompt_hits: int = 0
     prompt_misses: int = 0
+    probe_hits: int = 0
 
 
 @dataclass
@@ -409,6 +455,7 @@ class LatentCache:
         self.stats = CacheStats()
         self._fingerprints = _FingerprintMemo()
         self._file_ids: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._probes_served: set[str] = set()
         self._lookup: _Lookup | None = None
         self._prompt_lookup: _PromptLookup | None = None
         self._prompts: dict[str, torch.Tensor] = {}  # prompt entry key -> embedding [L, D], CPU
@@ -489,6 +536,55 @@ class LatentCache:
             self._file_ids[memo_key] = file_identity(path)
         return self._file_ids[memo_key]
 
+    # ---- probes ------------------------------------------------------------------------------
+    #
+    # A clip's header answer and its file identity, stored as JSON under its path, size and
+    # modification time: a launch with nothing changed neither demuxes nor reads any clip.
+
+    @hookimpl(tryfirst=True, specname="cogvx_probe")
+    def load_cached_probe(self, path: str):
+        if self.root is None:
+            return None
+        try:
+            stat = os.stat(path)
+            key = probe_key(path, stat)
+            with open(probe_entry_path(self.root, key), encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None  # no entry (or no file: the probe below says so)
+        info = video_info_from_json(entry.get("info")) if isinstance(entry, dict) else None
+        if info is None or entry.get("key") != key:
+            return None
+        if isinstance(entry.get("file"), dict):
+            self._file_ids[(path, stat.st_size, stat.st_mtime_ns)] = entry["file"]
+        self._probes_served.add(path)
+        self.stats.probe_hits += 1
+        return info
+
+    @hookimpl(wrapper=True)
+    def cogvx_probe(self, path: str):
+        info = yield
+        if path in self._probes_served:
+            self._probes_served.discard(path)
+            return info
+        if info is None or self.root is None or self.readonly:
+            return info
+        from cogvx_ext.io import write_json_atomic
+
+        try:
+            stat = os.stat(path)
+            key = probe_key(path, stat)
+            entry = {
+                "key": key,
+                "path": path,
+                "info": video_info_to_json(info),
+                "file": self._file_identity(path),
+            }
+            write_json_atomic(probe_entry_path(self.root, key), entry)
+        except (OSError, TypeError, ValueError):
+            pass  # not kept: the next launch probes this clip again
+        return info
+
     @hookimpl(wrapper=True)
     def cogvx_encode_sample(self, sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace):
         try:
@@ -562,6 +658,8 @@ class LatentCache:
     def summary(self) -> str:
         s = self.stats
         text = f"{s.hits} sample(s) read from the cache, {s.misses} encoded"
+        if s.probe_hits:
+            text += f"; {s.probe_hits} clip header(s) from the cache"
         if s.recomputed:
             text += f" ({s.recomputed} unusable entr{'y' if s.recomputed == 1 else 'ies'} among them)"
         if s.store_errors:

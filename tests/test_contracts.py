@@ -13,7 +13,7 @@ from tests_support import HERE
 from cogvx_ext import hookimpl, rope
 from cogvx_ext.clips import Clip, Target, VideoInfo
 from cogvx_ext.contracts import target_problem
-from cogvx_ext.errors import UsageError
+from cogvx_ext.errors import SkipClip, UsageError
 from cogvx_ext.forward import install_forward_hooks
 from cogvx_ext.manager import make_plugin_manager
 from cogvx_ext.model import ModelInfo, released_model
@@ -203,3 +203,35 @@ def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeyp
     older.register(old, name="counter")
     restore_states(older, {"counter": {"count": 2}})
     assert old.count == 2
+
+
+# ---- probes: a hook, cached by latent_cache as JSON ----------------------------------------------
+
+
+def test_cogvx_probe_answers_are_cached_as_json_and_read_without_opening_the_clip(tmp_path):
+    import argparse
+    import json
+
+    from cogvx_ext.testing import write_clip
+    from cogvx_ext_plugins.latent_cache import LatentCache
+
+    clip = write_clip(tmp_path / "a.mp4", 160, 96, 9, fps=8)
+    args = argparse.Namespace(latent_cache_dir=str(tmp_path / "cache"), latent_cache_readonly=False)
+
+    def manager():
+        pm = make_plugin_manager()
+        pm.register(LatentCache(), name="latent_cache")
+        pm.hook.cogvx_configure(args=args)
+        return pm
+
+    first = manager().hook.cogvx_probe(path=str(clip), args=args)
+    [entry] = (tmp_path / "cache" / "probes").rglob("*.json")
+    stored = json.loads(entry.read_text())
+    assert stored["info"] == {"width": 160, "height": 96, "num_frames": 9, "fps": 8.0}  # every field
+    stat = clip.stat()
+    clip.write_bytes(bytes(stat.st_size))  # blank, same size and time: only the cache can answer
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert manager().hook.cogvx_probe(path=str(clip), args=args) == first
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: probed again, and rejected
+    with pytest.raises(SkipClip):
+        manager().hook.cogvx_probe(path=str(clip), args=args)

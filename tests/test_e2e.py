@@ -329,7 +329,15 @@ def test_latent_cache_second_launch_decodes_and_encodes_nothing(tiny_models, t2v
         return ok(train(t2v_trainer, args)), events_of(tmp_path / name / "ev")
 
     cold, cold_events = launch("cold")
+    # A warm launch reads no clip at all (no header probe, no identity hash, no decoding): blank
+    # every file, keeping its size and modification time, and the launch must not notice.
+    for clip in (data / "videos").iterdir():
+        stat = clip.stat()
+        clip.write_bytes(bytes(stat.st_size))
+        os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     warm, warm_events = launch("warm")
+    assert "cogvx-ext: skipped" not in warm.stderr
+    assert f"{len(MIXED)} clip header(s) from the cache" in warm.stdout + warm.stderr
     assert len(by_event(cold_events, "load_pixels")) == len(MIXED)
     assert by_event(warm_events, "load_pixels") == []  # nothing decoded, so nothing VAE-encoded
     assert training_shapes(warm_events) == training_shapes(cold_events)  # same plan, same batches
@@ -452,3 +460,30 @@ def test_resume_with_gradient_accumulation_continues_at_the_exact_batch(
     assert len(expected) == 9 and len(first) == 4  # 3 + 3 + ... micro-batches: 5 + 4
     assert first + second == expected
     assert by_event(events_of(part / "ev2"), "load_state_dict")  # the recorder's state came back too
+
+
+def test_ranks_that_see_different_files_stop_within_seconds(tiny_models, t2v_trainer, train, tmp_path):
+    # Node-local copies of the data where rank 1's third clip differs (a file replaced on one node):
+    # every rank stops before encoding with the same line, no rank waits for the other.
+    import time
+
+    clips = MIXED[:3]
+    mixed_dataset(tmp_path / "data_rank0", clips)
+    mixed_dataset(tmp_path / "data_rank1", clips)
+    other = mixed_dataset(tmp_path / "other", [(144, 256, 17)] * 3)
+    third = sorted((tmp_path / "data_rank1" / "videos").iterdir())[2]
+    third.write_bytes(sorted((other / "videos").iterdir())[2].read_bytes())
+    node_local = f"{HERE / 'plugins' / 'node_local_data.py'}:NodeLocalData"
+    args = script_args(tiny_models["5b"], tmp_path / "data", tmp_path / "out", "--node_local_data",
+                       "--plugins", f"aspect_bucket,rope_rescale,{node_local}", steps=2)  # fmt: skip
+    started = time.monotonic()
+    result = train(t2v_trainer, args, nproc=2, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cogvx-ext: the ranks planned")]
+    assert lines, result.stderr[-3000:]
+    assert len(lines) == 2 and lines[0] == lines[1]  # both ranks, the same line
+    assert f"first difference at sample 2: rank 0: videos/{third.name} " in lines[0]
+    assert f"; rank 1: videos/{third.name} " in lines[0]
+    assert "decoding and encoding" not in result.stderr  # stopped before encoding
+    assert elapsed < 120, elapsed
