@@ -12,7 +12,7 @@ Life of a run (T2V and I2V scripts alike)::
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
       AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
       VideoDataset(...)                     ── cogvx_stages, then cogvx_probe and
-                                               cogvx_clip_targets per clip
+                                               cogvx_clip_targets per clip, cogvx_clips_skipped
                                                                                (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
@@ -184,6 +184,22 @@ def cogvx_clip_targets(
     """
 
 
+@hookspec
+def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace) -> None:
+    """Clips are being left out of training; raise ``cogvx_ext.UsageError`` to stop instead.
+
+    Fires only with a non-empty list, with the same list on every rank: after planning
+    (``when == "plan"``: listing problems, failed probes, ``SkipClip`` from ``cogvx_clip_targets``;
+    ``cogvx-ext plan`` fires it too, after its report) and after the encoding pass
+    (``when == "decode"``: clips that passed the probe and failed to decode). The core has already
+    named each clip with its reason.
+
+    :param skipped: the clips left out, each with ``path`` and ``reason``.
+    :param when: ``"plan"`` or ``"decode"``.
+    :param args: the parsed arguments.
+    """
+
+
 @hookspec(firstresult=True)
 def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor | None:
     """Decode one sample's frames, cropped and resized to its target.
@@ -268,6 +284,37 @@ def cogvx_prompt_embeddings(
     :param device: where the result must live.
     :param dtype: the result's dtype.
     :param cached_only: answer without running the text encoder, or return ``None``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache command (``cogvx-ext cache fill|prune``) asks the cache plugin through these.
+
+
+@hookspec(firstresult=True)
+def cogvx_cache_summary() -> dict[str, Any] | None:
+    """Describe this process's cache use so far, for ``cogvx-ext cache fill``'s report.
+
+    Return ``{"root": str, "hits": int, "misses": int, "recomputed": int, "store_errors": int}``
+    (entries read, encoded, bad entries encoded again, entries that could not be written), or
+    ``None`` when the plugin keeps no cache. The cache commands need a plugin that answers. Stops
+    at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float) -> Any:
+    """Remove cache entries that ``samples`` (the dataset as planned) no longer reach.
+
+    For ``cogvx-ext cache prune``: name each removed item on stdout (with ``dry_run``: what would
+    be removed, removing nothing), and remove temporary files older than ``temp_age`` seconds.
+    Return ``{"root": str, "kept": int, "removed": int, "temporary": int, "freed_bytes": int}``.
+    Stops at first non-None result.
+
+    :param samples: every planned sample of the dataset (their clips, targets and prompts).
+    :param args: the parsed arguments (the script's data flags and the plugins' own).
+    :param dry_run: list, do not remove.
+    :param temp_age: the age in seconds from which a temporary file is a killed writer's.
     """
 
 

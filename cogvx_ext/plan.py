@@ -21,7 +21,6 @@ from typing import Any
 
 from cogvx_ext.clips import Sample, VideoInfo
 from cogvx_ext.dataset import latent_shape_key
-from cogvx_ext.errors import UsageError
 from cogvx_ext.model import ModelInfo
 
 
@@ -428,9 +427,6 @@ def run_plan(argv: list[str]) -> int:
 
             write_json_atomic(args.json, report_to_json(report))
             print(f"plan written to {args.json}")
-    if getattr(args, "bucket_strict", False) and report.skipped:
-        first = report.skipped[0]
-        raise UsageError(
-            f"--bucket_strict: {len(report.skipped)} clip(s) cannot be used; first: {first.path}: {first.reason}"
-        )
+    if report.skipped:  # a plugin may stop here, as it stops training (aspect_bucket's --bucket_strict)
+        run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args)
     return 0 if report.ok else 1

@@ -314,7 +314,14 @@ class ScriptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, run, **kwargs):
-        from cogvx_ext.dataset import encode_samples, plan_samples, read_listing, report_skipped, vae_device
+        from cogvx_ext.dataset import (
+            Skipped,
+            encode_samples,
+            plan_samples,
+            read_listing,
+            report_skipped,
+            vae_device,
+        )
         from cogvx_ext.ranks import check_ranks_agree
 
         self.run = run
@@ -328,7 +335,6 @@ class ScriptDataset(torch.utils.data.Dataset):
         accelerator = run.accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         progress = accelerator is None or accelerator.is_local_main_process
-        strict = bool(getattr(run.args, "bucket_strict", False))
         entries, skipped = read_listing(
             kwargs["instance_data_root"], kwargs["caption_column"], kwargs["video_column"]
         )
@@ -339,10 +345,8 @@ class ScriptDataset(torch.utils.data.Dataset):
         skipped += more_skipped
         if progress:
             report_skipped(skipped)
-        if strict and skipped:  # every rank reaches the same decision: the listing is the same
-            raise UsageError(
-                f"--bucket_strict: {len(skipped)} clip(s) cannot be used, first: {skipped[0].path}: {skipped[0].reason}"
-            )
+        if skipped:  # the same list on every rank: the ranks agree on the plan
+            run.hook.cogvx_clips_skipped(skipped=skipped, when="plan", args=run.args)
         if not samples:
             raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
         posteriors, failed = encode_samples(
@@ -350,10 +354,14 @@ class ScriptDataset(torch.utils.data.Dataset):
         )
         report_skipped(failed)  # each rank names the clips it failed to decode
         kept = [i for i, p in enumerate(posteriors) if p is not None]
-        if strict and len(kept) < len(samples):
-            raise UsageError(
-                f"--bucket_strict: {len(samples) - len(kept)} clip(s) failed to decode (named above)"
-            )
+        if len(kept) < len(samples):  # every rank knows which samples failed, not always why
+            reasons = {item.path: item.reason for item in failed}
+            lost = [
+                Skipped(s.clip.path, reasons.get(s.clip.path, "failed to decode on another rank"))
+                for s, p in zip(samples, posteriors)
+                if p is None
+            ]
+            run.hook.cogvx_clips_skipped(skipped=lost, when="decode", args=run.args)
         if not kept:
             raise UsageError("no clip could be decoded (reasons above)")
         self.samples = [samples[i] for i in kept]

@@ -235,3 +235,90 @@ def test_cogvx_probe_answers_are_cached_as_json_and_read_without_opening_the_cli
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: probed again, and rejected
     with pytest.raises(SkipClip):
         manager().hook.cogvx_probe(path=str(clip), args=args)
+
+
+# ---- the core knows no plugin ------------------------------------------------------------------
+
+
+def test_the_core_imports_no_plugin_and_reads_no_plugin_flag():
+    import argparse
+    import ast
+    from importlib import metadata
+    from pathlib import Path
+
+    import cogvx_ext
+
+    parser = argparse.ArgumentParser()
+    pm = make_plugin_manager()
+    for ep in metadata.entry_points(group="cogvx_ext"):
+        if ep.value.startswith("cogvx_ext_plugins."):
+            pm.register(ep.load()(), name=ep.name)
+    pm.hook.cogvx_add_arguments(parser=parser)
+    flags = {action.dest for action in parser._actions} - {"help"}
+    assert {"bucket_strict", "latent_cache_dir", "rope_mode"} <= flags
+    problems = []
+    for path in sorted(Path(cogvx_ext.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                )
+                problems += [f"{path.name}: imports {n}" for n in names if n.startswith("cogvx_ext_plugins")]
+            elif isinstance(node, ast.Attribute) and node.attr in flags and _is_args(node.value):
+                problems.append(f"{path.name}:{node.lineno}: reads args.{node.attr}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and len(node.args) > 1
+                and _is_args(node.args[0])
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in flags
+            ):
+                problems.append(
+                    f"{path.name}:{node.lineno}: reads {node.func.id}(..., {node.args[1].value!r})"
+                )
+    assert problems == []
+
+
+def _is_args(node) -> bool:
+    """``args`` or ``something.args``: the parsed arguments."""
+    import ast
+
+    return (isinstance(node, ast.Name) and node.id == "args") or (
+        isinstance(node, ast.Attribute) and node.attr == "args"
+    )
+
+
+def test_bucket_strict_is_aspect_bucket_s_answer_to_cogvx_clips_skipped():
+    import argparse
+
+    from cogvx_ext.dataset import Skipped
+    from cogvx_ext_plugins.aspect_bucket import AspectBucket
+
+    pm = make_plugin_manager()
+    pm.register(AspectBucket(), name="aspect_bucket")
+    lost = [Skipped("a.mp4", "too short")]
+    pm.hook.cogvx_clips_skipped(skipped=lost, when="plan", args=argparse.Namespace(bucket_strict=False))
+    with pytest.raises(UsageError, match="--bucket_strict: 1 clip"):
+        pm.hook.cogvx_clips_skipped(skipped=lost, when="plan", args=argparse.Namespace(bucket_strict=True))
+    with pytest.raises(UsageError, match="failed to decode"):
+        pm.hook.cogvx_clips_skipped(skipped=lost, when="decode", args=argparse.Namespace(bucket_strict=True))
+
+
+def test_the_cache_command_talks_to_the_cache_plugin_through_hooks(tmp_path):
+    import argparse
+
+    from cogvx_ext_plugins.latent_cache import LatentCache
+
+    pm = make_plugin_manager()
+    assert pm.hook.cogvx_cache_summary() is None  # no cache plugin: the command says so
+    pm.register(LatentCache(), name="latent_cache")
+    args = argparse.Namespace(latent_cache_dir=str(tmp_path / "cache"), latent_cache_readonly=False, fps=8)
+    pm.hook.cogvx_configure(args=args)
+    assert pm.hook.cogvx_cache_summary()["root"] == str(tmp_path / "cache")
+    stale = tmp_path / "cache" / "ab" / (".ab" + "0" * 62 + ".safetensors.x.tmp")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    result = pm.hook.cogvx_cache_prune(samples=[], args=args, dry_run=False, temp_age=0.0)
+    assert result["temporary"] == 1 and not stale.exists()
