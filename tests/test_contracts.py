@@ -322,3 +322,37 @@ def test_the_cache_command_talks_to_the_cache_plugin_through_hooks(tmp_path):
     stale.write_bytes(b"half")
     result = pm.hook.cogvx_cache_prune(samples=[], args=args, dry_run=False, temp_age=0.0)
     assert result["temporary"] == 1 and not stale.exists()
+
+
+# ---- offline tools take the script's own flags ---------------------------------------------------
+
+
+def test_plan_takes_the_flags_and_defaults_of_the_script_at_hand(tmp_path, t2v_trainer, capsys, monkeypatch):
+    import json
+
+    from tests_support import HERE as TESTS
+
+    monkeypatch.delenv("COGVX_EXT_TRAINER", raising=False)
+    data = write_dataset(tmp_path / "data", [(256, 144, 25), (144, 256, 25)])
+    flags = ["--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+             "--height", "96", "--width", "160", "--json", str(tmp_path / "plan.json")]  # fmt: skip
+    # A flag only the script has (the copy has no --lora_alpha) is taken when the script is at hand.
+    assert (
+        run_plan([*flags, "--trainer", str(t2v_trainer), "--lora_alpha", "4", "--max_num_frames", "9"]) == 0
+    )
+    with pytest.raises(SystemExit):
+        run_plan([*flags, "--lora_alpha", "4"])
+    # Its defaults too: a script whose --max_num_frames defaults to 17.
+    script = (TESTS / "trainers" / "tiny_t2v_trainer.py").read_text()
+    assert 'add("--max_num_frames", type=int, default=49)' in script
+    changed = tmp_path / "my_trainer.py"
+    changed.write_text(
+        script.replace(
+            'add("--max_num_frames", type=int, default=49)', 'add("--max_num_frames", type=int, default=17)'
+        )
+    )
+    monkeypatch.setenv("COGVX_EXT_TRAINER", str(changed))
+    capsys.readouterr()
+    assert run_plan(flags) == 0
+    frames = {c["frames"] for c in json.loads((tmp_path / "plan.json").read_text())["clips"]}
+    assert frames == {17}
