@@ -160,11 +160,19 @@ def test_two_ranks_train_mixed_shapes_correctly(tiny_models, t2v_trainer, train,
     assert sorted(encoded) == sorted(planned)  # each clip encoded once, by one rank
     steps = {name: training_shapes(events) for name, events in ranks.items()}
     assert len(steps["events-rank0.jsonl"]) == len(steps["events-rank1.jsonl"]) == 3  # no rank waits
-    for shapes in steps.values():
+    for name, shapes in steps.items():
         assert all(s in planned.values() for s in shapes)
-        outputs = [e for e in by_event(ranks["events-rank0.jsonl"], "transformer_output") if e["grad"]]
-        assert all(e["rope_equals_pipeline"] for e in outputs)
+        outputs = [e for e in by_event(ranks[name], "transformer_output") if e["grad"]]
+        assert len(outputs) == 3 and all(e.get("rope_equals_pipeline") for e in outputs), name
     assert steps["events-rank0.jsonl"] != steps["events-rank1.jsonl"]  # different batches per rank
+    # Every rank trains on the very numbers the owning rank encoded, for every clip.
+    encoded = {
+        e["path"]: e["checksum"] for events in ranks.values() for e in by_event(events, "encode_sample")
+    }
+    for name, events in ranks.items():
+        [held] = by_event(events, "dataset_latents")
+        assert held["latents"] == {path: encoded[path] for path in held["latents"]}, name
+        assert sorted(held["latents"]) == sorted(encoded)
 
 
 @pytest.mark.parametrize(
