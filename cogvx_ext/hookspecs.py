@@ -399,8 +399,10 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
 def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
     """Return this plugin's state to save with the script's checkpoint (JSON-serialisable).
 
-    Fires when the script calls ``accelerator.save_state``; the core writes every plugin's state
-    to ``cogvx_ext_state.json`` in the checkpoint folder, atomically.
+    Fires when the script calls ``accelerator.save_state``. The core asks one plugin at a time
+    through the plugin manager (a ``wrapper=True`` implementation receives the list holding that
+    plugin's state) and writes every answer to ``cogvx_ext_state.json`` in the checkpoint folder,
+    atomically, keyed by what the plugin is (``module:Class``), not by its name on the command line.
 
     :param step: the optimizer step being saved (from the script's ``checkpoint-<step>`` folder
         name), or ``None`` when the folder is named otherwise.
@@ -411,7 +413,8 @@ def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
 def cogvx_load_state_dict(state: dict[str, Any]) -> None:
     """Restore this plugin's state from a checkpoint (``--resume_from_checkpoint``).
 
-    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state.
+    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state,
+    one plugin at a time through the plugin manager.
 
     :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
     """
