@@ -284,7 +284,7 @@ def crop_table(root: Path, listing: tuple[str, str]) -> dict:
         "--fps", "30", "--model", "5b",
     ]  # fmt: skip
     sides = {}
-    for side, plugins in (("stock", ""), ("ours", "aspect_bucket")):
+    for side, plugins in (("stock", ""), ("ours", "aspect_bucket,rope_rescale")):
         # No plugin: the core's default targets, which are the stock rule (one cover crop).
         argv = base + (["--plugins", plugins] if plugins else [])
         run = start_offline_run(script_data_parser("dataset_prep", ""), argv, default_plugins=plugins)
@@ -370,7 +370,7 @@ def main() -> int:
         "--stock_repeats", type=int, default=1, help="the same for stock (slow, far from the goals)"
     )
     # Not named --plugins: that flag on a command line wakes cogvx-ext's start-up hook.
-    parser.add_argument("--ours_plugins", default="aspect_bucket", help="plugins for our side")
+    parser.add_argument("--ours_plugins", default="aspect_bucket,rope_rescale", help="plugins for our side")
     parser.add_argument(
         "--skip_stock_above",
         type=int,

@@ -47,9 +47,11 @@ def measure(model_dir: Path, data: Path, stages: str, frames: int) -> list[dict]
         "--pretrained_model_name_or_path", str(model_dir), "--instance_data_root", str(data),
         "--caption_column", "prompts.txt", "--video_column", "videos.txt", "--height", "288",
         "--width", "512", "--max_num_frames", str(frames), "--fps", "8",
-        "--plugins", "aspect_bucket,progressive_resize", "--progressive_stages", stages,
+        "--plugins", "aspect_bucket,rope_rescale,progressive_resize", "--progressive_stages", stages,
     ]  # fmt: skip
-    run = start_offline_run(script_data_parser("bench", ""), argv, default_plugins="aspect_bucket")
+    run = start_offline_run(
+        script_data_parser("bench", ""), argv, default_plugins="aspect_bucket,rope_rescale"
+    )
     entries, _ = read_listing(data, "prompts.txt", "videos.txt")
     samples, skipped = plan_samples(run.hook, entries, run.args, run.model, progress=False)
     assert not skipped, skipped

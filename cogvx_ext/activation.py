@@ -77,14 +77,9 @@ class Run:
         if self.model is None or self.requirements_checked:
             return
         self.requirements_checked = True
-        provided = {cap for caps in self.hook.cogvx_provides(args=self.args) for cap in (caps or ())}
-        missing = []
-        for needs in self.hook.cogvx_requires(args=self.args, model=self.model):
-            for capability, advice in needs or ():
-                if capability not in provided and advice not in missing:
-                    missing.append(advice)
-        if missing:
-            raise UsageError(f"{self.model.name} model: " + "; ".join(missing))
+        from cogvx_ext.contracts import check_requirements
+
+        check_requirements(self.hook, self.args, self.model)
 
 
 def activate_from_startup() -> None:

@@ -4,15 +4,13 @@
 that decide the cache key (``--pretrained_model_name_or_path``, ``--mixed_precision``,
 ``--enable_slicing``, ``--enable_tiling``), plans the samples with the same hooks and core
 functions as training (cogvx_ext.offline, cogvx_ext.dataset) and runs the same encoding hook
-(the script's recipe, cogvx_ext.seams.ScriptEncoding) through the latent_cache plugin. Under
-``accelerate launch -m cogvx_ext cache fill ...`` each process fills its share; nothing is
-exchanged between processes, each one only writes its entries.
+(the script's recipe, cogvx_ext.seams.ScriptEncoding) through the chosen cache plugin
+(``latent_cache``). Under ``accelerate launch -m cogvx_ext cache fill ...`` each process fills its
+share; nothing is exchanged between processes, each one only writes its entries.
 
-``prune`` removes entries the dataset no longer reaches: latent entries whose clip part of the
-key (file identity, target, ``--fps``, format) no plan sample has, prompt entries whose text is
-no sample's prompt, unreadable files, and temporary files left by killed writers. It reads entry
-headers only and loads no model, so entries of the same clips for another VAE, dtype or script
-kind are kept.
+``prune`` plans the dataset the same way and asks the cache plugin (``cogvx_cache_prune``) to
+remove what the plan no longer reaches. The command knows no cache plugin: it talks to whichever
+answers ``cogvx_cache_summary`` and ``cogvx_cache_prune``.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 
 from cogvx_ext.errors import SkipClip, UsageError, report_usage_error
 
-DEFAULT_PLUGINS = "aspect_bucket,latent_cache"
+DEFAULT_PLUGINS = "aspect_bucket,rope_rescale,latent_cache"
 USAGE = """usage: cogvx-ext cache {fill,prune} [flags]
 
   fill   encode every sample of a dataset into the latent cache ahead of training
@@ -51,13 +49,12 @@ def run_cache(argv: list[str]) -> int:
         return 2
 
 
-def _latent_cache(run) -> Any:
-    from cogvx_ext_plugins.latent_cache import LatentCache
-
-    for plugin in run.pm.get_plugins():
-        if isinstance(plugin, LatentCache):
-            return plugin
-    raise UsageError("the cache commands need the latent_cache plugin: add latent_cache to --plugins")
+def _cache_summary(run) -> dict[str, Any]:
+    """What the chosen cache plugin reports; the commands need one (the core knows none by name)."""
+    summary = run.hook.cogvx_cache_summary()
+    if summary is None:
+        raise UsageError("the cache commands need a cache plugin: add latent_cache to --plugins")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +94,7 @@ def fill(argv: list[str]) -> int:
     )
     run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
     args = run.args
-    cache = _latent_cache(run)
+    _cache_summary(run)
     if not args.pretrained_model_name_or_path:
         raise UsageError("cache fill needs --pretrained_model_name_or_path (its VAE encodes the clips)")
     run.kind = "i2v" if args.i2v else "t2v"
@@ -123,10 +120,12 @@ def fill(argv: list[str]) -> int:
             except SkipClip as exc:
                 failed += 1
                 tqdm.write(f"cogvx-ext: cannot encode {sample.clip.path}: {exc}")
-            bar.set_postfix(hits=cache.stats.hits, encoded=cache.stats.misses)
+            summary = run.hook.cogvx_cache_summary()
+            bar.set_postfix(hits=summary["hits"], encoded=summary["misses"])
         bar.close()
 
-    counts = [cache.stats.hits, cache.stats.misses, cache.stats.recomputed, failed, cache.stats.store_errors]
+    summary = _cache_summary(run)
+    counts = [summary["hits"], summary["misses"], summary["recomputed"], failed, summary["store_errors"]]
     if world > 1:
         counts = _sum_over_processes(counts, state.device)
     hits, misses, recomputed, failed, store_errors = counts
@@ -144,7 +143,7 @@ def fill(argv: list[str]) -> int:
             line += f", {store_errors} could not be stored"
         if skipped or more_skipped:
             line += f"; {len(skipped) + len(more_skipped)} clip(s) skipped (listed above)"
-        print(f"{line}; cache {cache.root}" + (f" ({world} processes)" if world > 1 else ""))
+        print(f"{line}; cache {summary['root']}" + (f" ({world} processes)" if world > 1 else ""))
     if world > 1:
         # A process group left open at exit aborts the process (gloo), failing the launch.
         state.destroy_process_group()
@@ -189,17 +188,6 @@ def _sum_over_processes(counts: list[int], device) -> list[int]:
 def prune(argv: list[str]) -> int:
     from cogvx_ext.dataset import plan_samples, read_script_data
     from cogvx_ext.offline import script_data_parser, start_offline_run
-    from cogvx_ext_plugins.latent_cache import (
-        META_CLIP_KEY,
-        META_TEXT_KEY,
-        BadEntry,
-        clip_fields,
-        digest,
-        read_metadata,
-        remove_stale_temp_files,
-        scan_cache,
-        text_key,
-    )
 
     parser = script_data_parser(
         "cogvx-ext cache prune",
@@ -217,62 +205,19 @@ def prune(argv: list[str]) -> int:
     )
     run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
     args = run.args
-    cache = _latent_cache(run)
+    _cache_summary(run)
     entries, _ = read_script_data(args)
     samples, _ = plan_samples(run.hook, entries, args, run.model, progress=False)
-    clip_keys = {digest(clip_fields(sample, args)) for sample in samples}
-    # Both scripts feed the text encoder the id token and the caption.
-    texts = {text_key((args.id_token or "") + sample.clip.prompt) for sample in samples}
-
-    kept = removed = freed = 0
-    for item in scan_cache(cache.root):
-        if item.kind == "temp":
-            continue
-        try:
-            metadata = read_metadata(item.path)
-            if item.kind == "entry":
-                reachable, what = metadata.get(META_CLIP_KEY) in clip_keys, "not reached by the dataset"
-            else:
-                reachable, what = metadata.get(META_TEXT_KEY) in texts, "prompt not in the dataset"
-            source = metadata.get("cogvx_ext.source", "?")
-        except BadEntry as exc:
-            reachable, what, source = False, str(exc), "?"
-        if reachable:
-            kept += 1
-            continue
-        removed += 1
-        freed += _size(item.path)
-        if args.dry_run:
-            print(
-                f"would remove {item.path} ({what}: {source if item.kind == 'entry' else repr(source[:80])})"
-            )
-        else:
-            _unlink(item.path)
-    temps = remove_stale_temp_files(cache.root, args.temp_age, dry_run=args.dry_run)
-    for path, size in temps:
-        freed += size
-        if args.dry_run:
-            print(f"would remove {path} (temporary file older than {args.temp_age:g} s)")
+    result = run.hook.cogvx_cache_prune(
+        samples=samples, args=args, dry_run=args.dry_run, temp_age=args.temp_age
+    )
     verb = "would remove" if args.dry_run else "removed"
+    kept = result["kept"]
     print(
-        f"cogvx-ext cache prune: {kept} entr{'y' if kept == 1 else 'ies'} kept, {verb} {removed} "
-        f"({_mib(freed)}) and {len(temps)} temporary file(s); cache {cache.root}"
+        f"cogvx-ext cache prune: {kept} entr{'y' if kept == 1 else 'ies'} kept, {verb} {result['removed']} "
+        f"({_mib(result['freed_bytes'])}) and {result['temporary']} temporary file(s); cache {result['root']}"
     )
     return 0
-
-
-def _size(path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _unlink(path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:  # another prune, or a writer replacing it
-        pass
 
 
 def _mib(size: int) -> str:

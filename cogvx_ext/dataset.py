@@ -4,7 +4,8 @@ Nothing here knows the training scripts; ``cogvx_ext.seams`` puts a script-shape
 
 * The listing is read like the scripts read it (``--instance_data_root`` with line-separated
   caption and video files), but a problem line is reported and skipped, not fatal.
-* Every clip is probed (header only) and turned into samples by ``cogvx_clip_targets``.
+* Every clip is probed (``cogvx_probe``: the header only, or a cache) and turned into samples by
+  ``cogvx_clip_targets``.
 * Encoding streams: one clip is decoded, straight to its target size, encoded and dropped before
   the next, so peak memory does not grow with the number of clips. Each rank encodes its share
   and the posteriors are then exchanged with their real shapes (the stock T2V script's exchange
@@ -213,12 +214,16 @@ def plan_samples(
 ) -> tuple[list[Sample], list[Skipped]]:
     """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`.
 
+    Every target is checked as it arrives and the run's needs are checked against the targets'
+    shapes (cogvx_ext.contracts): a violation is a UsageError, before anything is decoded.
+
     With a stage schedule (``cogvx_stages``) the samples are ordered stage by stage, so they are
     encoded (and their progress shown) one stage after the other.
     """
     from tqdm.auto import tqdm
 
     from cogvx_ext.clips import STAGE_TAG
+    from cogvx_ext.contracts import check_clip_targets, check_data_requirements
     from cogvx_ext.video import probe
 
     stages = hook.cogvx_stages(args=args)
@@ -226,15 +231,21 @@ def plan_samples(
     skipped: list[Skipped] = []
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
         try:
-            clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=probe(entry.path))
-            targets = hook.cogvx_clip_targets(clip=clip, args=args, model=model, stages=stages)
+            info = hook.cogvx_probe(path=entry.path, args=args)
+            if info is None:  # a hook relay made without the core's defaults (cogvx_ext.defaults)
+                info = probe(entry.path)
+            clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=info)
+            asked = dict(clip=clip, args=args, model=model, stages=stages)
+            targets = hook.cogvx_clip_targets(**asked)
         except SkipClip as exc:
             skipped.append(Skipped(entry.path, str(exc)))
             continue
         if not targets:
             skipped.append(Skipped(entry.path, "no plugin produced a training target for it"))
             continue
+        check_clip_targets(hook.cogvx_clip_targets, asked, targets, clip, model)
         samples.extend(Sample(clip, target) for target in targets)
+    check_data_requirements(hook, samples, args, model)
     if stages:
         samples.sort(key=lambda s: int(s.target.tag(STAGE_TAG) or 0))  # stable: clip order within a stage
     return samples, skipped
@@ -317,7 +328,7 @@ def encode_samples(
                 raise RuntimeError(f"no plugin encoded {samples[i].clip.path}")
             results[i] = _to_cpu_posteriors(encoded)
     if world > 1:
-        _share(results, world, device=_vae_device(vae), dtype=vae.dtype)
+        _share(results, world, device=vae_device(vae), dtype=vae.dtype)
     return results, failed
 
 
@@ -329,7 +340,7 @@ def _to_cpu_posteriors(encoded: Any) -> Any:
     return LatentPosterior.from_distribution(encoded)
 
 
-def _vae_device(vae: Any) -> torch.device:
+def vae_device(vae: Any) -> torch.device:
     return next(vae.parameters()).device
 
 

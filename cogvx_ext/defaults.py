@@ -24,6 +24,13 @@ def cover_crop_box(src_width: int, src_height: int, width: int, height: int) -> 
 
 class CoreDefaults:
     @hookimpl(trylast=True)
+    def cogvx_probe(self, path: str):
+        """The container's header, read with PyAV (raises SkipClip for what is not a usable video)."""
+        from cogvx_ext.video import probe
+
+        return probe(path)
+
+    @hookimpl(trylast=True)
     def cogvx_clip_targets(
         self, clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
     ) -> list[Target]:
@@ -73,6 +80,17 @@ class CoreDefaults:
             (target.height, target.width),
             info=info,
         )
+
+    @hookimpl(trylast=True)
+    def cogvx_rotary_embedding(self, model: ModelInfo, latent_shape: tuple[int, int, int], device):
+        """What the diffusers pipeline computes at this latent shape, when no plugin answers.
+
+        The seam has already taken the script's own embedding away (it is computed from
+        ``--height/--width``, not from the batch), so a plugin returning ``None`` must still
+        leave the model with a batch-correct embedding, never with none."""
+        from cogvx_ext.rope import default_rotary_embedding
+
+        return default_rotary_embedding(model, latent_shape, device)
 
     @hookimpl(trylast=True)
     def cogvx_batch_sampler(self, samples: list[Sample], model: ModelInfo, stages: list[Stage] | None):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from cogvx_ext.model import ModelInfo
+from cogvx_ext.rope import default_rotary_embedding
 
 _ATTR = "_cogvx_ext_forward_hooks"
 
@@ -28,9 +29,10 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
 
     ``hook`` is a plugin manager's ``pm.hook`` relay.
     """
-    wants_inputs = bool(hook.cogvx_transformer_forward.get_hookimpls())
-    wants_rope = model.rotary and bool(hook.cogvx_rotary_embedding.get_hookimpls())
-    wants_output = bool(hook.cogvx_transformer_output.get_hookimpls())
+    wants_inputs = _implemented(hook.cogvx_transformer_forward)
+    # The core's default embedding answers only once a plugin has taken the forward's RoPE over.
+    wants_rope = model.rotary and _implemented(hook.cogvx_rotary_embedding)
+    wants_output = _implemented(hook.cogvx_transformer_output)
     if not (wants_inputs or wants_rope or wants_output):
         return False
     if getattr(transformer, _ATTR, None) is not None:
@@ -51,8 +53,9 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
             rope = hook.cogvx_rotary_embedding(
                 model=model, latent_shape=latent_shape_of(hidden_states), device=hidden_states.device
             )
-            if rope is not None:
-                inputs["image_rotary_emb"] = rope
+            if rope is None:  # a hook relay made without the core's defaults (cogvx_ext.defaults)
+                rope = default_rotary_embedding(model, latent_shape_of(hidden_states), hidden_states.device)
+            inputs["image_rotary_emb"] = rope
         return (), inputs
 
     handles = [transformer.register_forward_pre_hook(before, with_kwargs=True)]
@@ -66,6 +69,13 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
         handles.append(transformer.register_forward_hook(after, with_kwargs=True))
     setattr(transformer, _ATTR, handles)
     return True
+
+
+def _implemented(caller: Any) -> bool:
+    """Whether a plugin other than the core's defaults implements this hook."""
+    from cogvx_ext.manager import CORE_PLUGIN_NAME
+
+    return any(impl.plugin_name != CORE_PLUGIN_NAME for impl in caller.get_hookimpls())
 
 
 def remove_forward_hooks(transformer: torch.nn.Module) -> None:

@@ -12,7 +12,8 @@ Life of a run (T2V and I2V scripts alike)::
       Accelerator(...)                      ── cogvx_accelerator_ready
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
       AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
-      VideoDataset(...)                     ── cogvx_stages, then cogvx_clip_targets per clip
+      VideoDataset(...)                     ── cogvx_stages, then cogvx_probe and
+                                               cogvx_clip_targets per clip, cogvx_clips_skipped
                                                                                (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
 
     import torch
 
-    from cogvx_ext.clips import Clip, Sample, Stage, Target
+    from cogvx_ext.clips import Clip, Sample, Stage, Target, VideoInfo
     from cogvx_ext.memory import TrainingSetup
     from cogvx_ext.model import ModelInfo
 
@@ -175,6 +176,21 @@ def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
 
 
 @hookspec(firstresult=True)
+def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
+    """Read one clip's metadata (size, frame count, frame rate) without decoding it.
+
+    Fires once per listed clip when the core plans the dataset, before ``cogvx_clip_targets``.
+    Return a ``cogvx_ext.VideoInfo`` (a frozen dataclass: build it with every field), or raise
+    ``cogvx_ext.SkipClip(reason)`` for a file that cannot be used. The built-in default (trylast)
+    reads the container's header with PyAV and rejects what is not a video. Answer for files of
+    your own format (with ``cogvx_load_pixels``), or from a cache. Stops at first non-None result.
+
+    :param path: the clip's path, as listed under ``--instance_data_root``.
+    :param args: the parsed arguments.
+    """
+
+
+@hookspec(firstresult=True)
 def cogvx_clip_targets(
     clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
 ) -> list[Target] | None:
@@ -191,6 +207,22 @@ def cogvx_clip_targets(
     :param args: the parsed arguments.
     :param model: positional facts of the model (frame rules, compression factors).
     :param stages: the schedule from ``cogvx_stages``, or ``None``.
+    """
+
+
+@hookspec
+def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace) -> None:
+    """Clips are being left out of training; raise ``cogvx_ext.UsageError`` to stop instead.
+
+    Fires only with a non-empty list, with the same list on every rank: after planning
+    (``when == "plan"``: listing problems, failed probes, ``SkipClip`` from ``cogvx_clip_targets``;
+    ``cogvx-ext plan`` fires it too, after its report) and after the encoding pass
+    (``when == "decode"``: clips that passed the probe and failed to decode). The core has already
+    named each clip with its reason.
+
+    :param skipped: the clips left out, each with ``path`` and ``reason``.
+    :param when: ``"plan"`` or ``"decode"``.
+    :param args: the parsed arguments.
     """
 
 
@@ -282,6 +314,37 @@ def cogvx_prompt_embeddings(
 
 
 # ---------------------------------------------------------------------------------------------
+# The cache command (``cogvx-ext cache fill|prune``) asks the cache plugin through these.
+
+
+@hookspec(firstresult=True)
+def cogvx_cache_summary() -> dict[str, Any] | None:
+    """Describe this process's cache use so far, for ``cogvx-ext cache fill``'s report.
+
+    Return ``{"root": str, "hits": int, "misses": int, "recomputed": int, "store_errors": int}``
+    (entries read, encoded, bad entries encoded again, entries that could not be written), or
+    ``None`` when the plugin keeps no cache. The cache commands need a plugin that answers. Stops
+    at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float) -> Any:
+    """Remove cache entries that ``samples`` (the dataset as planned) no longer reach.
+
+    For ``cogvx-ext cache prune``: name each removed item on stdout (with ``dry_run``: what would
+    be removed, removing nothing), and remove temporary files older than ``temp_age`` seconds.
+    Return ``{"root": str, "kept": int, "removed": int, "temporary": int, "freed_bytes": int}``.
+    Stops at first non-None result.
+
+    :param samples: every planned sample of the dataset (their clips, targets and prompts).
+    :param args: the parsed arguments (the script's data flags and the plugins' own).
+    :param dry_run: list, do not remove.
+    :param temp_age: the age in seconds from which a temporary file is a killed writer's.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
 # The transformer's forward pass (training and validation alike)
 
 
@@ -312,8 +375,10 @@ def cogvx_rotary_embedding(
 
     Fires before every forward of a model that uses RoPE, after ``cogvx_transformer_forward``,
     with the shape of the tensor that actually reaches the transformer (accelerate fetches
-    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``; with
-    no implementation the caller's embedding is kept. Stops at first non-None result.
+    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``. Return
+    ``None`` when your option is off: the core's default (trylast) then answers with the diffusers
+    pipeline's embedding at this latent shape, so a forward never goes without RoPE (the script's
+    own embedding, from ``--height/--width``, was skipped). Stops at first non-None result.
 
     :param model: positional facts of the model.
     :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.
@@ -360,8 +425,10 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
 def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
     """Return this plugin's state to save with the script's checkpoint (JSON-serialisable).
 
-    Fires when the script calls ``accelerator.save_state``; the core writes every plugin's state
-    to ``cogvx_ext_state.json`` in the checkpoint folder, atomically.
+    Fires when the script calls ``accelerator.save_state``. The core asks one plugin at a time
+    through the plugin manager (a ``wrapper=True`` implementation receives the list holding that
+    plugin's state) and writes every answer to ``cogvx_ext_state.json`` in the checkpoint folder,
+    atomically, keyed by what the plugin is (``module:Class``), not by its name on the command line.
 
     :param step: the optimizer step being saved (from the script's ``checkpoint-<step>`` folder
         name), or ``None`` when the folder is named otherwise.
@@ -372,7 +439,8 @@ def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
 def cogvx_load_state_dict(state: dict[str, Any]) -> None:
     """Restore this plugin's state from a checkpoint (``--resume_from_checkpoint``).
 
-    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state.
+    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state,
+    one plugin at a time through the plugin manager.
 
     :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
     """

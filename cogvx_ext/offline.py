@@ -3,17 +3,28 @@
 ``cogvx-ext plan`` and ``cogvx-ext cache`` take the script's data flags and the plugins' own,
 so the bucket plan and the cache keys they compute are the ones training computes: the same
 plugins, the same hooks, the same core functions (cogvx_ext.dataset).
+
+The flags and their defaults come from the training script's own parser when the script is at
+hand (``--trainer PATH`` or ``$COGVX_EXT_TRAINER``): the script is imported (its ``main`` does
+not run) and its ``get_args()`` hands over its parser instead of parsing. Without a script, the
+tools use the copy below of the data flags of diffusers' scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext.errors import OneLineParser, UsageError
 from cogvx_ext.model import RELEASED, ModelInfo, released_model
+
+ENV_TRAINER = "COGVX_EXT_TRAINER"
+_module_counter = itertools.count(1)
 
 
 @dataclass
@@ -67,12 +78,23 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--num_processes", type=int, default=1, help="training processes (steps per epoch depend on it)"
     )
     t.add_argument(
-        "--plugins", action="append", default=None, help="plugins, as for training (default: aspect_bucket)"
+        "--trainer",
+        metavar="PATH",
+        default=None,
+        help=f"the training script: its own flags and defaults are used (default: ${ENV_TRAINER}; "
+        "without one, a copy of the diffusers scripts' data flags)",
+    )
+    t.add_argument(
+        "--plugins",
+        action="append",
+        default=None,
+        help="plugins, as for training (default: aspect_bucket,rope_rescale)",
     )
     return parser
 
 
 def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_plugins: str) -> OfflineRun:
+    from cogvx_ext.contracts import check_requirements
     from cogvx_ext.manager import (
         ENV_PLUGINS,
         load_plugins,
@@ -86,6 +108,9 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
     )
     pm = make_plugin_manager()
     names = load_plugins(pm, choice)
+    trainer = trainer_flag_value(argv) or os.environ.get(ENV_TRAINER)
+    if trainer:
+        parser = with_script_flags(parser, trainer)
     pm.hook.cogvx_add_arguments(parser=parser)
     args = parser.parse_args(argv)
     pm.hook.cogvx_configure(args=args)
@@ -98,7 +123,77 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
                 "give a local model folder or --model NAME"
             )
     model = model or released_model(args.model or "5b")
+    check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
     from cogvx_ext.memory import check_before_loading
 
     check_before_loading(pm, args, model, args.model)
     return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)
+
+
+def trainer_flag_value(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--trainer", default=None)
+    return pre.parse_known_args(argv)[0].trainer
+
+
+class _ParserCaptured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+
+def script_parser(path: str | os.PathLike) -> argparse.ArgumentParser:
+    """The training script's own argument parser, as its ``get_args()`` builds it."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise UsageError(f"training script '{path}' does not exist (--trainer / ${ENV_TRAINER})")
+    name = f"_cogvx_ext_flags_of_{os.path.splitext(os.path.basename(path))[0]}_{next(_module_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)  # the script's imports; its main() does not run
+        if not callable(getattr(module, "get_args", None)):
+            raise UsageError(f"{os.path.basename(path)} has no get_args(): not a diffusers training script")
+
+        def capture(self, args=None, namespace=None):
+            raise _ParserCaptured(self)
+
+        previous = argparse.ArgumentParser.parse_args
+        argparse.ArgumentParser.parse_args = capture
+        try:
+            module.get_args()
+        except _ParserCaptured as captured:
+            return captured.parser
+        finally:
+            argparse.ArgumentParser.parse_args = previous
+        raise UsageError(f"{os.path.basename(path)}'s get_args() parsed no arguments")
+    finally:
+        sys.modules.pop(name, None)
+
+
+def with_script_flags(
+    tool_parser: argparse.ArgumentParser, script: str | os.PathLike
+) -> argparse.ArgumentParser:
+    """A parser with the script's own flags and defaults, then the tool's flags the script lacks.
+
+    Nothing is required here (the script requires a model, the plan does not): what a tool needs,
+    it checks itself.
+    """
+    flags = script_parser(script)
+    parser = OneLineParser(
+        prog=tool_parser.prog, description=tool_parser.description, conflict_handler="resolve"
+    )
+    group = parser.add_argument_group(f"the training script's flags ({os.path.basename(os.fspath(script))})")
+    for action in flags._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        action.required = False
+        group._add_action(action)
+    ours = parser.add_argument_group("cogvx-ext")
+    for action in tool_parser._actions:
+        if isinstance(action, argparse._HelpAction) or any(
+            option in parser._option_string_actions for option in action.option_strings
+        ):
+            continue
+        ours._add_action(action)
+    return parser

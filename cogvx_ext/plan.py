@@ -21,7 +21,6 @@ from typing import Any
 
 from cogvx_ext.clips import Sample, VideoInfo
 from cogvx_ext.dataset import latent_shape_key
-from cogvx_ext.errors import UsageError
 from cogvx_ext.memory import format_bytes
 from cogvx_ext.model import ModelInfo
 
@@ -537,7 +536,7 @@ def run_plan(argv: list[str]) -> int:
     from cogvx_ext.memory import add_setup_arguments
 
     add_setup_arguments(parser)
-    run = start_offline_run(parser, argv, default_plugins="aspect_bucket")
+    run = start_offline_run(parser, argv, default_plugins="aspect_bucket,rope_rescale")
     args = run.args
     if args.chart:
         from cogvx_ext.chart import check_chart_available
@@ -564,9 +563,6 @@ def run_plan(argv: list[str]) -> int:
 
         write_chart(report, args.chart)
         print(f"chart drawn in {args.chart}", file=sys.stderr if args.json == "-" else sys.stdout)
-    if getattr(args, "bucket_strict", False) and report.skipped:
-        first = report.skipped[0]
-        raise UsageError(
-            f"--bucket_strict: {len(report.skipped)} clip(s) cannot be used; first: {first.path}: {first.reason}"
-        )
+    if report.skipped:  # a plugin may stop here, as it stops training (aspect_bucket's --bucket_strict)
+        run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args)
     return 0 if report.ok else 1

@@ -122,6 +122,16 @@ def clear_cache() -> None:
     _rotary_embedding_cached.cache_clear()
 
 
+def default_rotary_embedding(
+    model: ModelInfo, latent_shape: Sequence[int], device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What a forward gets when no plugin chooses its RoPE: the pipeline's, at the batch's shape;
+    ``None`` for a model without RoPE."""
+    if not model.rotary:
+        return None
+    return rotary_embedding(model, latent_shape, device, mode="pipeline")
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _rotary_embedding_cached(
     model: ModelInfo, latent_shape: Grid, device: torch.device, mode: str, base: Grid | None

@@ -45,6 +45,7 @@ STATE_FILE = "cogvx_ext_state.json"
 
 DATA_HOOKS = (
     "cogvx_stages",
+    "cogvx_probe",
     "cogvx_clip_targets",
     "cogvx_load_pixels",
     "cogvx_encode_sample",
@@ -229,28 +230,22 @@ def _log_with_step_end(run, accelerator, real_log):
 
 def _save_plugin_state(run, models, weights, output_dir):
     from cogvx_ext.io import write_json_atomic
+    from cogvx_ext.state import collect_states
 
     match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
-    step = int(match.group(1)) if match else None
-    states = {}
-    # Called one plugin at a time (not through the relay) to keep each state under its plugin's name.
-    for impl in run.hook.cogvx_state_dict.get_hookimpls():
-        state = impl.function(**({"step": step} if "step" in impl.argnames else {}))
-        if state is not None:
-            states[impl.plugin_name] = state
+    states = collect_states(run.pm, int(match.group(1)) if match else None)
     if states:
         write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states})
 
 
 def _load_plugin_state(run, models, input_dir):
+    from cogvx_ext.state import restore_states
+
     path = os.path.join(input_dir, STATE_FILE)
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        states = json.load(f).get("plugins", {})
-    for impl in run.hook.cogvx_load_state_dict.get_hookimpls():
-        if impl.plugin_name in states:
-            impl.function(**({"state": states[impl.plugin_name]} if impl.argnames else {}))
+        restore_states(run.pm, json.load(f).get("plugins", {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +315,15 @@ class ScriptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, run, **kwargs):
-        from cogvx_ext.dataset import encode_samples, plan_samples, read_script_data, report_skipped
+        from cogvx_ext.dataset import (
+            Skipped,
+            encode_samples,
+            plan_samples,
+            read_script_data,
+            report_skipped,
+            vae_device,
+        )
+        from cogvx_ext.ranks import check_ranks_agree
 
         self.run = run
         self.kind = run.kind
@@ -328,18 +331,18 @@ class ScriptDataset(torch.utils.data.Dataset):
         accelerator = run.accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         progress = accelerator is None or accelerator.is_local_main_process
-        strict = bool(getattr(run.args, "bucket_strict", False))
         data_flags = ("instance_data_root", "dataset_name", "dataset_config_name", "caption_column")
         data_flags += ("video_column", "cache_dir")
         entries, skipped = read_script_data(argparse.Namespace(**{k: kwargs.get(k) for k in data_flags}))
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
+        check_ranks_agree(
+            samples, kwargs.get("instance_data_root"), vae_device(run.vae) if run.vae is not None else "cpu"
+        )
         skipped += more_skipped
         if progress:
             report_skipped(skipped)
-        if strict and skipped:  # every rank reaches the same decision: the listing is the same
-            raise UsageError(
-                f"--bucket_strict: {len(skipped)} clip(s) cannot be used, first: {skipped[0].path}: {skipped[0].reason}"
-            )
+        if skipped:  # the same list on every rank: the ranks agree on the plan
+            run.hook.cogvx_clips_skipped(skipped=skipped, when="plan", args=run.args)
         if not samples:
             raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
         posteriors, failed = encode_samples(
@@ -347,10 +350,14 @@ class ScriptDataset(torch.utils.data.Dataset):
         )
         report_skipped(failed)  # each rank names the clips it failed to decode
         kept = [i for i, p in enumerate(posteriors) if p is not None]
-        if strict and len(kept) < len(samples):
-            raise UsageError(
-                f"--bucket_strict: {len(samples) - len(kept)} clip(s) failed to decode (named above)"
-            )
+        if len(kept) < len(samples):  # every rank knows which samples failed, not always why
+            reasons = {item.path: item.reason for item in failed}
+            lost = [
+                Skipped(s.clip.path, reasons.get(s.clip.path, "failed to decode on another rank"))
+                for s, p in zip(samples, posteriors)
+                if p is None
+            ]
+            run.hook.cogvx_clips_skipped(skipped=lost, when="decode", args=run.args)
         if not kept:
             raise UsageError("no clip could be decoded (reasons above)")
         self.samples = [samples[i] for i in kept]

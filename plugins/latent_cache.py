@@ -50,6 +50,7 @@ from cogvx_ext.errors import UsageError
 FORMAT_VERSION = 2
 HEAD_BYTES = 1 << 20  # the part of a clip that is hashed; size and mtime cover the rest
 PROMPTS_DIR = "prompts"
+PROBES_DIR = "probes"  # JSON answers of cogvx_probe, so a warm launch opens no clip
 SUFFIX = ".safetensors"
 ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 TEMP_NAME = re.compile(r"^\.[0-9a-f]{64}\.safetensors\..*\.tmp$")  # cogvx_ext.io.write_bytes_atomic's names
@@ -157,6 +158,50 @@ def vae_identity(vae: torch.nn.Module, fingerprint: str | None = None) -> dict[s
 
 def entry_key(clip_key: str, kind: str, vae_id: dict[str, Any]) -> str:
     return digest({"clip": clip_key, "kind": kind, "vae": vae_id})
+
+
+def probe_key(path: str, stat: os.stat_result) -> str:
+    """A clip's probe entry key: the path, size and modification time, so that a warm launch
+    reads no clip at all (a file rewritten in place with the same size and time is not seen)."""
+    return digest(
+        {
+            "format": FORMAT_VERSION,
+            "path": os.path.abspath(path),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+    )
+
+
+def probe_entry_path(root: str | os.PathLike, key: str) -> Path:
+    return Path(root) / PROBES_DIR / key[:2] / f"{key}.json"
+
+
+def video_info_to_json(info: Any) -> dict[str, Any]:
+    """Every field of the probe's answer, whatever fields it has (``dataclasses.asdict``)."""
+    import dataclasses
+
+    return dataclasses.asdict(info)
+
+
+def video_info_from_json(data: Any) -> Any:
+    """The probe's answer again, or ``None`` when the stored fields are not today's (a newer or
+    older cogvx-ext wrote it: probe again)."""
+    import dataclasses
+
+    from cogvx_ext.clips import VideoInfo
+
+    names = {f.name for f in dataclasses.fields(VideoInfo)}
+    if not isinstance(data, dict) or set(data) != names:
+        return None
+
+    def frozen(value: Any) -> Any:  # JSON arrays back to tuples: VideoInfo is frozen and hashable
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+    try:
+        return VideoInfo(**{name: frozen(value) for name, value in data.items()})
+    except (TypeError, ValueError):
+        return None
 
 
 def entry_path(root: str | os.PathLike, key: str) -> Path:
@@ -358,6 +403,7 @@ class CacheStats:
     store_errors: int = 0
     prompt_hits: int = 0
     prompt_misses: int = 0
+    probe_hits: int = 0
 
 
 @dataclass
@@ -411,6 +457,7 @@ class LatentCache:
         self.stats = CacheStats()
         self._fingerprints = _FingerprintMemo()
         self._file_ids: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._probes_served: set[str] = set()
         self._lookup: _Lookup | None = None
         self._prompt_lookup: _PromptLookup | None = None
         self._prompts: dict[str, torch.Tensor] = {}  # prompt entry key -> embedding [L, D], CPU
@@ -491,6 +538,55 @@ class LatentCache:
             self._file_ids[memo_key] = file_identity(path)
         return self._file_ids[memo_key]
 
+    # ---- probes ------------------------------------------------------------------------------
+    #
+    # A clip's header answer and its file identity, stored as JSON under its path, size and
+    # modification time: a launch with nothing changed neither demuxes nor reads any clip.
+
+    @hookimpl(tryfirst=True, specname="cogvx_probe")
+    def load_cached_probe(self, path: str):
+        if self.root is None:
+            return None
+        try:
+            stat = os.stat(path)
+            key = probe_key(path, stat)
+            with open(probe_entry_path(self.root, key), encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None  # no entry (or no file: the probe below says so)
+        info = video_info_from_json(entry.get("info")) if isinstance(entry, dict) else None
+        if info is None or entry.get("key") != key:
+            return None
+        if isinstance(entry.get("file"), dict):
+            self._file_ids[(path, stat.st_size, stat.st_mtime_ns)] = entry["file"]
+        self._probes_served.add(path)
+        self.stats.probe_hits += 1
+        return info
+
+    @hookimpl(wrapper=True)
+    def cogvx_probe(self, path: str):
+        info = yield
+        if path in self._probes_served:
+            self._probes_served.discard(path)
+            return info
+        if info is None or self.root is None or self.readonly:
+            return info
+        from cogvx_ext.io import write_json_atomic
+
+        try:
+            stat = os.stat(path)
+            key = probe_key(path, stat)
+            entry = {
+                "key": key,
+                "path": path,
+                "info": video_info_to_json(info),
+                "file": self._file_identity(path),
+            }
+            write_json_atomic(probe_entry_path(self.root, key), entry)
+        except (OSError, TypeError, ValueError):
+            pass  # not kept: the next launch probes this clip again
+        return info
+
     @hookimpl(wrapper=True)
     def cogvx_encode_sample(self, sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace):
         try:
@@ -564,6 +660,8 @@ class LatentCache:
     def summary(self) -> str:
         s = self.stats
         text = f"{s.hits} sample(s) read from the cache, {s.misses} encoded"
+        if s.probe_hits:
+            text += f"; {s.probe_hits} clip header(s) from the cache"
         if s.recomputed:
             text += f" ({s.recomputed} unusable entr{'y' if s.recomputed == 1 else 'ies'} among them)"
         if s.store_errors:
@@ -690,6 +788,87 @@ class LatentCache:
             self.stats.store_errors += 1
             if self.stats.store_errors == 1:
                 self._report(f"cannot write to {self.root} ({exc.strerror or exc}); going on without storing")
+
+    # ---- the cache command (cogvx-ext cache fill|prune) -----------------------------------------
+
+    @hookimpl
+    def cogvx_cache_summary(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "root": str(self.root),
+            "hits": s.hits,
+            "misses": s.misses,
+            "recomputed": s.recomputed,
+            "store_errors": s.store_errors,
+        }
+
+    @hookimpl
+    def cogvx_cache_prune(
+        self, samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float
+    ) -> dict[str, Any]:
+        return prune(self.root, samples, args, dry_run, temp_age)
+
+
+def prune(
+    root: Path, samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float
+) -> dict[str, Any]:
+    """Remove entries whose clip part of the key (file identity, target, ``--fps``, format) no
+    sample has, prompt entries whose text is no sample's prompt, unreadable files, and temporary
+    files older than ``temp_age``. Reads entry headers only and loads no model, so entries of the
+    same clips for another VAE, dtype or script kind are kept."""
+    clip_keys = {digest(clip_fields(sample, args)) for sample in samples}
+    # Both scripts feed the text encoder the id token and the caption.
+    texts = {text_key((getattr(args, "id_token", None) or "") + sample.clip.prompt) for sample in samples}
+    kept = removed = freed = 0
+    for item in scan_cache(root):
+        if item.kind == "temp":
+            continue
+        try:
+            metadata = read_metadata(item.path)
+            if item.kind == "entry":
+                reachable, what = metadata.get(META_CLIP_KEY) in clip_keys, "not reached by the dataset"
+            else:
+                reachable, what = metadata.get(META_TEXT_KEY) in texts, "prompt not in the dataset"
+            source = metadata.get(META_SOURCE, "?")
+        except BadEntry as exc:
+            reachable, what, source = False, str(exc), "?"
+        if reachable:
+            kept += 1
+            continue
+        removed += 1
+        freed += _size(item.path)
+        if dry_run:
+            print(
+                f"would remove {item.path} ({what}: {source if item.kind == 'entry' else repr(source[:80])})"
+            )
+        else:
+            _unlink(item.path)
+    temps = remove_stale_temp_files(root, temp_age, dry_run=dry_run)
+    for path, size in temps:
+        freed += size
+        if dry_run:
+            print(f"would remove {path} (temporary file older than {temp_age:g} s)")
+    return {
+        "root": str(root),
+        "kept": kept,
+        "removed": removed,
+        "temporary": len(temps),
+        "freed_bytes": freed,
+    }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:  # another prune, or a writer replacing it
+        pass
 
 
 def _describe(sample: Sample) -> str:

@@ -98,7 +98,8 @@ class RopeRescale:
 
     @hookimpl
     def cogvx_provides(self) -> list[str]:
-        return ["batch_rope"]
+        # frame_padding: odd 1.5 latent frame counts are padded in cogvx_transformer_forward.
+        return ["batch_rope", "frame_padding"]
 
     def _read_args(self, args: argparse.Namespace) -> None:
         self.mode = getattr(args, "rope_mode", None) or "pipeline"

@@ -133,16 +133,33 @@ def test_activation_is_idempotent():
     activation.activate_from_startup()
     assert argparse.ArgumentParser.parse_args is wrapper
     assert activation._original_parse_args is not wrapper
-    # Run the .pth line itself twice, as CPython does in a virtual environment.
-    result = run(
-        [
-            sys.executable,
-            "-c",
-            "import cogvx_ext._startup, importlib, cogvx_ext._startup as s; importlib.reload(s)",
-            ECHO,
-        ]
+
+
+def test_startup_hook_run_again_loads_each_plugin_once(tmp_path):
+    # CPython runs a virtual environment's .pth files twice; here the start-up module runs three
+    # times with --plugins on the command line, then a training script parses its arguments: the
+    # plugin must be loaded, its flag added and its configure hook run exactly once.
+    plugin = tmp_path / "count_calls.py"
+    plugin.write_text(
+        "from cogvx_ext import hookimpl\n\n"
+        "@hookimpl\n"
+        "def cogvx_add_arguments(parser):\n"
+        "    parser.add_argument('--count_flag', type=int, default=0)\n\n"
+        "@hookimpl\n"
+        "def cogvx_configure(args):\n"
+        "    args.configure_calls = getattr(args, 'configure_calls', 0) + 1\n"
     )
-    assert result.returncode == 0, result.stderr
+    code = (
+        "import importlib, runpy, sys\n"
+        "import cogvx_ext._startup as startup\n"
+        "importlib.reload(startup)\n"
+        "importlib.reload(startup)\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    result = run([sys.executable, "-c", code, ECHO, "--plugins", str(plugin), "--count_flag", "5"])
+    [args] = echoed(result)
+    assert args["count_flag"] == 5 and args["configure_calls"] == 1
 
 
 def test_runner_python_dash_m(tmp_path):

@@ -106,7 +106,7 @@ def test_every_hook_fires_in_a_bucketed_t2v_run(tiny_models, t2v_trainer, train,
     # Checkpoints carry the plugins' state; the LoRA carries what inference needs.
     state = json.loads((out / "checkpoint-2" / "cogvx_ext_state.json").read_text())["plugins"]
     assert state["recorder:Recorder"] == {"steps_seen": 1}
-    assert state["aspect_bucket"]["global_step"] == 2
+    assert state["cogvx_ext_plugins.aspect_bucket.plugin:AspectBucket"]["global_step"] == 2
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     meta = json.loads((out / "cogvx_ext.json").read_text())
     assert meta["plugins"] == ["recorder:Recorder", "aspect_bucket", "rope_rescale"]
@@ -160,11 +160,19 @@ def test_two_ranks_train_mixed_shapes_correctly(tiny_models, t2v_trainer, train,
     assert sorted(encoded) == sorted(planned)  # each clip encoded once, by one rank
     steps = {name: training_shapes(events) for name, events in ranks.items()}
     assert len(steps["events-rank0.jsonl"]) == len(steps["events-rank1.jsonl"]) == 3  # no rank waits
-    for shapes in steps.values():
+    for name, shapes in steps.items():
         assert all(s in planned.values() for s in shapes)
-        outputs = [e for e in by_event(ranks["events-rank0.jsonl"], "transformer_output") if e["grad"]]
-        assert all(e["rope_equals_pipeline"] for e in outputs)
+        outputs = [e for e in by_event(ranks[name], "transformer_output") if e["grad"]]
+        assert len(outputs) == 3 and all(e.get("rope_equals_pipeline") for e in outputs), name
     assert steps["events-rank0.jsonl"] != steps["events-rank1.jsonl"]  # different batches per rank
+    # Every rank trains on the very numbers the owning rank encoded, for every clip.
+    encoded = {
+        e["path"]: e["checksum"] for events in ranks.values() for e in by_event(events, "encode_sample")
+    }
+    for name, events in ranks.items():
+        [held] = by_event(events, "dataset_latents")
+        assert held["latents"] == {path: encoded[path] for path in held["latents"]}, name
+        assert sorted(held["latents"]) == sorted(encoded)
 
 
 @pytest.mark.parametrize(
@@ -329,10 +337,161 @@ def test_latent_cache_second_launch_decodes_and_encodes_nothing(tiny_models, t2v
         return ok(train(t2v_trainer, args)), events_of(tmp_path / name / "ev")
 
     cold, cold_events = launch("cold")
+    # A warm launch reads no clip at all (no header probe, no identity hash, no decoding): blank
+    # every file, keeping its size and modification time, and the launch must not notice.
+    for clip in (data / "videos").iterdir():
+        stat = clip.stat()
+        clip.write_bytes(bytes(stat.st_size))
+        os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     warm, warm_events = launch("warm")
+    assert "cogvx-ext: skipped" not in warm.stderr
+    assert f"{len(MIXED)} clip header(s) from the cache" in warm.stdout + warm.stderr
     assert len(by_event(cold_events, "load_pixels")) == len(MIXED)
     assert by_event(warm_events, "load_pixels") == []  # nothing decoded, so nothing VAE-encoded
     assert training_shapes(warm_events) == training_shapes(cold_events)  # same plan, same batches
     for result in (cold, warm):  # every prompt is at hand after the first pass: T5 leaves the device
         assert "prompt embeddings are at hand; the text encoder stays on the CPU" in result.stderr
     assert (tmp_path / "cache" / "prompts").is_dir()
+
+
+def test_a_rope_plugin_answering_none_leaves_the_default_rope(tiny_models, t2v_trainer, train, tmp_path):
+    # The seam has taken the script's RoPE away; a None answer must mean the batch's default, never none.
+    data = mixed_dataset(tmp_path / "data", MIXED[:3])
+    record = tmp_path / "events"
+    rope_off = f"{HERE / 'plugins' / 'rope_off.py'}:RopeOff"
+    args = script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", f"{RECORDER},aspect_bucket,{rope_off}",
+                       "--recorder_out", record, steps=3)  # fmt: skip
+    ok(train(t2v_trainer, args))
+    outputs = [e for e in by_event(events_of(record), "transformer_output") if e["grad"]]
+    assert len(outputs) == 3 and len({tuple(e["input_shape"]) for e in outputs}) > 1
+    assert all(e.get("rope_equals_pipeline") for e in outputs)
+
+
+def test_files_the_run_writes_are_readable_by_teammates(tiny_models, t2v_trainer, train, tmp_path):
+    # umask 022: a shared latent cache, the LoRA folder's record and the checkpoint's plugin state
+    # must be 0644 like every other file the run writes, not mkstemp's private 0600.
+    data = mixed_dataset(tmp_path / "data", MIXED[:2])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = script_args(tiny_models["5b"], data, out, "--plugins", "aspect_bucket,rope_rescale,latent_cache",
+                       "--latent_cache_dir", cache, "--checkpointing_steps", 2, steps=2)  # fmt: skip
+    previous = os.umask(0o022)
+    try:
+        ok(train(t2v_trainer, args))
+    finally:
+        os.umask(previous)
+    entries = [p for p in cache.rglob("*") if p.is_file()]
+    written = [*entries, out / "cogvx_ext.json", out / "checkpoint-2" / "cogvx_ext_state.json"]
+    assert entries and all(p.is_file() for p in written)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+
+
+BAD_TARGETS = f"{HERE / 'plugins' / 'bad_targets.py'}:BadTargets"
+
+
+@pytest.mark.parametrize(
+    "plugins, rule, message",
+    [
+        (
+            f"{BAD_TARGETS},rope_rescale",
+            "size",
+            "a target that cannot train: width 168 is not a multiple of 16",
+        ),
+        (f"{BAD_TARGETS},rope_rescale", "frames", "a target that cannot train: 8 frames: the VAE takes 4k+1"),
+        (BAD_TARGETS, "transposed", "trains at 96x160x9, not --width x --height 160x96: add rope_rescale"),
+    ],
+)
+def test_a_bad_target_stops_the_run_before_anything_is_decoded(
+    tiny_models, t2v_trainer, train, tmp_path, plugins, rule, message
+):
+    data = mixed_dataset(tmp_path / "data", MIXED[:2])
+    record = tmp_path / "events"
+    args = script_args(tiny_models["5b"], data, tmp_path / "out", "--plugins", f"{RECORDER},{plugins}",
+                       "--recorder_out", record, "--bad_target", rule, steps=2)  # fmt: skip
+    result = train(t2v_trainer, args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("cogvx-ext: ") and message in last and "Traceback" not in result.stderr
+    if rule != "transposed":
+        assert "plugin 'bad_targets:BadTargets' gave " in last
+    assert not by_event(events_of(record), "load_pixels")
+
+
+def test_plan_and_training_give_the_same_verdict_on_a_1_5_schedule(tiny_models, t2v_trainer, train, tmp_path):
+    from cogvx_ext.errors import UsageError
+    from cogvx_ext.plan import run_plan
+
+    data = mixed_dataset(tmp_path / "data", MIXED[:2])
+    flags = [
+        "--plugins",
+        "aspect_bucket,rope_rescale,progressive_resize",
+        "--progressive_stages",
+        "160x160:0:frames=9",
+    ]
+    with pytest.raises(UsageError) as info:
+        run_plan([*map(str, script_args(tiny_models["1.5-5B"], data, tmp_path / "plan")[:16]), *flags])
+    assert "cannot take 9 frames" in str(info.value)
+    result = train(t2v_trainer, script_args(tiny_models["1.5-5B"], data, tmp_path / "out", *flags, steps=2))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"cogvx-ext: {info.value}"
+
+
+ASPECT_BUCKET_BY_CLASS = "cogvx_ext_plugins.aspect_bucket:AspectBucket"
+
+
+@pytest.mark.parametrize("resume_name", ["aspect_bucket", ASPECT_BUCKET_BY_CLASS])
+def test_resume_with_gradient_accumulation_continues_at_the_exact_batch(
+    tiny_models, t2v_trainer, train, tmp_path, resume_name
+):
+    # 5 one-clip buckets, accumulation 2: 3 optimizer steps an epoch, the third takes one batch.
+    # Checkpoint at step 2 (4 batches taken); the resumed run must take batch 5, then epoch 1.
+    # It is resumed under another name for the same plugin: its state must be found all the same.
+    data = mixed_dataset(tmp_path / "data")
+
+    def launch(out, name, *extra, steps):
+        # A plugin that wraps the state hooks must not break the checkpoint.
+        wrapper = f"{HERE / 'plugins' / 'state_wrapper.py'}:StateWrapper"
+        plugins = [
+            "--plugins",
+            f"{RECORDER},{name},rope_rescale,{wrapper}",
+            "--gradient_accumulation_steps",
+            2,
+        ]
+        return ok(
+            train(t2v_trainer, script_args(tiny_models["5b"], data, out, *plugins, *extra, steps=steps))
+        )
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    launch(whole, "aspect_bucket", "--recorder_out", whole / "ev", steps=5)
+    launch(part, "aspect_bucket", "--recorder_out", part / "ev1", "--checkpointing_steps", 2, steps=2)
+    launch(part, resume_name, "--recorder_out", part / "ev2", "--resume_from_checkpoint", "latest", steps=5)
+    expected = training_shapes(events_of(whole / "ev"))
+    first, second = training_shapes(events_of(part / "ev1")), training_shapes(events_of(part / "ev2"))
+    assert len(expected) == 9 and len(first) == 4  # 3 + 3 + ... micro-batches: 5 + 4
+    assert first + second == expected
+    assert by_event(events_of(part / "ev2"), "load_state_dict")  # the recorder's state came back too
+
+
+def test_ranks_that_see_different_files_stop_within_seconds(tiny_models, t2v_trainer, train, tmp_path):
+    # Node-local copies of the data where rank 1's third clip differs (a file replaced on one node):
+    # every rank stops before encoding with the same line, no rank waits for the other.
+    import time
+
+    clips = MIXED[:3]
+    mixed_dataset(tmp_path / "data_rank0", clips)
+    mixed_dataset(tmp_path / "data_rank1", clips)
+    other = mixed_dataset(tmp_path / "other", [(144, 256, 17)] * 3)
+    third = sorted((tmp_path / "data_rank1" / "videos").iterdir())[2]
+    third.write_bytes(sorted((other / "videos").iterdir())[2].read_bytes())
+    node_local = f"{HERE / 'plugins' / 'node_local_data.py'}:NodeLocalData"
+    args = script_args(tiny_models["5b"], tmp_path / "data", tmp_path / "out", "--node_local_data",
+                       "--plugins", f"aspect_bucket,rope_rescale,{node_local}", steps=2)  # fmt: skip
+    started = time.monotonic()
+    result = train(t2v_trainer, args, nproc=2, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cogvx-ext: the ranks planned")]
+    assert lines, result.stderr[-3000:]
+    assert len(lines) == 2 and lines[0] == lines[1]  # both ranks, the same line
+    assert f"first difference at sample 2: rank 0: videos/{third.name} " in lines[0]
+    assert f"; rank 1: videos/{third.name} " in lines[0]
+    assert "decoding and encoding" not in result.stderr  # stopped before encoding
+    assert elapsed < 120, elapsed

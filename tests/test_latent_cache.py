@@ -464,7 +464,7 @@ def test_fill_then_fill_again_decodes_nothing(tmp_path, model_dir, count_decodes
         root,
         tmp_path / "cache",
         "--pretrained_model_name_or_path", str(model_dir),
-        "--plugins", f"aspect_bucket,latent_cache,{count_decodes_plugin}",
+        "--plugins", f"aspect_bucket,rope_rescale,latent_cache,{count_decodes_plugin}",
     )  # fmt: skip
     assert run_cache(["fill", *flags]) == 0
     assert "3 sample(s) of 3 clip(s): 0 already cached, 3 encoded" in capsys.readouterr().out
@@ -484,7 +484,7 @@ def test_fill_needs_the_model_and_the_plugin(tmp_path, capsys):
     without_cache_dir = [
         f for f in cache_flags(root, tmp_path) if f not in ("--latent_cache_dir", str(tmp_path))
     ]
-    assert run_cache(["fill", *without_cache_dir, "--plugins", "aspect_bucket"]) == 2
+    assert run_cache(["fill", *without_cache_dir, "--plugins", "aspect_bucket,rope_rescale"]) == 2
     assert "add latent_cache to --plugins" in capsys.readouterr().err
     assert run_cache(["bogus"]) == 2
 

@@ -19,6 +19,7 @@ from cogvx_ext.testing import tiny_transformer_config, write_clip, write_dataset
 from cogvx_ext_plugins.aspect_bucket import AspectBucket
 from cogvx_ext_plugins.multi_scale import MultiScale, parse_scales, scaled_targets
 from cogvx_ext_plugins.progressive_resize import ProgressiveResize
+from cogvx_ext_plugins.rope_rescale import RopeRescale
 
 V10 = ModelInfo.from_config(tiny_transformer_config("5b"))
 
@@ -74,7 +75,8 @@ def script_parser() -> argparse.ArgumentParser:
 
 
 def configured(argv, *plugins):
-    return support_configured(script_parser(), argv, plugins, V10)
+    # rope_rescale: the scales train at other sizes than --height/--width, which RoPE must follow.
+    return support_configured(script_parser(), argv, (*plugins, RopeRescale()), V10)
 
 
 def test_requires_a_sampler_that_batches_by_shape():

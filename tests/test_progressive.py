@@ -24,6 +24,7 @@ from cogvx_ext.testing import tiny_transformer_config, write_clip, write_dataset
 from cogvx_ext.video import probe
 from cogvx_ext_plugins.aspect_bucket import AspectBucket
 from cogvx_ext_plugins.progressive_resize import ProgressiveResize, parse_stages, rewarm_factor
+from cogvx_ext_plugins.rope_rescale import RopeRescale
 
 V10 = ModelInfo.from_config(tiny_transformer_config("5b"))
 V15 = ModelInfo.from_config(tiny_transformer_config("1.5-5B"))
@@ -101,7 +102,8 @@ def script_parser() -> argparse.ArgumentParser:
 
 
 def configured(argv, *plugins, model=V10):
-    return support_configured(script_parser(), argv, plugins, model)
+    # rope_rescale: the stages train at other sizes than --height/--width, which RoPE must follow.
+    return support_configured(script_parser(), argv, (*plugins, RopeRescale()), model)
 
 
 def test_configure_stops_at_start_with_one_line():
@@ -439,6 +441,7 @@ def test_plan_command_with_a_schedule(tmp_path, capsys):
         "--height", "144", "--width", "256", "--max_num_frames", "9", "--train_batch_size", "1",
         "--plugins", "aspect_bucket,progressive_resize", "--progressive_stages", "160x96:0,256x144:40",
         "--max_train_steps", "100", "--json", str(tmp_path / "plan.json"),
+        "--model", "2b",  # no RoPE: the stages need no rope_rescale
     ])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
@@ -631,7 +634,11 @@ def test_resume_inside_stage_1_and_stage_2(tiny_models, t2v_trainer, train, tmp_
         ok(train(t2v_trainer, script_args(tiny_models["5b"], data, part, *second)))
         assert training_shapes(part / "ev1") + training_shapes(part / "ev2") == expected, stop
         state = json.loads((part / f"checkpoint-{stop}" / "cogvx_ext_state.json").read_text())["plugins"]
-        owner = "aspect_bucket" if "aspect_bucket" in plugins else "progressive_resize"
+        owner = (  # states are kept under what the plugin is, whatever it was called
+            "cogvx_ext_plugins.aspect_bucket.plugin:AspectBucket"
+            if "aspect_bucket" in plugins
+            else "cogvx_ext_plugins.progressive_resize:ProgressiveResize"
+        )
         assert state[owner]["sampler"]["stage"] == (0 if stop < 3 else 1)
 
 

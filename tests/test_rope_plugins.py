@@ -83,7 +83,7 @@ def test_rope_hook_in_pipeline_mode_equals_the_pipeline():
 
 def test_settings_hooks():
     pm, args = make_pm("--rope_mode", "ntk", "--validation_resolutions", "1024x576, 576x1024")
-    assert sorted(pm.hook.cogvx_provides(args=args)) == [["batch_rope"], ["learned_posemb"]]
+    assert sorted(pm.hook.cogvx_provides(args=args)) == [["batch_rope", "frame_padding"], ["learned_posemb"]]
     metadata = {}
     for part in pm.hook.cogvx_lora_metadata(args=args):
         metadata.update(part)

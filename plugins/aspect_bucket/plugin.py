@@ -433,6 +433,17 @@ class AspectBucket:
         return self._stage_frames[frames]
 
     @hookimpl
+    def cogvx_clips_skipped(self, skipped: list[Any], when: str, args: argparse.Namespace) -> None:
+        if not getattr(args, "bucket_strict", False):
+            return
+        if when == "decode":
+            raise UsageError(f"--bucket_strict: {len(skipped)} clip(s) failed to decode (named above)")
+        first = skipped[0]
+        raise UsageError(
+            f"--bucket_strict: {len(skipped)} clip(s) cannot be used; first: {first.path}: {first.reason}"
+        )
+
+    @hookimpl
     def cogvx_provides(self) -> list[str]:
         # Batches of one latent shape however many shapes the targets have (multi_scale needs it).
         return ["shape_batches"]

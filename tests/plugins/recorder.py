@@ -61,6 +61,24 @@ class Recorder:
     @hookimpl
     def cogvx_accelerator_ready(self, accelerator):
         self.record("accelerator_ready", num_processes=accelerator.num_processes)
+        # The script hands its DataLoader to accelerator.prepare once every latent is in the
+        # dataset: record what each rank holds for every clip, so tests can compare the ranks.
+        real_prepare = accelerator.prepare
+
+        def prepare(*objects, **kwargs):
+            for obj in objects:
+                dataset = getattr(obj, "dataset", None)
+                if dataset is not None and hasattr(dataset, "instance_video_paths"):
+                    self.record(
+                        "dataset_latents",
+                        latents={
+                            os.path.basename(path): checksum(video)
+                            for path, video in zip(dataset.instance_video_paths, dataset.instance_videos)
+                        },
+                    )
+            return real_prepare(*objects, **kwargs)
+
+        accelerator.prepare = prepare
 
     @hookimpl
     def cogvx_transformer_loaded(self, transformer):
@@ -103,6 +121,7 @@ class Recorder:
             path=os.path.basename(sample.clip.path),
             shapes=[list(p.parameters.shape) for p in parts],
             grad=torch.is_grad_enabled(),
+            checksum=checksum(encoded),
         )
         return encoded
 
@@ -199,6 +218,16 @@ class Recorder:
     @hookimpl
     def cogvx_exception(self, exc):
         self.record("exception", type=type(exc).__name__, message=str(exc))
+
+
+def checksum(posterior):
+    """Exact fingerprints of a posterior's numbers (a pair for I2V): sum, sum of squares, shape."""
+    parts = posterior if isinstance(posterior, tuple) else (posterior,)
+    out = []
+    for part in parts:
+        values = part.parameters.detach().double().cpu()
+        out.append([float(values.sum()), float((values * values).sum()), list(values.shape)])
+    return out
 
 
 def pipeline_rope(transformer, hidden_states):
