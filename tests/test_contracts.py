@@ -19,6 +19,7 @@ from cogvx_ext.manager import make_plugin_manager
 from cogvx_ext.model import ModelInfo, released_model
 from cogvx_ext.plan import run_plan
 from cogvx_ext.testing import tiny_transformer_config, write_dataset
+from cogvx_ext.trainers import minimal_trainer
 
 TEXT_LEN = 16
 
@@ -330,8 +331,6 @@ def test_the_cache_command_talks_to_the_cache_plugin_through_hooks(tmp_path):
 def test_plan_takes_the_flags_and_defaults_of_the_script_at_hand(tmp_path, t2v_trainer, capsys, monkeypatch):
     import json
 
-    from tests_support import HERE as TESTS
-
     monkeypatch.delenv("COGVX_EXT_TRAINER", raising=False)
     data = write_dataset(tmp_path / "data", [(256, 144, 25), (144, 256, 25)])
     flags = ["--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
@@ -340,10 +339,10 @@ def test_plan_takes_the_flags_and_defaults_of_the_script_at_hand(tmp_path, t2v_t
     assert (
         run_plan([*flags, "--trainer", str(t2v_trainer), "--lora_alpha", "4", "--max_num_frames", "9"]) == 0
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="unrecognized arguments: --lora_alpha 4"):
         run_plan([*flags, "--lora_alpha", "4"])
     # Its defaults too: a script whose --max_num_frames defaults to 17.
-    script = (TESTS / "trainers" / "tiny_t2v_trainer.py").read_text()
+    script = minimal_trainer("t2v").read_text()
     assert 'add("--max_num_frames", type=int, default=49)' in script
     changed = tmp_path / "my_trainer.py"
     changed.write_text(
