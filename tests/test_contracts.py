@@ -211,6 +211,7 @@ def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeyp
 
 def test_cogvx_probe_answers_are_cached_as_json_and_read_without_opening_the_clip(tmp_path):
     import argparse
+    import dataclasses
     import json
 
     from cogvx_ext.testing import write_clip
@@ -228,7 +229,8 @@ def test_cogvx_probe_answers_are_cached_as_json_and_read_without_opening_the_cli
     first = manager().hook.cogvx_probe(path=str(clip), args=args)
     [entry] = (tmp_path / "cache" / "probes").rglob("*.json")
     stored = json.loads(entry.read_text())
-    assert stored["info"] == {"width": 160, "height": 96, "num_frames": 9, "fps": 8.0}  # every field
+    assert stored["info"] == json.loads(json.dumps(dataclasses.asdict(first)))  # every field
+    assert stored["info"]["width"] == 160 and stored["info"]["frame_times"][:2] == [0.0, 0.125]
     stat = clip.stat()
     clip.write_bytes(bytes(stat.st_size))  # blank, same size and time: only the cache can answer
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -335,12 +337,15 @@ def test_plan_takes_the_flags_and_defaults_of_the_script_at_hand(tmp_path, t2v_t
     data = write_dataset(tmp_path / "data", [(256, 144, 25), (144, 256, 25)])
     flags = ["--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
              "--height", "96", "--width", "160", "--json", str(tmp_path / "plan.json")]  # fmt: skip
-    # A flag only the script has (the copy has no --lora_alpha) is taken when the script is at hand.
+    # A flag only the script has (the copy has no --checkpointing_steps) is taken when the script is at hand.
     assert (
-        run_plan([*flags, "--trainer", str(t2v_trainer), "--lora_alpha", "4", "--max_num_frames", "9"]) == 0
+        run_plan(
+            [*flags, "--trainer", str(t2v_trainer), "--checkpointing_steps", "4", "--max_num_frames", "9"]
+        )
+        == 0
     )
-    with pytest.raises(UsageError, match="unrecognized arguments: --lora_alpha 4"):
-        run_plan([*flags, "--lora_alpha", "4"])
+    with pytest.raises(UsageError, match="unrecognized arguments: --checkpointing_steps 4"):
+        run_plan([*flags, "--checkpointing_steps", "4"])
     # Its defaults too: a script whose --max_num_frames defaults to 17.
     script = minimal_trainer("t2v").read_text()
     assert 'add("--max_num_frames", type=int, default=49)' in script
