@@ -136,8 +136,10 @@ def read_dataset(
     """
     try:
         from datasets import load_dataset
-    except ImportError as exc:  # pragma: no cover - datasets is a dependency
-        raise UsageError("--dataset_name needs the datasets library: pip install datasets") from exc
+    except ImportError as exc:  # optional, as in the scripts, which import it only for --dataset_name
+        raise UsageError(
+            "--dataset_name needs the datasets library: pip install datasets (or cogvx-ext[datasets])"
+        ) from exc
     builder = _FILE_BUILDERS.get(Path(name).suffix.lower()) if os.path.isfile(name) else None
     try:
         if builder:
