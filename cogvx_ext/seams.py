@@ -465,11 +465,34 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
         stages=run.hook.cogvx_stages(args=run.args),
     )
     _log_memory_estimate(run, sampler, dataset.samples, batch_size)
+    _watch_compilations(run, sampler, dataset.samples)
     if sampler is None:
         return real_dataloader(dataset, *args, **kwargs)
     for name in ("batch_size", "shuffle", "sampler", "drop_last"):
         kwargs.pop(name, None)
     return real_dataloader(dataset, batch_sampler=sampler, **kwargs)
+
+
+def _watch_compilations(run, sampler, samples) -> None:
+    """Under accelerate's dynamo backend, bound the compilations by the plan's latent shapes and log
+    each one (cogvx_ext.compiling); the model is compiled later, in ``accelerator.prepare``."""
+    from cogvx_ext.compiling import CompileWatch, dynamo_backend
+    from cogvx_ext.dataset import latent_shape_key
+
+    accelerator = run.accelerator
+    backend = dynamo_backend(accelerator)
+    if backend is None:
+        return
+    shapes = {latent_shape_key(sample, run.model) for sample in samples}
+    shapes |= {bucket.key for bucket in getattr(sampler, "buckets", ())}
+    watch = CompileWatch(backend, len(shapes))
+    real_log = accelerator.log
+
+    def log(values, step=None, log_kwargs=None):
+        watch.step_end(step)
+        return real_log(values, step=step, log_kwargs=log_kwargs or {})
+
+    accelerator.log = log
 
 
 def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
