@@ -210,12 +210,51 @@ def _accelerator_factory(run, real_accelerator):
         if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
             accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
+        _hand_state_hooks_unwrapped_models(accelerator)  # the script's hooks, registered after ours
         if "cogvx_step_end" in run.chosen:
             accelerator.log = _log_with_step_end(run, accelerator, accelerator.log)
         run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
         return accelerator
 
     return make_accelerator
+
+
+def _hand_state_hooks_unwrapped_models(accelerator) -> None:
+    """Under DeepSpeed, hand the script's save/load hooks the models they expect.
+
+    accelerate passes DeepSpeed's engine (not the transformer) and, on save, an empty weights list;
+    the scripts' hooks check ``isinstance(model, <transformer class>)`` and ``weights.pop()``, so every
+    checkpoint of a DeepSpeed run stops with "unexpected save model: DeepSpeedEngine". The save hooks
+    get the unwrapped models and a weights list of their length (the engine saves its own state
+    besides). On load the engine has restored every weight from its checkpoint and accelerate
+    hands the hooks no model, where the scripts' hooks would load the LoRA into None: they are
+    skipped.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    real_save, real_load = accelerator.register_save_state_pre_hook, accelerator.register_load_state_pre_hook
+
+    def register_save(hook):
+        @functools.wraps(hook)
+        def save(models, weights, output_dir):
+            unwrapped = [accelerator.unwrap_model(m) for m in models]
+            return hook(unwrapped, list(weights) or [None] * len(unwrapped), output_dir)
+
+        return real_save(save)
+
+    def register_load(hook):
+        @functools.wraps(hook)
+        def load(models, input_dir):
+            if not models:
+                return None
+            return hook([accelerator.unwrap_model(m) for m in models], input_dir)
+
+        return real_load(load)
+
+    accelerator.register_save_state_pre_hook = register_save
+    accelerator.register_load_state_pre_hook = register_load
 
 
 def _log_with_step_end(run, accelerator, real_log):
@@ -470,7 +509,22 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
         return real_dataloader(dataset, *args, **kwargs)
     for name in ("batch_size", "shuffle", "sampler", "drop_last"):
         kwargs.pop(name, None)
+    _deepspeed_micro_batch(accelerator, batch_size)
     return real_dataloader(dataset, batch_sampler=sampler, **kwargs)
+
+
+def _deepspeed_micro_batch(accelerator, batch_size) -> None:
+    """Under DeepSpeed, give the micro batch size that the batch sampler hides.
+
+    A DataLoader built on a batch sampler has ``batch_size`` None, and accelerate's DeepSpeed set-up
+    reads an ``auto`` ``train_micro_batch_size_per_gpu`` from it, so ``accelerator.prepare`` stops.
+    Each batch holds at most the script's ``--train_batch_size`` samples (a bucket's batches never
+    hold more): that is the micro batch, as without buckets.
+    """
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if plugin is None or not plugin.is_auto("train_micro_batch_size_per_gpu"):
+        return
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(batch_size or 1)
 
 
 def _watch_compilations(run, sampler, samples) -> None:
