@@ -120,7 +120,8 @@ def main() -> int:
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            last = [line for line in done.stderr.splitlines() if line.strip()][-1:]
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            last = [line for line in lines if "Error" in line][-1:] or lines[-1:]
             results[mode] = {"mode": mode, "failed": last[0] if last else f"exit {done.returncode}"}
         else:
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
