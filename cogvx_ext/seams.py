@@ -12,11 +12,13 @@ seam (script globals)               what it does
 ``main``                            fires ``cogvx_exception``; removes what the run installed
 ``Accelerator``                     fires ``cogvx_accelerator_ready``; plugin state is saved and
                                     loaded with ``save_state``/``load_state``; ``accelerator.log``
-                                    fires ``cogvx_step_end``
+                                    fires ``cogvx_step_end``; under DeepSpeed the script's
+                                    save/load hooks get the unwrapped model
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
-``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share)
+``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share);
+                                    DeepSpeed's micro batch; compilations bounded and logged
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
 ``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save
