@@ -5,8 +5,10 @@ that decide the cache key (``--pretrained_model_name_or_path``, ``--mixed_precis
 ``--enable_slicing``, ``--enable_tiling``), plans the samples with the same hooks and core
 functions as training (cogvx_ext.offline, cogvx_ext.dataset) and runs the same encoding hook
 (the script's recipe, cogvx_ext.seams.ScriptEncoding) through the chosen cache plugin
-(``latent_cache``). Under ``accelerate launch -m cogvx_ext cache fill ...`` each process fills its
-share; nothing is exchanged between processes, each one only writes its entries.
+(``latent_cache``). Under ``accelerate launch -m cogvx_ext cache fill ...`` or ``torchrun [--nnodes N
+--node_rank R ...] -m cogvx_ext cache fill ...`` (several nodes, each with its own copy of the data,
+one shared cache directory: tests/test_multinode.py) each process fills its share; nothing is
+exchanged between processes but the final counts, each one only writes its entries.
 
 ``prune`` plans the dataset the same way and asks the cache plugin (``cogvx_cache_prune``) to
 remove what the plan no longer reaches. The command knows no cache plugin: it talks to whichever
@@ -75,7 +77,8 @@ def fill(argv: list[str]) -> int:
         "cogvx-ext cache fill",
         "Encode every sample of a dataset into the latent cache, as training would. Give the flags "
         f"of the training run (default plugins: {DEFAULT_PLUGINS}). Under `accelerate launch -m "
-        "cogvx_ext cache fill ...` each process encodes its share.",
+        "cogvx_ext cache fill ...` or `torchrun ... -m cogvx_ext cache fill ...` (one or more nodes) "
+        "each process encodes its share.",
     )
     g = parser.add_argument_group("the VAE, as the training script sets it up (part of the cache key)")
     g.add_argument("--variant", default=None)

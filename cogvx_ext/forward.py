@@ -58,6 +58,10 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
             inputs["image_rotary_emb"] = rope
         return (), inputs
 
+    # Under torch.compile the hooks run as plain Python, outside the graph: dynamo would otherwise
+    # trace into pluggy, break the graph there and keep a compiled piece of the hook per shape
+    # (measured: bucketed steps 3x slower than single-shape ones, benchmarks/compile_buckets.py).
+    before = torch.compiler.disable(before, recursive=True)
     handles = [transformer.register_forward_pre_hook(before, with_kwargs=True)]
     if wants_output:
 
@@ -66,7 +70,7 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
                 transformer=module, inputs=kwargs, output=output, model=model
             )
 
-        handles.append(transformer.register_forward_hook(after, with_kwargs=True))
+        handles.append(transformer.register_forward_hook(torch.compiler.disable(after), with_kwargs=True))
     setattr(transformer, _ATTR, handles)
     return True
 

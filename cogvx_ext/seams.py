@@ -12,11 +12,13 @@ seam (script globals)               what it does
 ``main``                            fires ``cogvx_exception``; removes what the run installed
 ``Accelerator``                     fires ``cogvx_accelerator_ready``; plugin state is saved and
                                     loaded with ``save_state``/``load_state``; ``accelerator.log``
-                                    fires ``cogvx_step_end``
+                                    fires ``cogvx_step_end``; under DeepSpeed the script's
+                                    save/load hooks get the unwrapped model
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
-``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share)
+``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share);
+                                    DeepSpeed's micro batch; compilations bounded and logged
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
 ``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save
@@ -210,12 +212,51 @@ def _accelerator_factory(run, real_accelerator):
         if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
             accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
+        _hand_state_hooks_unwrapped_models(accelerator)  # the script's hooks, registered after ours
         if "cogvx_step_end" in run.chosen:
             accelerator.log = _log_with_step_end(run, accelerator, accelerator.log)
         run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
         return accelerator
 
     return make_accelerator
+
+
+def _hand_state_hooks_unwrapped_models(accelerator) -> None:
+    """Under DeepSpeed, hand the script's save/load hooks the models they expect.
+
+    accelerate passes DeepSpeed's engine (not the transformer) and, on save, an empty weights list;
+    the scripts' hooks check ``isinstance(model, <transformer class>)`` and ``weights.pop()``, so every
+    checkpoint of a DeepSpeed run stops with "unexpected save model: DeepSpeedEngine". The save hooks
+    get the unwrapped models and a weights list of their length (the engine saves its own state
+    besides). On load the engine has restored every weight from its checkpoint and accelerate
+    hands the hooks no model, where the scripts' hooks would load the LoRA into None: they are
+    skipped.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    real_save, real_load = accelerator.register_save_state_pre_hook, accelerator.register_load_state_pre_hook
+
+    def register_save(hook):
+        @functools.wraps(hook)
+        def save(models, weights, output_dir):
+            unwrapped = [accelerator.unwrap_model(m) for m in models]
+            return hook(unwrapped, list(weights) or [None] * len(unwrapped), output_dir)
+
+        return real_save(save)
+
+    def register_load(hook):
+        @functools.wraps(hook)
+        def load(models, input_dir):
+            if not models:
+                return None
+            return hook([accelerator.unwrap_model(m) for m in models], input_dir)
+
+        return real_load(load)
+
+    accelerator.register_save_state_pre_hook = register_save
+    accelerator.register_load_state_pre_hook = register_load
 
 
 def _log_with_step_end(run, accelerator, real_log):
@@ -465,11 +506,49 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
         stages=run.hook.cogvx_stages(args=run.args),
     )
     _log_memory_estimate(run, sampler, dataset.samples, batch_size)
+    _watch_compilations(run, sampler, dataset.samples)
     if sampler is None:
         return real_dataloader(dataset, *args, **kwargs)
     for name in ("batch_size", "shuffle", "sampler", "drop_last"):
         kwargs.pop(name, None)
+    _deepspeed_micro_batch(accelerator, batch_size)
     return real_dataloader(dataset, batch_sampler=sampler, **kwargs)
+
+
+def _deepspeed_micro_batch(accelerator, batch_size) -> None:
+    """Under DeepSpeed, give the micro batch size that the batch sampler hides.
+
+    A DataLoader built on a batch sampler has ``batch_size`` None, and accelerate's DeepSpeed set-up
+    reads an ``auto`` ``train_micro_batch_size_per_gpu`` from it, so ``accelerator.prepare`` stops.
+    Each batch holds at most the script's ``--train_batch_size`` samples (a bucket's batches never
+    hold more): that is the micro batch, as without buckets.
+    """
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if plugin is None or not plugin.is_auto("train_micro_batch_size_per_gpu"):
+        return
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(batch_size or 1)
+
+
+def _watch_compilations(run, sampler, samples) -> None:
+    """Under accelerate's dynamo backend, bound the compilations by the plan's latent shapes and log
+    each one (cogvx_ext.compiling); the model is compiled later, in ``accelerator.prepare``."""
+    from cogvx_ext.compiling import CompileWatch, dynamo_backend
+    from cogvx_ext.dataset import latent_shape_key
+
+    accelerator = run.accelerator
+    backend = dynamo_backend(accelerator)
+    if backend is None:
+        return
+    shapes = {latent_shape_key(sample, run.model) for sample in samples}
+    shapes |= {bucket.key for bucket in getattr(sampler, "buckets", ())}
+    watch = CompileWatch(backend, len(shapes))
+    real_log = accelerator.log
+
+    def log(values, step=None, log_kwargs=None):
+        watch.step_end(step)
+        return real_log(values, step=step, log_kwargs=log_kwargs or {})
+
+    accelerator.log = log
 
 
 def _log_memory_estimate(run, sampler, samples, batch_size) -> None:

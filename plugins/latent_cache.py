@@ -5,7 +5,8 @@
   never pickle. I2V entries hold the pair the I2V script makes: the video and the noised first
   frame (its noise drawn once, when the entry was made).
 * The key is a hash of everything that decides the numbers (``clip_fields`` and ``entry_key``): the
-  file's identity (size, mtime, hash of its first MiB), the target (size, crop box, frame indices,
+  file's contents (size, hashes of its first and last MiB; not its path or modification time, so
+  a copy of the data on another node, or restored from a backup, reuses the entries), the target (size, crop box, frame indices,
   tags), ``--fps``, the script kind, the VAE's identity (config, a fingerprint of its weights,
   dtype, slicing and tiling settings, diffusers version) and ``FORMAT_VERSION``. Nothing about
   the process (rank, process count, device) is in it, so an entry written by any launch layout
@@ -47,8 +48,9 @@ from cogvx_ext.errors import UsageError
 # Bump when what an entry holds, or how its key is made, changes: old entries then stop matching.
 # 2: frame indices count the frames an edit list shows, crops are in display pixels (rotation,
 # sample aspect), so an entry of version 1 can hold other pixels under the same key.
-FORMAT_VERSION = 2
-HEAD_BYTES = 1 << 20  # the part of a clip that is hashed; size and mtime cover the rest
+# 3: a clip is known by its contents (size, first and last MiB), no longer by its modification time.
+FORMAT_VERSION = 3
+HEAD_BYTES = 1 << 20  # hashed at each end of a clip; the size covers the rest
 PROMPTS_DIR = "prompts"
 PROBES_DIR = "probes"  # JSON answers of cogvx_probe, so a warm launch opens no clip
 SUFFIX = ".safetensors"
@@ -86,14 +88,22 @@ def digest(obj: Any) -> str:
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """Size, modification time and a hash of the first MiB: cheap, and any edit changes one of them."""
-    stat = os.stat(path)
+    """The size and hashes of the first and last MiB: cheap, and the same for every copy of a file.
+
+    No modification time: nodes hold copies made at other times (``cp -r``, ``scp``), and each
+    would otherwise encode again what another node has cached. A re-encoded video changes its size
+    or its index (the ``moov`` box sits at one end of an MP4); an edit in place that keeps the size
+    and both ends goes unseen (``cogvx-ext cache prune`` after such an edit, or a new cache).
+    """
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(HEAD_BYTES)
+        f.seek(max(0, size - HEAD_BYTES))
+        tail = f.read(HEAD_BYTES)
     return {
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
+        "size": size,
         "head_sha256": hashlib.sha256(head).hexdigest(),
+        "tail_sha256": hashlib.sha256(tail).hexdigest(),
     }
 
 

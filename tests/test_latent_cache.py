@@ -137,6 +137,21 @@ def touch(path: Path, sample, vae, args):
     return sample, vae, args
 
 
+def change_last_byte_past_the_head_keep_size_and_mtime(monkeypatch):
+    def change(path: Path, sample, vae, args):
+        # A clip longer than twice the hashed ends: only the last MiB sees the change.
+        monkeypatch.setattr(lc, "HEAD_BYTES", 64)
+        stat = path.stat()
+        data = bytearray(path.read_bytes())
+        assert len(data) > 3 * 64
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return sample, vae, args
+
+    return change
+
+
 def change_head_keep_size_and_mtime(path: Path, sample, vae, args):
     stat = path.stat()
     data = bytearray(path.read_bytes())
@@ -199,7 +214,7 @@ def nudge_a_weight(vae):
 
 
 CHANGES = {
-    "file touched (mtime)": lambda mp: touch,
+    "last MiB changed, same size and mtime": change_last_byte_past_the_head_keep_size_and_mtime,
     "first MiB changed, same size and mtime": lambda mp: change_head_keep_size_and_mtime,
     "bytes appended, same mtime": lambda mp: append_bytes_keep_mtime,
     "crop box": lambda mp: with_target(crop=(2, 0, 60, 64)),
@@ -242,11 +257,17 @@ def test_key_is_stable_across_runs_and_model_loads(tmp_path, model_dir):
     for _ in range(2):
         vae = AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder="vae")
         keys.add(key_of(make_sample(path), vae, args, tmp_path / "cache"))
-    # Reading the clip and a moved copy of the dataset (same bytes, same mtime) change nothing.
+    # Reading the clip, a moved copy of the dataset (same bytes, same mtime), a copy made later (as
+    # another node's copy is) and a touched file change nothing: the bytes are the same.
     moved = tmp_path / "moved" / "clip.mp4"
     moved.parent.mkdir()
     shutil.copy2(path, moved)
     keys.add(key_of(make_sample(moved), vae, args, tmp_path / "cache"))
+    copied = tmp_path / "node1" / "clip.mp4"
+    copied.parent.mkdir()
+    shutil.copyfile(path, copied)
+    touch(copied, None, None, None)
+    keys.add(key_of(make_sample(copied), vae, args, tmp_path / "cache"))
     assert len(keys) == 1
 
 
