@@ -562,7 +562,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
     arms = [a for a in ARMS if a in summary["arms"]]
     colours = {"a": "#888888", "b": "#1f77b4", "c": "#ff7f0e"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     aspects = list(ASPECTS)
     width = 0.8 / len(arms)
     for ax, key, label in zip(
@@ -590,7 +590,36 @@ def plot(summary: dict, path: Path, title: str) -> None:
         ax.set_xticks(np.arange(len(aspects)), [f"{a}\n{ASPECTS[a][0]}x{ASPECTS[a][1]}" for a in aspects])
         ax.set_ylabel("held-out denoising loss (lower is better)")
         ax.set_title(label)
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=7, loc="lower left")
+    # The paired differences against the stock arm: what to read (same clips, timesteps, noise).
+    ax = axes[2]
+    pairs = [p for p in ("b-a", "c-a") if p in summary["paired"]]
+    pair_width = 0.8 / max(1, 2 * len(pairs))
+    offset = 0
+    for pair in pairs:
+        for key, hatch in (("loss", None), ("edge_loss", "//")):
+            entries = [summary["paired"][pair][aspect] for aspect in aspects]
+            means = np.array([e[key] for e in entries])
+            lows = means - np.array([e[f"{key}_ci95"][0] for e in entries])
+            highs = np.array([e[f"{key}_ci95"][1] for e in entries]) - means
+            xs = np.arange(len(aspects)) + (offset - (2 * len(pairs) - 1) / 2) * pair_width
+            ax.bar(
+                xs,
+                means,
+                pair_width,
+                yerr=[lows, highs],
+                capsize=3,
+                color=colours[pair[0]],
+                hatch=hatch,
+                edgecolor="white" if hatch else None,
+                label=f"{pair.replace('-', ' − ')}, {'whole frame' if key == 'loss' else 'edge region'}",
+            )
+            offset += 1
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(aspects)), [f"{a}\n{ASPECTS[a][0]}x{ASPECTS[a][1]}" for a in aspects])
+    ax.set_ylabel("paired difference against a (below 0: better than stock)")
+    ax.set_title("against the stock crop, paired, 95 % interval")
+    ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title + "  (dotted: untrained)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
