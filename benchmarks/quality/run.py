@@ -2,7 +2,7 @@
 
 One command::
 
-    python benchmarks/quality/run.py --out DIR [--quick] [--threads 2] [--seed 0]
+    python benchmarks/quality/run.py --out DIR [--quick] [--threads 1] [--seed 0] [--trainer SCRIPT]
 
 What it does (seeded; every arm gets the same clips, model, steps, batch size, learning rate and
 seed):
@@ -15,7 +15,9 @@ seed):
    same kinds, is used only for evaluation.
 2. **Model.** A small random CogVideoX-5b: the released positional settings (rotary, linspace
    positions fitted into the 60x90 latent base, sample_frames 49, patch 2), 2 layers, 4 heads of
-   64, a tiny VAE and T5 (cogvx_ext.testing). Shared by all arms.
+   64, a tiny VAE and T5 (cogvx_ext.testing). Shared by all arms. The VAE gets a trained VAE's
+   narrow posterior (``make_posterior_narrow``: with random weights the script's posterior
+   samples are mostly noise and no arm can learn anything that tells them apart).
 3. **Training**, through the real training path: cogvx-ext's minimal trainer
    (``cogvx_ext/trainers/tiny_t2v_trainer.py``, the diffusers script's seams, loss and LoRA), in
    its own process per arm. LoRA (rank 64 = the full width, so the adapter can learn from random
@@ -35,7 +37,8 @@ seed):
    noise seeds, the same for every arm; also over the edge region only (latent cells outside the
    window a stock 3:2 centre crop keeps). Per aspect: the mean over clips, a bootstrap 95 %
    interval (clips resampled), and the paired difference between arms with its interval.
-   The untrained model (LoRA off) is reported as a reference.
+   The untrained model (LoRA off) is reported as a reference, and arm b is probed with one input
+   changed (another clip's prompt, no RoPE, arm c's positions) to show what the model uses.
 
 Writes ``DIR/results.json``, ``DIR/quality.png`` and ``DIR/table.md``; prints the table.
 """
