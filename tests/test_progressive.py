@@ -461,7 +461,7 @@ def test_a_stage_that_never_runs_is_neither_planned_nor_encoded(tmp_path, capsys
     code = run_plan([
         "--instance_data_root", str(data), "--caption_column", "prompts.txt", "--video_column", "videos.txt",
         "--height", "144", "--width", "256", "--max_num_frames", "9", "--train_batch_size", "1",
-        "--plugins", "aspect_bucket,progressive_resize", "--progressive_stages", "160x96:0,256x144:40",
+        "--plugins", "aspect_bucket,rope_rescale,progressive_resize", "--progressive_stages", "160x96:0,256x144:40",
         "--max_train_steps", "40", "--json", str(tmp_path / "plan.json"),
     ])  # fmt: skip
     assert code == 0
