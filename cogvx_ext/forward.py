@@ -29,10 +29,12 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
 
     ``hook`` is a plugin manager's ``pm.hook`` relay.
     """
-    wants_inputs = _implemented(hook.cogvx_transformer_forward)
+    from cogvx_ext.manager import implemented_by_plugins
+
+    wants_inputs = implemented_by_plugins(hook.cogvx_transformer_forward)
     # The core's default embedding answers only once a plugin has taken the forward's RoPE over.
-    wants_rope = model.rotary and _implemented(hook.cogvx_rotary_embedding)
-    wants_output = _implemented(hook.cogvx_transformer_output)
+    wants_rope = model.rotary and implemented_by_plugins(hook.cogvx_rotary_embedding)
+    wants_output = implemented_by_plugins(hook.cogvx_transformer_output)
     if not (wants_inputs or wants_rope or wants_output):
         return False
     if getattr(transformer, _ATTR, None) is not None:
@@ -73,13 +75,6 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
         handles.append(transformer.register_forward_hook(torch.compiler.disable(after), with_kwargs=True))
     setattr(transformer, _ATTR, handles)
     return True
-
-
-def _implemented(caller: Any) -> bool:
-    """Whether a plugin other than the core's defaults implements this hook."""
-    from cogvx_ext.manager import CORE_PLUGIN_NAME
-
-    return any(impl.plugin_name != CORE_PLUGIN_NAME for impl in caller.get_hookimpls())
 
 
 def remove_forward_hooks(transformer: torch.nn.Module) -> None:

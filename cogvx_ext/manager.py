@@ -295,9 +295,9 @@ def _impls_of(pm: pluggy.PluginManager, plugin: Any):
 
 def chosen_hooks(pm: pluggy.PluginManager) -> set[str]:
     """Names of the hooks implemented by the plugins the user chose (the core defaults excluded)."""
-    core = pm.get_plugin(CORE_PLUGIN_NAME)
-    names = set()
-    for name in _hook_names(pm):
-        if any(impl.plugin is not core for impl in getattr(pm.hook, name).get_hookimpls()):
-            names.add(name)
-    return names
+    return {name for name in _hook_names(pm) if implemented_by_plugins(getattr(pm.hook, name))}
+
+
+def implemented_by_plugins(caller: Any) -> bool:
+    """Whether a plugin other than the core's defaults implements this hook (a hook caller)."""
+    return any(impl.plugin_name != CORE_PLUGIN_NAME for impl in caller.get_hookimpls())

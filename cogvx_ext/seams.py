@@ -372,8 +372,14 @@ class ScriptDataset(torch.utils.data.Dataset):
         accelerator = run.accelerator
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         progress = accelerator is None or accelerator.is_local_main_process
-        data_flags = ("instance_data_root", "dataset_name", "dataset_config_name", "caption_column")
-        data_flags += ("video_column", "cache_dir")
+        data_flags = (
+            "instance_data_root",
+            "dataset_name",
+            "dataset_config_name",
+            "caption_column",
+            "video_column",
+            "cache_dir",
+        )
         entries, skipped = read_script_data(argparse.Namespace(**{k: kwargs.get(k) for k in data_flags}))
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
         check_ranks_agree(
@@ -558,6 +564,8 @@ def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
     import logging
 
     log = logging.getLogger("cogvx_ext.memory")
+    if run.accelerator is not None and not run.accelerator.is_local_main_process:
+        return  # the same estimate on every rank: traced and said once per machine
     try:
         from cogvx_ext.dataset import latent_shape_key
         from cogvx_ext.memory import estimate, format_bytes, setup_for_plugins
