@@ -1,8 +1,8 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 with buckets on a machine with GPUs (issue 14).
 
-On a CPU-only machine accelerate runs DeepSpeed in one process only (README, "DeepSpeed"), so
-``tests/test_deepspeed.py`` trains one process there. This script runs what the CPU cannot:
-``--num_processes`` ranks (default 2) per ZeRO stage, through ``accelerate launch`` with the
+``tests/test_deepspeed.py`` runs one process and two ranks on a CPU, through a shim that gives
+accelerate the gloo backend it does not pick there (README, "DeepSpeed"). This script runs the
+same on GPUs, with nccl and no shim: ``--num_processes`` ranks (default 2) per ZeRO stage, through ``accelerate launch`` with the
 built-in DeepSpeed plugin (the configs are written next to the runs and printed), a tiny 5b model
 and mixed-aspect clips, the built-in plugins and the test recorder (tests/plugins/recorder.py):
 

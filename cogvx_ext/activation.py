@@ -65,6 +65,7 @@ class Run:
         self.kind = "t2v"
         self.prompts_prepared = False
         self.text_encoder_offloaded = None
+        self.zero3_lora = None  # the whole LoRA at the last step, for the final save (cogvx_ext.zero3)
 
     def uses(self, hook_name: str) -> bool:
         """Whether a plugin the user chose (not a core default) implements this hook."""

@@ -19,20 +19,27 @@ seam (script globals)               what it does
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
 ``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share);
                                     DeepSpeed's micro batch; compilations bounded and logged
-``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``
+``T5EncoderModel``                  loaded whole under ZeRO-3 (cogvx_ext.zero3)
+``shutil``                          a checkpoint that another rank removed first is no error
+``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``; a
+                                    validation that would wait forever (ZeRO-3) stops
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
-``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save
+``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save;
+                                    under ZeRO-3 its frozen models load whole and the LoRA
+                                    it saves is whole
 =================================  ============================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import inspect
 import json
 import os
 import re
+import shutil
 import sys
 from typing import Any
 
@@ -40,6 +47,15 @@ import torch
 
 from cogvx_ext.errors import UsageError, report_usage_error
 from cogvx_ext.hookspecs import hookimpl
+from cogvx_ext.zero3 import (
+    fill_empty_lora,
+    gathered,
+    loading_whole,
+    refuse_partitioned_validation,
+    snapshot_lora,
+    trainable,
+    zero3_plugin,
+)
 
 T2V_PIPELINE = "CogVideoXPipeline"
 I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
@@ -134,6 +150,12 @@ def install(run) -> None:
         g["CogVideoXTransformer3DModel"] = _LoaderProxy(
             g["CogVideoXTransformer3DModel"], functools.partial(_transformer_loaded, run)
         )
+    if "shutil" in g:
+        g["shutil"] = _ShutilAcrossRanks()
+    if "T5EncoderModel" in g:
+        g["T5EncoderModel"] = _LoaderProxy(
+            g["T5EncoderModel"], loading=lambda: loading_whole(run.accelerator)
+        )
     if "AutoencoderKLCogVideoX" in g:
         g["AutoencoderKLCogVideoX"] = _LoaderProxy(
             g["AutoencoderKLCogVideoX"], functools.partial(_vae_loaded, run)
@@ -150,13 +172,9 @@ def install(run) -> None:
         )
         g["compute_prompt_embeddings"] = _prompt_embeddings_seam(run, g["compute_prompt_embeddings"])
     pipeline = I2V_PIPELINE if run.kind == "i2v" else T2V_PIPELINE
-    if pipeline in g and run.chosen & {"cogvx_pipeline_loaded", "cogvx_lora_metadata", *FORWARD_HOOKS}:
+    if pipeline in g:
         g[pipeline] = _PipelineProxy(run, g[pipeline])
-    if "log_validation" in g and run.chosen & {
-        "cogvx_pipeline_loaded",
-        "cogvx_validation_args",
-        "cogvx_prompt_embeddings",
-    }:
+    if "log_validation" in g:
         g["log_validation"] = _wrap_log_validation(run, g["log_validation"])
 
 
@@ -200,6 +218,33 @@ def _report_uncaught(run) -> None:
     sys.excepthook = excepthook
 
 
+class _ShutilAcrossRanks:
+    """The scripts' ``shutil``, whose ``rmtree`` lets another rank remove the files first.
+
+    Under DeepSpeed every rank runs the scripts' checkpoint block, ``--checkpoints_total_limit``
+    pruning included, so two ranks remove the same old checkpoint at once and the slower one stops
+    with ``FileNotFoundError`` (seen with two ranks on the first pruning). A file already gone is
+    what the call asked for.
+    """
+
+    def __getattr__(self, name):
+        return getattr(shutil, name)
+
+    @staticmethod
+    def rmtree(path, *args, **kwargs):
+        if args or kwargs:
+            return shutil.rmtree(path, *args, **kwargs)
+
+        def gone_is_fine(function, name, exc):
+            exc = exc[1] if isinstance(exc, tuple) else exc  # onerror passes exc_info, onexc the error
+            if not isinstance(exc, FileNotFoundError):
+                raise exc
+
+        if sys.version_info >= (3, 12):
+            return shutil.rmtree(path, onexc=gone_is_fine)
+        return shutil.rmtree(path, onerror=gone_is_fine)
+
+
 # ---------------------------------------------------------------------------------------------
 # Accelerator
 
@@ -213,6 +258,8 @@ def _accelerator_factory(run, real_accelerator):
             accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
         _hand_state_hooks_unwrapped_models(accelerator)  # the script's hooks, registered after ours
+        if zero3_plugin(accelerator) is not None:
+            accelerator.log = _snapshot_lora_after_last_step(run, accelerator.log)
         if "cogvx_step_end" in run.chosen:
             accelerator.log = _log_with_step_end(run, accelerator, accelerator.log)
         run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
@@ -242,7 +289,8 @@ def _hand_state_hooks_unwrapped_models(accelerator) -> None:
         @functools.wraps(hook)
         def save(models, weights, output_dir):
             unwrapped = [accelerator.unwrap_model(m) for m in models]
-            return hook(unwrapped, list(weights) or [None] * len(unwrapped), output_dir)
+            with gathered(accelerator, trainable(unwrapped)):  # ZeRO-3; every rank saves
+                return hook(unwrapped, list(weights) or [None] * len(unwrapped), output_dir)
 
         return real_save(save)
 
@@ -257,6 +305,21 @@ def _hand_state_hooks_unwrapped_models(accelerator) -> None:
 
     accelerator.register_save_state_pre_hook = register_save
     accelerator.register_load_state_pre_hook = register_load
+
+
+def _snapshot_lora_after_last_step(run, real_log):
+    """ZeRO-3: the scripts log every step on every rank, the last one included; the final LoRA is
+    saved on the main process alone, so the whole copy it needs is taken here (cogvx_ext.zero3)."""
+
+    @functools.wraps(real_log)
+    def log(values, step=None, *args, **kwargs):
+        result = real_log(values, step, *args, **kwargs)
+        last = getattr(run.args, "max_train_steps", None)
+        if run.zero3_lora is None and step is not None and last and step >= last and run.transformer:
+            run.zero3_lora = snapshot_lora(run.accelerator, run.transformer)
+        return result
+
+    return log
 
 
 def _log_with_step_end(run, accelerator, real_log):
@@ -296,13 +359,16 @@ def _load_plugin_state(run, models, input_dir):
 class _LoaderProxy:
     """Stands in for a diffusers model class: the scripts only call ``from_pretrained`` on it."""
 
-    def __init__(self, real_class, on_loaded):
+    def __init__(self, real_class, on_loaded=None, loading=contextlib.nullcontext):
         self._real_class = real_class
         self._on_loaded = on_loaded
+        self._loading = loading
 
     def from_pretrained(self, *args, **kwargs):
-        model = self._real_class.from_pretrained(*args, **kwargs)
-        self._on_loaded(model)
+        with self._loading():
+            model = self._real_class.from_pretrained(*args, **kwargs)
+        if self._on_loaded is not None:
+            self._on_loaded(model)
         return model
 
     def __getattr__(self, name):
@@ -692,11 +758,17 @@ class _PipelineProxy:
         self._real_class = real_class
 
     def from_pretrained(self, *args, **kwargs):
-        pipe = self._real_class.from_pretrained(*args, **kwargs)
-        prepare_loaded_pipeline(self._run, pipe)
+        with loading_whole(self._run.accelerator):
+            pipe = self._real_class.from_pretrained(*args, **kwargs)
+        if self._run.chosen & {"cogvx_pipeline_loaded", *FORWARD_HOOKS}:
+            prepare_loaded_pipeline(self._run, pipe)
         return pipe
 
     def save_lora_weights(self, *args, **kwargs):
+        if kwargs.get("transformer_lora_layers") is not None:  # ZeRO-3, on the main process alone
+            kwargs["transformer_lora_layers"] = fill_empty_lora(
+                kwargs["transformer_lora_layers"], self._run.zero3_lora
+            )
         result = self._real_class.save_lora_weights(*args, **kwargs)
         directory = kwargs.get("save_directory", args[0] if args else None)
         if directory is not None and "cogvx_lora_metadata" in self._run.chosen:
@@ -746,6 +818,7 @@ def _wrap_log_validation(run, real_log_validation):
     @functools.wraps(real_log_validation)
     def log_validation(*args, **kwargs):
         bound = dict(zip(parameters, args), **kwargs)
+        refuse_partitioned_validation(run.accelerator, bound["pipe"].transformer)
         prepare_loaded_pipeline(run, bound["pipe"])
         samples = run.dataset.samples if run.dataset is not None else None
         variants = [dict(bound["pipeline_args"])]

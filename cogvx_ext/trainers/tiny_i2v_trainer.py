@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
 from accelerate.utils import (
     DistributedDataParallelKwargs,
@@ -606,7 +606,11 @@ def main(args):
             if accelerator.sync_gradients:
                 progress_bar.update(1)
                 global_step += 1
-                if accelerator.is_main_process and global_step % args.checkpointing_steps == 0:
+                # real: every rank saves under DeepSpeed (each writes its own shard of the engine's state).
+                saves = (
+                    accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED
+                )
+                if saves and global_step % args.checkpointing_steps == 0:
                     _save_checkpoint(accelerator, args, global_step)
 
             # real: logged every loop iteration (every micro-batch); cogvx_step_end fires from here.
