@@ -146,3 +146,23 @@ def test_zero3_two_ranks_validate_after_training_and_refuse_to_wait_during_it(
     ok(launch(config, t2v_trainer, script_args(tiny_models["5b"], data, after, *plugins, *validation,
                                                "--validation_epochs", 100, "--recorder_out", after / "ev")))  # fmt: skip
     assert len(by_event(events_of(after / "ev"), "validation_args")) == 1
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_i2v_zero_two_ranks_train_resume_and_save_a_whole_lora(stage, tiny_models, i2v_trainer, tmp_path):
+    from safetensors.torch import load_file
+
+    config = accelerate_config(tmp_path / f"zero{stage}.yaml", stage, processes=2)
+    data = mixed_dataset(tmp_path / "data")
+    plugins = ["--plugins", f"{RECORDER},aspect_bucket,rope_rescale,posemb_adapt"]
+    model, out = tiny_models["5b-I2V"], tmp_path / "out"
+    first = [*plugins, "--recorder_out", out / "ev1", "--checkpointing_steps", 2]
+    ok(launch(config, i2v_trainer, script_args(model, data, out, *first, steps=2)))
+    second = [*plugins, "--recorder_out", out / "ev2", "--resume_from_checkpoint", "latest"]
+    ok(launch(config, i2v_trainer, script_args(model, data, out, *second, steps=4)))
+    for rank in (0, 1):
+        shapes = training_shapes(events_of(out / "ev1", rank)) + training_shapes(events_of(out / "ev2", rank))
+        assert len(shapes) == 4 and len({tuple(s) for s in shapes}) > 1, f"rank {rank}: {shapes}"
+    lora = load_file(out / "pytorch_lora_weights.safetensors")
+    assert lora and all(t.numel() > 0 for t in lora.values())
+    assert any(t.abs().sum() > 0 for name, t in lora.items() if "lora_B" in name)
