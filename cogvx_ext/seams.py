@@ -315,7 +315,13 @@ def _snapshot_lora_after_last_step(run, real_log):
     def log(values, step=None, *args, **kwargs):
         result = real_log(values, step, *args, **kwargs)
         last = getattr(run.args, "max_train_steps", None)
-        if run.zero3_lora is None and step is not None and last and step >= last and run.transformer:
+        if (
+            run.zero3_lora is None
+            and step is not None
+            and last
+            and step >= last
+            and run.transformer is not None
+        ):
             run.zero3_lora = snapshot_lora(run.accelerator, run.transformer)
         return result
 

@@ -2,7 +2,7 @@
 
 Under ZeRO-3 a parameter's tensor is empty outside the forward of the DeepSpeed engine that owns
 it; the engine gathers it from every rank when it runs (a collective). The scripts meet this in
-three places, and each fails or writes an empty LoRA:
+four places, and each fails, waits forever or writes an empty LoRA:
 
 - Every ``transformers`` model loaded while accelerate's ZeRO-3 config is active is partitioned as
   it loads (accelerate 1.x registers the config with transformers whatever ``zero3_init_flag``
@@ -16,7 +16,7 @@ three places, and each fails or writes an empty LoRA:
   one rank it waits forever. It stops with one line instead.
 - The final LoRA is saved on the main process only, after training, where a gather would wait for
   ranks that never join. So every rank takes part in a gather right after the last optimizer step
-  (the scripts log every step on every rank), and the main process keeps a copy for that save.
+  (cogvx_ext.seams finds it), and the main process keeps a copy for that save.
 """
 
 from __future__ import annotations
