@@ -130,12 +130,12 @@ def _pinned_script() -> Path:
 def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> int:
     choice = find_trainer(trainer)
     print(f"cogvx-ext demo: training with {choice.why}", flush=True)
+    import_chatter = _quiet_libraries()
     from cogvx_ext.testing import build_tiny_model, write_dataset
 
     out = Path(output_dir).resolve()
     started = time.perf_counter()
     print(f"cogvx-ext demo: building a tiny CogVideoX-5b and {len(DEMO_CLIPS)} clips in {out}", flush=True)
-    _quiet_libraries()
     model = build_tiny_model(out / "model", "5b")
     data = write_dataset(out / "data", DEMO_CLIPS, prompts=DEMO_PROMPTS)
     lora_dir = out / "lora"
@@ -153,7 +153,7 @@ def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> 
     print(f"cogvx-ext demo: the script's full output goes to {log_path}", flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    status = _run_quietly(command, env, log_path)
+    status = _run_quietly(command, env, log_path, preamble=import_chatter)
     if status != 0:
         print(
             f"cogvx-ext demo: the training script exited with status {status}; the end of {log_path}:",
@@ -166,13 +166,14 @@ def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> 
     return 0
 
 
-def _run_quietly(command: list[str], env: dict[str, str], log_path: Path) -> int:
+def _run_quietly(command: list[str], env: dict[str, str], log_path: Path, preamble: str = "") -> int:
     """Run the training; everything it prints goes to ``log_path``, the console sees our lines
     and the progress bars (library load messages and warnings stay in the log)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     live = sys.stdout.isatty()
     shown: set[tuple[str, str]] = set()  # (bar, n/total) already printed, when not live
     with open(log_path, "wb") as log:
+        log.write(preamble.encode("utf-8"))
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         pending = b""
         bar_open = False
@@ -203,14 +204,26 @@ def _run_quietly(command: list[str], env: dict[str, str], log_path: Path) -> int
         return process.wait()
 
 
-def _quiet_libraries() -> None:
-    """No load messages or progress bars from building the tiny model in this process."""
-    import diffusers
-    import transformers
+def _quiet_libraries() -> str:
+    """No load messages or progress bars from building the tiny model in this process; returns
+    what the imports printed, for the log (deepspeed, when installed, is imported by the
+    libraries and announces on stdout which accelerator it found)."""
+    import contextlib
+    import io
+
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        import diffusers
+        import transformers
+
+        if importlib.util.find_spec("deepspeed") is not None:
+            # Imported later by the libraries anyway; its logger writes to the stdout of that moment.
+            import deepspeed  # noqa: F401
 
     for library in (diffusers, transformers):
         library.utils.logging.set_verbosity_error()
         library.utils.logging.disable_progress_bar()
+    return chatter.getvalue()
 
 
 def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: float) -> None:
