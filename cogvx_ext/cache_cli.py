@@ -148,7 +148,12 @@ def fill(argv: list[str]) -> int:
             line += f"; {len(skipped) + len(more_skipped)} clip(s) skipped (listed above)"
         print(f"{line}; cache {summary['root']}" + (f" ({world} processes)" if world > 1 else ""))
     if world > 1:
-        # A process group left open at exit aborts the process (gloo), failing the launch.
+        # A process group left open at exit aborts the process (gloo), failing the launch. The
+        # barrier first: no rank tears the group down while another still uses it (one CI run saw
+        # a rank abort at exit with "terminate called without an active exception").
+        import torch.distributed as dist
+
+        dist.barrier()
         state.destroy_process_group()
     return 1 if failed or store_errors else 0
 
