@@ -259,9 +259,12 @@ def _accelerator_factory(run, real_accelerator):
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
         _hand_state_hooks_unwrapped_models(accelerator)  # the script's hooks, registered after ours
         if zero3_plugin(accelerator) is not None:
-            accelerator.log = _snapshot_lora_after_last_step(run, accelerator.log)
+            _on_every_logged_step(accelerator, functools.partial(_snapshot_lora_after_last_step, run))
         if "cogvx_step_end" in run.chosen:
-            accelerator.log = _log_with_step_end(run, accelerator, accelerator.log)
+            _on_every_logged_step(
+                accelerator,
+                lambda values, step: run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator),
+            )
         run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
         return accelerator
 
@@ -307,35 +310,25 @@ def _hand_state_hooks_unwrapped_models(accelerator) -> None:
     accelerator.register_load_state_pre_hook = register_load
 
 
-def _snapshot_lora_after_last_step(run, real_log):
-    """ZeRO-3: the scripts log every step on every rank, the last one included; the final LoRA is
-    saved on the main process alone, so the whole copy it needs is taken here (cogvx_ext.zero3)."""
+def _on_every_logged_step(accelerator, on_step) -> None:
+    """Run ``on_step(values, step)`` at each ``accelerator.log`` call, before it. The scripts log every
+    step on every rank (accelerate's log acts on the main process only), so per-rank plugin state
+    (the sampler's position) stays the same everywhere and collectives have every rank."""
+    real_log = accelerator.log
 
-    @functools.wraps(real_log)
-    def log(values, step=None, *args, **kwargs):
-        result = real_log(values, step, *args, **kwargs)
-        last = getattr(run.args, "max_train_steps", None)
-        if (
-            run.zero3_lora is None
-            and step is not None
-            and last
-            and step >= last
-            and run.transformer is not None
-        ):
-            run.zero3_lora = snapshot_lora(run.accelerator, run.transformer)
-        return result
-
-    return log
-
-
-def _log_with_step_end(run, accelerator, real_log):
-    # accelerate's log() only does something on the main process; the hook fires on every rank so
-    # that per-rank plugin state (the sampler's position) stays the same everywhere.
     def log(values, step=None, log_kwargs=None):
-        run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator)
+        on_step(values, step)
         return real_log(values, step=step, log_kwargs=log_kwargs or {})
 
-    return log
+    accelerator.log = log
+
+
+def _snapshot_lora_after_last_step(run, values, step) -> None:
+    """ZeRO-3: the final LoRA is saved on the main process alone, so the whole copy it needs is
+    taken at the last step's log, where every rank is (cogvx_ext.zero3)."""
+    last = getattr(run.args, "max_train_steps", None)
+    if run.zero3_lora is None and step is not None and last and step >= last and run.transformer is not None:
+        run.zero3_lora = snapshot_lora(run.accelerator, run.transformer)
 
 
 def _save_plugin_state(run, models, weights, output_dir):
@@ -620,13 +613,7 @@ def _watch_compilations(run, sampler, samples) -> None:
     shapes = {latent_shape_key(sample, run.model) for sample in samples}
     shapes |= {bucket.key for bucket in getattr(sampler, "buckets", ())}
     watch = CompileWatch(backend, len(shapes))
-    real_log = accelerator.log
-
-    def log(values, step=None, log_kwargs=None):
-        watch.step_end(step)
-        return real_log(values, step=step, log_kwargs=log_kwargs or {})
-
-    accelerator.log = log
+    _on_every_logged_step(accelerator, lambda values, step: watch.step_end(step))
 
 
 def _log_memory_estimate(run, sampler, samples, batch_size) -> None:

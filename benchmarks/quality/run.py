@@ -450,56 +450,43 @@ def evaluate(
     return per_clip, timesteps
 
 
+def per_aspect(values: np.ndarray, aspects: list[str], rng: np.random.Generator, suffix: str = "") -> dict:
+    """Per aspect: the mean and bootstrap 95 % interval of the whole-frame and edge columns of
+    ``values`` ([clips, 2]) over that aspect's clips; keys ``loss{suffix}``, ``edge_loss{suffix}``."""
+    out = {}
+    for aspect in ASPECTS:
+        rows = values[[a == aspect for a in aspects]]
+        out[aspect] = {
+            f"loss{suffix}": float(rows[:, 0].mean()),
+            f"loss{suffix}_ci95": bootstrap_interval(rows[:, 0], rng),
+            f"edge_loss{suffix}": float(rows[:, 1].mean()),
+            f"edge_loss{suffix}_ci95": bootstrap_interval(rows[:, 1], rng),
+        }
+    return out
+
+
 def summarise(per_clip: dict, records: list[dict], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     aspects = [r["aspect"] for r in records]
     results: dict = {}
     for name, losses in per_clip.items():
-        if "|" in name:
-            continue
-        results[name] = {}
-        values = np.array(losses)  # [clips, 2]
-        for aspect in ASPECTS:
-            rows = values[[a == aspect for a in aspects]]
-            results[name][aspect] = {
-                "loss": float(rows[:, 0].mean()),
-                "loss_ci95": bootstrap_interval(rows[:, 0], rng),
-                "edge_loss": float(rows[:, 1].mean()),
-                "edge_loss_ci95": bootstrap_interval(rows[:, 1], rng),
-                "clips": int(len(rows)),
-            }
+        if "|" not in name:
+            results[name] = per_aspect(np.array(losses), aspects, rng)
+            for aspect, row in results[name].items():
+                row["clips"] = aspects.count(aspect)
     # Paired differences (same clips, timesteps and noise): negative means the first arm is better.
     paired: dict = {}
     for first, second in (("b", "a"), ("c", "a"), ("b", "c")):
-        if first not in per_clip or second not in per_clip:
-            continue
-        key = f"{first}-{second}"
-        paired[key] = {}
-        diff = np.array(per_clip[first]) - np.array(per_clip[second])
-        for aspect in ASPECTS:
-            rows = diff[[a == aspect for a in aspects]]
-            paired[key][aspect] = {
-                "loss": float(rows[:, 0].mean()),
-                "loss_ci95": bootstrap_interval(rows[:, 0], rng),
-                "edge_loss": float(rows[:, 1].mean()),
-                "edge_loss_ci95": bootstrap_interval(rows[:, 1], rng),
-            }
+        if first in per_clip and second in per_clip:
+            diff = np.array(per_clip[first]) - np.array(per_clip[second])
+            paired[f"{first}-{second}"] = per_aspect(diff, aspects, rng)
     # Probes: the loss of the probed arm with one input changed, minus its loss (paired).
     probes: dict = {}
     for name, losses in per_clip.items():
-        if "|" not in name:
-            continue
-        arm, probe = name.split("|")
-        diff = np.array(losses) - np.array(per_clip[arm])
-        probes[probe] = {}
-        for aspect in ASPECTS:
-            rows = diff[[a == aspect for a in aspects]]
-            probes[probe][aspect] = {
-                "loss_increase": float(rows[:, 0].mean()),
-                "loss_increase_ci95": bootstrap_interval(rows[:, 0], rng),
-                "edge_loss_increase": float(rows[:, 1].mean()),
-                "edge_loss_increase_ci95": bootstrap_interval(rows[:, 1], rng),
-            }
+        if "|" in name:
+            arm, probe = name.split("|")
+            diff = np.array(losses) - np.array(per_clip[arm])
+            probes[probe] = per_aspect(diff, aspects, rng, suffix="_increase")
     return {"arms": results, "paired": paired, "probes": probes}
 
 
