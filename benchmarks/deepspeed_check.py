@@ -2,9 +2,10 @@
 
 ``tests/test_deepspeed.py`` runs one process and two ranks on a CPU, through a shim that gives
 accelerate the gloo backend it does not pick there (README, "DeepSpeed"). This script runs the
-same on GPUs, with nccl and no shim: ``--num_processes`` ranks (default 2) per ZeRO stage, through ``accelerate launch`` with the
-built-in DeepSpeed plugin (the configs are written next to the runs and printed), a tiny 5b model
-and mixed-aspect clips, the built-in plugins and the test recorder (tests/plugins/recorder.py):
+same on GPUs, with nccl and no shim: ``--num_processes`` ranks (default 2) per ZeRO stage,
+through ``accelerate launch`` with the built-in DeepSpeed plugin (the configs are written next to
+the runs and printed), a tiny 5b model and mixed-aspect clips, the built-in plugins and the test
+recorder (tests/plugins/recorder.py):
 
 1. a whole run of ``--steps`` steps;
 2. a run that stops at a checkpoint, then one that resumes from it: the batches (latent shapes

@@ -151,9 +151,7 @@ def fill(argv: list[str]) -> int:
         # A process group left open at exit aborts the process (gloo), failing the launch. The
         # barrier first: no rank tears the group down while another still uses it (one CI run saw
         # a rank abort at exit with "terminate called without an active exception").
-        import torch.distributed as dist
-
-        dist.barrier()
+        state.wait_for_everyone()
         state.destroy_process_group()
     return 1 if failed or store_errors else 0
 

@@ -807,11 +807,19 @@ def write_lora_metadata(run, directory: str) -> None:
 
 def _wrap_log_validation(run, real_log_validation):
     parameters = list(inspect.signature(real_log_validation).parameters)
+    # Wrapped for every run (the ZeRO-3 check); the plugins take part only when they validate.
+    plugins_validate = run.chosen & {
+        "cogvx_pipeline_loaded",
+        "cogvx_validation_args",
+        "cogvx_prompt_embeddings",
+    }
 
     @functools.wraps(real_log_validation)
     def log_validation(*args, **kwargs):
         bound = dict(zip(parameters, args), **kwargs)
         refuse_partitioned_validation(run.accelerator, bound["pipe"].transformer)
+        if not plugins_validate:
+            return real_log_validation(*args, **kwargs)
         prepare_loaded_pipeline(run, bound["pipe"])
         samples = run.dataset.samples if run.dataset is not None else None
         variants = [dict(bound["pipeline_args"])]

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from cogvx_ext.errors import UsageError
+
 
 def zero3_plugin(accelerator: Any) -> Any | None:
     """accelerate's DeepSpeed plugin when the run uses ZeRO stage 3, else None."""
@@ -74,8 +76,6 @@ def gathered(accelerator: Any, parameters) -> Iterator[None]:
 
 def refuse_partitioned_validation(accelerator: Any, transformer: torch.nn.Module) -> None:
     """Stop, with one line, a validation that would wait forever for the other ranks."""
-    from cogvx_ext.errors import UsageError
-
     processes = int(getattr(accelerator, "num_processes", 1) or 1)
     if processes > 1 and zero3_plugin(accelerator) is not None and _partitioned(transformer.parameters()):
         raise UsageError(
