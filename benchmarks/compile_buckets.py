@@ -9,11 +9,11 @@ What is measured
     eager      the latent shapes of ``--shapes`` in turn, ``--rounds`` times, no compilation
     single     ``torch.compile(backend="inductor")``, the first shape only, as many steps
     bucketed   ``torch.compile(backend="inductor")``, every shape in turn, with dynamo set up as
-               cogvx-ext sets it up for a bucketed run (``cogvx_ext.compiling.CompileWatch``:
+               cogvx-ext sets it up for a bucketed run (``cogvx_ext.script.compiling.CompileWatch``:
                static shapes, the recompile limit raised to the plan's shapes)
     dynamic    (``--dynamic``) dynamo's own handling: automatic dynamic shapes, limit 8
 
-    The forward hooks run outside the graph (``torch.compiler.disable``, cogvx_ext.forward); traced,
+    The forward hooks run outside the graph (``torch.compiler.disable``, cogvx_ext.plugin.forward); traced,
     they broke the graph inside pluggy and made bucketed steps 3.4x slower than single-shape ones.
     The first round holds the compilations (compile time = first-round time minus the later
     rounds' time for the same steps); per-step time is the median over the later rounds, per
@@ -44,9 +44,9 @@ def side(mode: str, shapes: list[tuple[int, int, int]], rounds: int) -> dict:
     from diffusers import CogVideoXTransformer3DModel
     from torch._dynamo.utils import counters
 
-    from cogvx_ext.forward import install_forward_hooks
     from cogvx_ext.inference import make_inference_plugin_manager, recorded_args
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.model.facts import ModelInfo
+    from cogvx_ext.plugin.forward import install_forward_hooks
     from cogvx_ext.testing import build_tiny_model
 
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def side(mode: str, shapes: list[tuple[int, int, int]], rounds: int) -> dict:
     if mode == "single":
         shapes = shapes[:1] * len(shapes)
     if mode == "bucketed":
-        from cogvx_ext.compiling import CompileWatch
+        from cogvx_ext.script.compiling import CompileWatch
 
         CompileWatch("inductor", len(set(shapes)))
     model = transformer if mode == "eager" else torch.compile(transformer, backend="inductor")

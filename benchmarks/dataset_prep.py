@@ -13,7 +13,7 @@ What is measured (issue 4)
                  full size, converts to float, resizes and crops, and keeps all of them.
     ours         what cogvx-ext does inside that constructor when a data plugin is chosen, with
                  ``aspect_bucket``: read the listing, probe every header and plan the samples
-                 (``cogvx_ext.dataset.read_listing`` / ``plan_samples``), then decode one sample at
+                 (``cogvx_ext.data.dataset.read_listing`` / ``plan_samples``), then decode one sample at
                  a time straight to its bucket with the core's ``cogvx_load_pixels`` (decord
                  resizes while decoding) and drop it. Run with ``--fps 30`` so that every clip
                  gives the same 49 frames as stock (at ``--fps 8`` the plugin would sample a 24 fps
@@ -162,7 +162,7 @@ def _stock(module, root: str, videos: str, prompts: str) -> tuple[object, int, i
 
 
 def _ours_setup(root: str, videos: str, prompts: str, plugins: str):
-    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     argv = [
         "--instance_data_root", root, "--caption_column", prompts, "--video_column", videos,
@@ -173,7 +173,7 @@ def _ours_setup(root: str, videos: str, prompts: str, plugins: str):
 
 
 def _ours(run) -> tuple[None, int, int]:
-    from cogvx_ext.dataset import plan_samples, read_listing
+    from cogvx_ext.data.dataset import plan_samples, read_listing
 
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
@@ -191,7 +191,7 @@ def _ours(run) -> tuple[None, int, int]:
 def _decode_only(root: str, videos: str) -> tuple[None, int, int]:
     import decord
 
-    from cogvx_ext.video import stock_frame_indices
+    from cogvx_ext.data.video import stock_frame_indices
 
     paths = [Path(root, line.strip()) for line in Path(root, videos).read_text().splitlines() if line.strip()]
     frames = 0
@@ -274,8 +274,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def crop_table(root: Path, listing: tuple[str, str]) -> dict:
-    from cogvx_ext.dataset import plan_samples, read_listing
-    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     videos, prompts = listing
     base = [

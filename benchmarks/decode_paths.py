@@ -2,7 +2,7 @@
 
 What is measured (issue 11)
     One H.264 clip, 1920x1080, 24 fps, 72 frames (written once into ``--data``), decoded the way
-    training decodes it for a 1024x576 bucket: ``cogvx_ext.video.read_frames`` with the probed
+    training decodes it for a 1024x576 bucket: ``cogvx_ext.data.video.read_frames`` with the probed
     ``VideoInfo``, once with ``decoder="decord"`` and once with ``decoder="pyav"``, for
 
     * 17 frames at ``--fps 8`` (every third frame: what aspect_bucket picks at 49 max frames), and
@@ -77,7 +77,7 @@ def timed(cases: dict, repeats: int) -> dict[str, tuple[float, float]]:
 
 
 def main() -> int:
-    from cogvx_ext.video import probe, read_frames
+    from cogvx_ext.data.video import probe, read_frames
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).parent / ".data"))

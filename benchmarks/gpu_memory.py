@@ -22,12 +22,12 @@ What is measured (issue 7)
     ``max_memory_reserved`` over the timed steps, the weights' memory, and the median step time.
 
     Next to each measurement the script prints cogvx-ext's estimate of the same configuration
-    (``cogvx_ext.memory``: fake tensors on the CPU, computed in this parent process): the
+    (``cogvx_ext.model.memory``: fake tensors on the CPU, computed in this parent process): the
     transformer, LoRA, its gradients and AdamW states, the step's activations; no text encoder or
     VAE (neither is built here). The forward runs under ``torch.autocast`` (bf16), as the scripts
     do under ``accelerate launch --mixed_precision bf16``; ``--no_autocast`` runs it in pure bf16
     (as finetrainers does). On the CPU (``--tiny``) the "measured" column is the peak of the bytes
-    the run's storages hold (``cogvx_ext.memory.LiveStorageCounter`` from the model's creation).
+    the run's storages hold (``cogvx_ext.model.memory.LiveStorageCounter`` from the model's creation).
 
     Figures must come from a real device: without CUDA the script stops with one line. ``--tiny``
     runs the same code on the CPU with a tiny 5b-shaped model (``cogvx_ext.testing``) at small
@@ -119,9 +119,9 @@ def build_transformer(tiny: bool, device, dtype, rank: int):
 
 def install_ours(transformer, plugins: str):
     """cogvx-ext's forward hooks from a plugin manager with the given plugins, as a training run installs them."""
-    from cogvx_ext.forward import install_forward_hooks
-    from cogvx_ext.manager import load_plugins, make_plugin_manager, parse_plugin_list
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.model.facts import ModelInfo
+    from cogvx_ext.plugin.forward import install_forward_hooks
+    from cogvx_ext.plugin.manager import load_plugins, make_plugin_manager, parse_plugin_list
 
     pm = make_plugin_manager()
     load_plugins(pm, parse_plugin_list([plugins]))
@@ -157,7 +157,7 @@ def worker(opts) -> int:
 
     counter = contextlib.nullcontext()
     if opts.tiny:
-        from cogvx_ext.memory import LiveStorageCounter
+        from cogvx_ext.model.memory import LiveStorageCounter
 
         counter = LiveStorageCounter()  # the CPU's allocated bytes, counted from the model's creation
     with counter:
@@ -180,7 +180,7 @@ def _work(opts, counter) -> int:
         pm = install_ours(transformer, opts.plugins)
         # The hook must supply RoPE (the step passes None), and at a single size it should be the
         # stock embedding exactly: otherwise the two columns would not train the same thing.
-        from cogvx_ext.model import ModelInfo
+        from cogvx_ext.model.facts import ModelInfo
 
         ours_rope = pm.hook.cogvx_rotary_embedding(
             model=ModelInfo.from_config(config), latent_shape=latent, device=device
@@ -342,8 +342,8 @@ def main() -> int:
 
 
 def estimate_gib(opts, size: str) -> float:
-    """cogvx-ext's estimate of the worker's configuration at this size (cogvx_ext.memory)."""
-    from cogvx_ext.memory import TrainingSetup, estimate
+    """cogvx-ext's estimate of the worker's configuration at this size (cogvx_ext.model.memory)."""
+    from cogvx_ext.model.memory import TrainingSetup, estimate
 
     if opts.tiny:
         from cogvx_ext.testing import tiny_transformer_config

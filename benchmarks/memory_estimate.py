@@ -1,7 +1,7 @@
 """How long cogvx-ext's memory estimate takes for many buckets, and what it says for published runs.
 
 What is measured
-    In one fresh process (imports included, caches cold): ``cogvx_ext.memory.estimate`` of the
+    In one fresh process (imports included, caches cold): ``cogvx_ext.model.memory.estimate`` of the
     real-size CogVideoX-5b (42 layers, random nothing: fake tensors, no weights) for ``--buckets``
     shapes (default 30) of aspect_bucket's generated buckets around 1024x576 at 49 frames, batch 1,
     LoRA rank 128, AdamW, bf16, gradient checkpointing, prompts cached (text encoder on the CPU).
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     opts = parser.parse_args()
 
-    from cogvx_ext.memory import TrainingSetup, estimate, released_transformer_config
+    from cogvx_ext.model.memory import TrainingSetup, estimate, released_transformer_config
     from cogvx_ext_plugins.aspect_bucket.buckets import generate_bucket_ladder
 
     setup = TrainingSetup.build(

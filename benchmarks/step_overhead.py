@@ -67,9 +67,9 @@ if _path:
     def _write():
         import sys
 
-        # cogvx_ext.seams is imported only when a run with plugins starts: proof of which side this was.
+        # cogvx_ext.script.seams is imported only when a run with plugins starts: proof of which side this was.
         with open(_path, "w", encoding="utf-8") as f:
-            json.dump({{"times": _times, "cogvx_ext_active": "cogvx_ext.seams" in sys.modules}}, f)
+            json.dump({{"times": _times, "cogvx_ext_active": "cogvx_ext.script.seams" in sys.modules}}, f)
 
     atexit.register(_write)
 """
@@ -88,8 +88,8 @@ def prepare(work: Path, opts) -> tuple[Path, Path, Path]:
 
 def check_single_shape(data: Path, opts) -> str:
     """Both sides plan the same single target (the core's default is the stock rule)."""
-    from cogvx_ext.dataset import plan_samples, read_listing
-    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     shapes = {}
     for side, plugins in (("stock", ""), ("ours", opts.plugins)):

@@ -22,17 +22,17 @@ __all__ = [
 ]
 
 _WHERE = {
-    "hookimpl": "cogvx_ext.hookspecs",
-    "hookspec": "cogvx_ext.hookspecs",
-    "load_trainer": "cogvx_ext.activation",
-    "UsageError": "cogvx_ext.errors",
-    "SkipClip": "cogvx_ext.errors",
-    "Clip": "cogvx_ext.clips",
-    "Target": "cogvx_ext.clips",
-    "Sample": "cogvx_ext.clips",
-    "VideoInfo": "cogvx_ext.clips",
-    "Stage": "cogvx_ext.clips",
-    "ModelInfo": "cogvx_ext.model",
+    "hookimpl": "cogvx_ext.plugin.hookspecs",
+    "hookspec": "cogvx_ext.plugin.hookspecs",
+    "load_trainer": "cogvx_ext.script.activation",
+    "UsageError": "cogvx_ext.base.errors",
+    "SkipClip": "cogvx_ext.base.errors",
+    "Clip": "cogvx_ext.data.clips",
+    "Target": "cogvx_ext.data.clips",
+    "Sample": "cogvx_ext.data.clips",
+    "VideoInfo": "cogvx_ext.data.clips",
+    "Stage": "cogvx_ext.data.clips",
+    "ModelInfo": "cogvx_ext.model.facts",
 }
 
 

@@ -4,6 +4,6 @@ works where start-up hooks are disabled."""
 
 import sys
 
-from cogvx_ext.cli import main
+from cogvx_ext.cli.main import main
 
 sys.exit(main())

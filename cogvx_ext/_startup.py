@@ -20,6 +20,6 @@ def _wanted() -> bool:
 # Python runs site-packages .pth files twice in a virtual environment; the import is cached, and
 # activate_from_startup() is idempotent.
 if _wanted():
-    from cogvx_ext.activation import activate_from_startup
+    from cogvx_ext.script.activation import activate_from_startup
 
     activate_from_startup()

@@ -25,10 +25,10 @@ from typing import Any
 
 import pluggy
 
-from cogvx_ext.errors import UsageError
-from cogvx_ext.forward import install_forward_hooks, remove_forward_hooks
-from cogvx_ext.manager import load_plugins, make_plugin_manager, parse_plugin_list
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.plugin.forward import install_forward_hooks, remove_forward_hooks
+from cogvx_ext.plugin.manager import load_plugins, make_plugin_manager, parse_plugin_list
 
 logger = logging.getLogger(__name__)
 

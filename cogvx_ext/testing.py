@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cogvx_ext.model import RELEASED
+from cogvx_ext.model.facts import RELEASED
 
 MODEL_KINDS = ("2b", "5b", "5b-I2V", "1.5-5B", "1.5-5B-I2V")
 

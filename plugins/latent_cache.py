@@ -23,7 +23,7 @@
 
 Layout: ``DIR/<first two hex digits>/<key>.safetensors`` and ``DIR/prompts/<xx>/<key>.safetensors``.
 ``cogvx-ext cache fill`` fills the cache ahead of training, ``cogvx-ext cache prune`` removes
-entries the dataset no longer reaches (``cogvx_ext.cache_cli``).
+entries the dataset no longer reaches (``cogvx_ext.cli.cache``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any
 import torch
 
 from cogvx_ext import hookimpl
-from cogvx_ext.clips import Sample
-from cogvx_ext.errors import UsageError
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.clips import Sample
 
 # Bump when what an entry holds, or how its key is made, changes: old entries then stop matching.
 # 2: frame indices count the frames an edit list shows, crops are in display pixels (rotation,
@@ -55,7 +55,9 @@ PROMPTS_DIR = "prompts"
 PROBES_DIR = "probes"  # JSON answers of cogvx_probe, so a warm launch opens no clip
 SUFFIX = ".safetensors"
 ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
-TEMP_NAME = re.compile(r"^\.[0-9a-f]{64}\.safetensors\..*\.tmp$")  # cogvx_ext.io.write_bytes_atomic's names
+TEMP_NAME = re.compile(
+    r"^\.[0-9a-f]{64}\.safetensors\..*\.tmp$"
+)  # cogvx_ext.base.io.write_bytes_atomic's names
 
 # Safetensors metadata keys (strings only).
 META_FORMAT = "cogvx_ext.format"
@@ -199,7 +201,7 @@ def video_info_from_json(data: Any) -> Any:
     older cogvx-ext wrote it: probe again)."""
     import dataclasses
 
-    from cogvx_ext.clips import VideoInfo
+    from cogvx_ext.data.clips import VideoInfo
 
     names = {f.name for f in dataclasses.fields(VideoInfo)}
     if not isinstance(data, dict) or set(data) != names:
@@ -284,7 +286,7 @@ def write_entry(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metad
     """Write atomically: readers see the old file, no file, or this whole one, never a part."""
     from safetensors.torch import save
 
-    from cogvx_ext.io import write_bytes_atomic
+    from cogvx_ext.base.io import write_bytes_atomic
 
     data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, metadata=metadata)
     write_bytes_atomic(path, data)
@@ -581,7 +583,7 @@ class LatentCache:
             return info
         if info is None or self.root is None or self.readonly:
             return info
-        from cogvx_ext.io import write_json_atomic
+        from cogvx_ext.base.io import write_json_atomic
 
         try:
             stat = os.stat(path)
@@ -620,7 +622,7 @@ class LatentCache:
     @hookimpl(tryfirst=True, specname="cogvx_encode_sample")
     def load_cached_posteriors(self, sample: Sample):
         """On a hit, the posteriors from disk; ``None`` lets the plugins after this one encode."""
-        from cogvx_ext.dataset import LatentPosterior
+        from cogvx_ext.data.dataset import LatentPosterior
 
         lookup = self._lookup
         if lookup is None or lookup.sample is not sample:

@@ -16,7 +16,7 @@ The plugin answers ``cogvx_stages``; the data hooks (the core's default targets,
 make one target per stage, the core encodes every stage's latents before training (the scripts
 encode once, before their loop; see the README for the measurement behind that), and the sampler
 (aspect_bucket's, or this plugin's own when no other plugin answers) changes shape exactly at the
-boundary step, counting optimizer steps (``cogvx_ext.stages``). Each loop iteration logs ``stage``
+boundary step, counting optimizer steps (``cogvx_ext.data.stages``). Each loop iteration logs ``stage``
 and ``tokens_per_sample`` to the script's trackers.
 
 The entry point names the class; the loader makes one instance per run.
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 
 from cogvx_ext import hookimpl
-from cogvx_ext.clips import STAGE_TAG, Sample, Stage, stage_at
-from cogvx_ext.errors import UsageError
-from cogvx_ext.model import ModelInfo
-from cogvx_ext.sampling import SamplerResume
-from cogvx_ext.stages import StageBucket, StagedBatchSampler, stage_of, stage_seed
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.clips import STAGE_TAG, Sample, Stage, stage_at
+from cogvx_ext.data.sampling import SamplerResume
+from cogvx_ext.data.stages import StageBucket, StagedBatchSampler, stage_of, stage_seed
+from cogvx_ext.model.facts import ModelInfo
 
 logger = logging.getLogger("cogvx_ext.progressive_resize")
 
@@ -301,7 +301,7 @@ class ProgressiveResize:
 
     def _own_sampler(self, samples, batch_size, num_replicas, args, model, stages) -> StagedBatchSampler:
         """One shape per stage, batches of the stage's batch size, the last one filled from the stage."""
-        from cogvx_ext.dataset import latent_shape_key
+        from cogvx_ext.data.dataset import latent_shape_key
 
         members: list[list[int]] = [[] for _ in stages]
         for i, sample in enumerate(samples):

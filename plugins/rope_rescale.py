@@ -1,7 +1,7 @@
 """rope_rescale: rotary positions that follow every batch, equal to inference, on all CogVideoX models.
 
 * The rotary embedding is computed from the latent shape that reaches the transformer, in the
-  mode chosen with ``--rope_mode`` (``cogvx_ext.rope`` defines the modes; ``pipeline``, the
+  mode chosen with ``--rope_mode`` (``cogvx_ext.model.rope`` defines the modes; ``pipeline``, the
   default, is bit-identical to what the diffusers pipelines compute at that shape). The mode is
   recorded with the saved LoRA, and ``cogvx_ext.inference.prepare_pipeline`` uses it again.
 * CogVideoX 1.5 training gets what its pipelines do: an odd latent frame count is padded with
@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from cogvx_ext import hookimpl, rope
-from cogvx_ext.errors import UsageError
-from cogvx_ext.model import ModelInfo
+from cogvx_ext import hookimpl
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.model import rope
+from cogvx_ext.model.facts import ModelInfo
 
 # The value CogVideoX 1.5-I2V pipelines pass as ``ofs`` (THUDM trained with it).
 PIPELINE_OFS = 2.0

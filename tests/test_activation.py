@@ -61,7 +61,7 @@ def test_startup_hook_is_off_with_cogvx_ext_disable():
 
 
 def test_inactive_process_keeps_argparse_untouched():
-    code = "import argparse, sys; print(argparse.ArgumentParser.parse_args.__module__, 'cogvx_ext.activation' in sys.modules)"
+    code = "import argparse, sys; print(argparse.ArgumentParser.parse_args.__module__, 'cogvx_ext.script.activation' in sys.modules)"
     result = run([sys.executable, "-c", code])
     assert result.stdout.split() == ["argparse", "False"]
 
@@ -126,7 +126,7 @@ def test_plugin_file_with_a_syntax_error_is_one_line_and_exit_status_2(tmp_path,
 
 
 def test_activation_is_idempotent():
-    from cogvx_ext import activation
+    from cogvx_ext.script import activation
 
     activation.activate_from_startup()
     wrapper = argparse.ArgumentParser.parse_args

@@ -10,14 +10,14 @@ import pluggy
 import pytest
 from accelerate.data_loader import BatchSamplerShard
 
-from cogvx_ext import hookspecs
-from cogvx_ext.clips import Clip, Sample, Target, VideoInfo
-from cogvx_ext.dataset import ListingEntry, Skipped, plan_samples
-from cogvx_ext.errors import SkipClip, UsageError
-from cogvx_ext.model import ModelInfo
-from cogvx_ext.plan import build_report, format_report, report_to_json
+from cogvx_ext.base.errors import SkipClip, UsageError
+from cogvx_ext.cli.plan import build_report, format_report, report_to_json
+from cogvx_ext.data.clips import Clip, Sample, Target, VideoInfo
+from cogvx_ext.data.dataset import ListingEntry, Skipped, plan_samples
+from cogvx_ext.data.video import probe
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.plugin import hookspecs
 from cogvx_ext.testing import tiny_transformer_config, write_bad_clips, write_clip
-from cogvx_ext.video import probe
 from cogvx_ext_plugins.aspect_bucket import AspectBucket, BucketBatchSampler
 from cogvx_ext_plugins.rope_rescale import RopeRescale
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from cogvx_ext.errors import SkipClip, UsageError
+from cogvx_ext.base.errors import SkipClip, UsageError
 from cogvx_ext_plugins.aspect_bucket.buckets import (
     assign,
     crop_box,

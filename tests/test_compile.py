@@ -1,4 +1,4 @@
-"""torch.compile with buckets (cogvx_ext.compiling): bounded compilations, none lost silently.
+"""torch.compile with buckets (cogvx_ext.script.compiling): bounded compilations, none lost silently.
 
 The training test compiles through accelerate's dynamo backend, as `accelerate config` sets it,
 with dynamo's "eager" backend: dynamo traces, guards and recompiles per shape exactly as under
@@ -14,7 +14,7 @@ import re
 import pytest
 from test_e2e import RECORDER, events_of, mixed_dataset, ok, script_args, training_shapes
 
-from cogvx_ext.compiling import CompileWatch, compiled_graphs
+from cogvx_ext.script.compiling import CompileWatch, compiled_graphs
 
 # Ten clips, five aspects at two lengths: ten latent shapes, more than dynamo's default recompile
 # limit of 8.

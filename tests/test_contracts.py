@@ -10,14 +10,15 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 from tests_support import HERE
 
-from cogvx_ext import hookimpl, rope
-from cogvx_ext.clips import Clip, Target, VideoInfo
-from cogvx_ext.contracts import target_problem
-from cogvx_ext.errors import SkipClip, UsageError
-from cogvx_ext.forward import install_forward_hooks
-from cogvx_ext.manager import make_plugin_manager
-from cogvx_ext.model import ModelInfo, released_model
-from cogvx_ext.plan import run_plan
+from cogvx_ext import hookimpl
+from cogvx_ext.base.errors import SkipClip, UsageError
+from cogvx_ext.cli.plan import run_plan
+from cogvx_ext.data.clips import Clip, Target, VideoInfo
+from cogvx_ext.data.contracts import target_problem
+from cogvx_ext.model import rope
+from cogvx_ext.model.facts import ModelInfo, released_model
+from cogvx_ext.plugin.forward import install_forward_hooks
+from cogvx_ext.plugin.manager import make_plugin_manager
 from cogvx_ext.testing import tiny_transformer_config, write_dataset
 from cogvx_ext.trainers import minimal_trainer
 
@@ -55,7 +56,7 @@ def test_none_from_every_rope_plugin_means_the_default_rope_of_the_batch(kind):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
-    from cogvx_ext.io import write_json_atomic
+    from cogvx_ext.base.io import write_json_atomic
 
     previous = os.umask(umask)
     try:
@@ -178,7 +179,7 @@ class Audit:
 
 
 def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeypatch):
-    from cogvx_ext.state import collect_states, restore_states
+    from cogvx_ext.plugin.state import collect_states, restore_states
 
     monkeypatch.setenv("COGVX_EXT_TRACE", "1")
     pm = make_plugin_manager()
@@ -296,7 +297,7 @@ def _is_args(node) -> bool:
 def test_bucket_strict_is_aspect_bucket_s_answer_to_cogvx_clips_skipped():
     import argparse
 
-    from cogvx_ext.dataset import Skipped
+    from cogvx_ext.data.dataset import Skipped
     from cogvx_ext_plugins.aspect_bucket import AspectBucket
 
     pm = make_plugin_manager()

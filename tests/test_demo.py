@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cogvx_ext import UsageError, __version__, demo
+from cogvx_ext import UsageError, __version__
+from cogvx_ext.cli import demo
 from cogvx_ext.trainers import minimal_trainer
 
 BIN = Path(sys.executable).parent

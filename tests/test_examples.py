@@ -5,7 +5,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from cogvx_ext.manager import load_plugins, make_plugin_manager, parse_plugin_list
+from cogvx_ext.plugin.manager import load_plugins, make_plugin_manager, parse_plugin_list
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

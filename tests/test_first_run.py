@@ -16,7 +16,7 @@ PLAN = ["--caption_column", "prompts.txt", "--video_column", "videos.txt", "--he
 
 def cogvx_ext(*args, block_matplotlib=False):
     blocker = "sys.modules['matplotlib'] = None; " if block_matplotlib else ""
-    code = f"import sys; {blocker}from cogvx_ext.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = f"import sys; {blocker}from cogvx_ext.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300
     )

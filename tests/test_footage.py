@@ -13,7 +13,7 @@ import math
 import pytest
 from footage import KINDS, player_view, read_markers, vfr_times, write_kind
 
-from cogvx_ext.video import probe, read_frames
+from cogvx_ext.data.video import probe, read_frames
 from cogvx_ext_plugins.aspect_bucket.frames import select_frames
 
 # kind -> (display WxH, stored WxH, rotation, sample aspect, frames, decoder)
@@ -153,7 +153,7 @@ def test_edit_list_only_shown_frames_count_and_time_runs_forward(footage):
 def test_listing_with_bom_crlf_trailing_spaces_spaces_and_non_ascii(tmp_path, bom):
     from footage import write_video
 
-    from cogvx_ext.dataset import read_listing
+    from cogvx_ext.data.dataset import read_listing
 
     names = ["clip one é.mp4", "sub dir/ünïcode 视频.mp4", "plain.mp4"]
     for name in names:

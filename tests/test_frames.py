@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cogvx_ext.errors import SkipClip, UsageError
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.base.errors import SkipClip, UsageError
+from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.testing import tiny_transformer_config
 from cogvx_ext_plugins.aspect_bucket.frames import (
     check_frames_spec,

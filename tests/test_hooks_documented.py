@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvx_ext import hookspecs
+from cogvx_ext.plugin import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {

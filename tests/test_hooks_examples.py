@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from tests_support import HERE
 
-from cogvx_ext.manager import make_plugin_manager
+from cogvx_ext.plugin.manager import make_plugin_manager
 from cogvx_ext.testing import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def test_every_hooks_md_example_runs_and_its_hooks_fire(
     assert result.returncode != 0 and "training failed: RuntimeError" in result.stdout
 
     # 5. The cache command's hooks, answered by the examples.
-    from cogvx_ext.cache_cli import run_cache
+    from cogvx_ext.cli.cache import run_cache
 
     prune = ["prune", "--instance_data_root", str(data), "--caption_column", "prompts.txt",
              "--video_column", "videos.txt", "--height", "96", "--width", "160", "--max_num_frames", "9",

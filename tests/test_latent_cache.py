@@ -21,15 +21,16 @@ import pluggy
 import pytest
 import torch
 
-from cogvx_ext import hookimpl, hookspecs
-from cogvx_ext.cache_cli import run_cache
-from cogvx_ext.clips import Clip, Sample, Target
-from cogvx_ext.dataset import LatentPosterior
-from cogvx_ext.errors import UsageError
-from cogvx_ext.manager import make_plugin_manager, register_plugin
-from cogvx_ext.seams import ScriptEncoding
+from cogvx_ext import hookimpl
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.cli.cache import run_cache
+from cogvx_ext.data.clips import Clip, Sample, Target
+from cogvx_ext.data.dataset import LatentPosterior
+from cogvx_ext.data.video import probe
+from cogvx_ext.plugin import hookspecs
+from cogvx_ext.plugin.manager import make_plugin_manager, register_plugin
+from cogvx_ext.script.seams import ScriptEncoding
 from cogvx_ext.testing import build_tiny_model, write_clip, write_dataset
-from cogvx_ext.video import probe
 from cogvx_ext_plugins import latent_cache as lc
 from cogvx_ext_plugins.latent_cache import LatentCache
 
@@ -559,7 +560,7 @@ def test_two_processes_fill_their_shares_and_one_process_reads_them(tmp_path, mo
     flags = cache_flags(root, tmp_path / "cache", "--pretrained_model_name_or_path", str(model_dir))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*command, "-m", "cogvx_ext.cache_cli", "fill", *flags],
+        [*command, "-m", "cogvx_ext.cli.cache", "fill", *flags],
         env=subprocess_env(ACCELERATE_USE_CPU="1"),
         capture_output=True,
         text=True,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cogvx_ext import UsageError, hookimpl
-from cogvx_ext.errors import PluginImportError
-from cogvx_ext.manager import (
+from cogvx_ext.base.errors import PluginImportError
+from cogvx_ext.plugin.manager import (
     CORE_PLUGIN_NAME,
     chosen_hooks,
     installed_plugins,

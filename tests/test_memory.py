@@ -1,4 +1,4 @@
-"""cogvx_ext.memory: the fake-tensor estimate against real CPU runs, its terms, and the budget."""
+"""cogvx_ext.model.memory: the fake-tensor estimate against real CPU runs, its terms, and the budget."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 from tests_support import configured
 
-from cogvx_ext import memory
-from cogvx_ext.errors import UsageError
-from cogvx_ext.memory import (
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.model import memory
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.model.memory import (
     LiveStorageCounter,
     TrainingSetup,
     estimate,
@@ -22,7 +23,6 @@ from cogvx_ext.memory import (
     step_activation_peak,
     trace_step,
 )
-from cogvx_ext.model import ModelInfo
 from cogvx_ext.testing import tiny_transformer_config, write_dataset
 from cogvx_ext_plugins.aspect_bucket import AspectBucket
 
@@ -241,7 +241,7 @@ def test_budget_gives_small_buckets_larger_batches():
 
 
 def test_plan_memory_table_and_json(tmp_path, capsys):
-    from cogvx_ext.plan import run_plan
+    from cogvx_ext.cli.plan import run_plan
 
     data = write_dataset(tmp_path / "data", [(256, 144, 17), (160, 96, 17), (144, 256, 9)])
     started = time.perf_counter()
@@ -300,7 +300,7 @@ def test_training_logs_the_estimate_and_budget_batches_at_start(tiny_models, t2v
 
 
 def test_plan_with_stages_and_a_budget_gives_the_small_stage_larger_batches(tmp_path):
-    from cogvx_ext.plan import run_plan
+    from cogvx_ext.cli.plan import run_plan
 
     data = write_dataset(tmp_path / "data", [(256, 144, 9)] * 4)
     setup = TrainingSetup.build(

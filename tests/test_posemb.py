@@ -1,4 +1,4 @@
-"""The 5b-I2V learned positional table at other sizes: cogvx_ext.rope.adapt_learned_posemb and posemb_adapt."""
+"""The 5b-I2V learned positional table at other sizes: cogvx_ext.model.rope.adapt_learned_posemb and posemb_adapt."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
 
-from cogvx_ext import hookspecs, rope
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.model import rope
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.plugin import hookspecs
 from cogvx_ext.testing import tiny_transformer_config
 from cogvx_ext_plugins import posemb_adapt
 

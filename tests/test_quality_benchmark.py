@@ -92,8 +92,8 @@ def test_edge_region_is_what_the_stock_crop_cuts(quality, aspect, cut_rows, cut_
 def test_arm_c_rope_is_the_stock_grid_stretched_not_the_pipeline(tiny_models):
     """Arm c's positions equal the pipeline's at the stock size, and differ at other aspects
     (most for portrait): the difference the arm measures."""
-    from cogvx_ext import rope
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.model import rope
+    from cogvx_ext.model.facts import ModelInfo
 
     stock_rope = _load("stock_rope")
     model = ModelInfo.from_pretrained(str(tiny_models["5b"]))

@@ -1,4 +1,4 @@
-"""cogvx_ext.rope: the rotary modes against the diffusers pipelines' own function."""
+"""cogvx_ext.model.rope: the rotary modes against the diffusers pipelines' own function."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXTransformer3DModel
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
-from cogvx_ext import rope
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.model import rope
+from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.testing import tiny_transformer_config
 
 CPU = torch.device("cpu")

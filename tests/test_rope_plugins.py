@@ -10,10 +10,11 @@ import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
-from cogvx_ext import hookspecs, rope
-from cogvx_ext.errors import UsageError
-from cogvx_ext.forward import install_forward_hooks, remove_forward_hooks
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.model import rope
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.plugin import hookspecs
+from cogvx_ext.plugin.forward import install_forward_hooks, remove_forward_hooks
 from cogvx_ext.testing import build_tiny_model, tiny_transformer_config
 from cogvx_ext_plugins.posemb_adapt import PosembAdapt
 from cogvx_ext_plugins.rope_rescale import RopeRescale
@@ -105,7 +106,7 @@ def test_settings_hooks():
 
 
 def trained_sample(width, height):
-    from cogvx_ext.clips import Clip, Sample, Target, VideoInfo
+    from cogvx_ext.data.clips import Clip, Sample, Target, VideoInfo
 
     clip = Clip(0, "clip.mp4", "a clip", VideoInfo(width, height, 9, 8.0))
     return Sample(clip, Target(height, width, tuple(range(9)), (0, 0, height, width)))

@@ -10,7 +10,7 @@ import pytest
 from accelerate.data_loader import BatchSamplerShard, prepare_data_loader
 from torch.utils.data import DataLoader
 
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.testing import tiny_transformer_config
 from cogvx_ext_plugins.aspect_bucket.sampler import TEXT_TOKENS, BucketBatchSampler, batch_sizes_for_budget
 

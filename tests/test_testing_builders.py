@@ -17,7 +17,7 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_regi
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, T5Tokenizer
 
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.testing import (
     MODEL_KINDS,
     build_tiny_model,

@@ -1,4 +1,4 @@
-"""cogvx_ext.video on real mp4 files: probe, read_frames, stock frame rule, bad files."""
+"""cogvx_ext.data.video on real mp4 files: probe, read_frames, stock frame rule, bad files."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from decord.bridge import to_torch
 
-from cogvx_ext.errors import SkipClip
+from cogvx_ext.base.errors import SkipClip
+from cogvx_ext.data.video import ClipError, decode_size, probe, read_frames, stock_frame_indices
 from cogvx_ext.testing import write_bad_clips, write_clip
-from cogvx_ext.video import ClipError, decode_size, probe, read_frames, stock_frame_indices
 
 
 def write_texture(path, width: int, height: int, num_frames: int, fps: int = 8):
@@ -174,7 +174,7 @@ def test_probe_unreadable_file(tmp_path):
     code = (
         "import os, sys\n"
         "import av, decord, torch\n"
-        "from cogvx_ext.video import ClipError, probe, read_frames\n"
+        "from cogvx_ext.data.video import ClipError, probe, read_frames\n"
         "if os.geteuid() == 0:\n"
         "    os.setgid(65534)\n"
         "    os.setuid(65534)\n"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pluggy
 
-from cogvx_ext import hookspecs
-from cogvx_ext.defaults import CoreDefaults
+from cogvx_ext.plugin import hookspecs
+from cogvx_ext.plugin.defaults import CoreDefaults
 
 HERE = Path(__file__).parent
 

@@ -393,7 +393,7 @@ def clip_losses(
     elif probe == "no_rope":
         rope = None
     elif probe == "stock_rope":
-        from cogvx_ext.model import ModelInfo
+        from cogvx_ext.model.facts import ModelInfo
 
         model = ModelInfo.from_config(pipe.transformer.config)
         rope = stock_rope_module().stretched_stock_rope(

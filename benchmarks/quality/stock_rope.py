@@ -26,7 +26,7 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
 from cogvx_ext import hookimpl
-from cogvx_ext.model import VAE_SPATIAL, ModelInfo
+from cogvx_ext.model.facts import VAE_SPATIAL, ModelInfo
 
 
 class StockRope:

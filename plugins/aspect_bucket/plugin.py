@@ -11,9 +11,9 @@
   sample in a batch of 2 twice the weight of one in a batch of 4: each *batch* weighs the same.
 * With a stage schedule (``cogvx_stages``, e.g. progressive_resize) every stage gets buckets of
   its own area (a portrait clip stays portrait in every stage), and the batches of each optimizer
-  step come from its stage (``cogvx_ext.stages.StagedBatchSampler``). Targets tagged ``scale``
+  step come from its stage (``cogvx_ext.data.stages.StagedBatchSampler``). Targets tagged ``scale``
   (multi_scale) are alternatives: each pass trains one per clip.
-* ``cogvx-ext plan`` runs the same code on metadata only and reports it (``cogvx_ext/plan.py``).
+* ``cogvx-ext plan`` runs the same code on metadata only and reports it (``cogvx_ext/cli/plan/__init__.py``).
 
 The loader makes one instance per run; all state lives on it.
 """
@@ -30,13 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext import hookimpl
-from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
-from cogvx_ext.dataset import latent_shape_key
-from cogvx_ext.errors import SkipClip, UsageError
-from cogvx_ext.memory import DEFAULT_MARGIN, format_bytes, parse_bytes
-from cogvx_ext.model import VAE_SPATIAL, ModelInfo
-from cogvx_ext.sampling import SamplerResume
-from cogvx_ext.stages import (
+from cogvx_ext.base.errors import SkipClip, UsageError
+from cogvx_ext.data.clips import STAGE_TAG, Clip, Sample, Stage, Target
+from cogvx_ext.data.dataset import latent_shape_key
+from cogvx_ext.data.sampling import SamplerResume
+from cogvx_ext.data.stages import (
     StageBucket,
     StagedBatchSampler,
     alternative_groups,
@@ -45,6 +43,8 @@ from cogvx_ext.stages import (
     stage_of,
     stage_seed,
 )
+from cogvx_ext.model.facts import VAE_SPATIAL, ModelInfo
+from cogvx_ext.model.memory import DEFAULT_MARGIN, format_bytes, parse_bytes
 
 from .buckets import Bucket, _round_to, assign, generate_bucket_ladder, parse_buckets
 from .frames import check_frames_spec, frame_ladder, select_frames
@@ -118,7 +118,7 @@ class AspectBucket:
         self.resume = SamplerResume()  # the sampler's position across checkpoints
         self._stage_buckets: dict[Stage, tuple[Bucket, ...]] = {}
         self._stage_frames: dict[int | None, list[int]] = {}
-        self.memory_setup = None  # cogvx_ext.memory.TrainingSetup, with --bucket_memory_budget
+        self.memory_setup = None  # cogvx_ext.model.memory.TrainingSetup, with --bucket_memory_budget
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class AspectBucket:
             type=str,
             default=None,
             help="accelerator memory per process, e.g. 24GiB or 80GB: each shape gets the largest batch "
-            "whose estimated peak (cogvx_ext.memory) stays within it less --bucket_memory_margin; a shape "
+            "whose estimated peak (cogvx_ext.model.memory) stays within it less --bucket_memory_margin; a shape "
             "that does not fit at batch 1 stops the run before any model loads, saying what would fit",
         )
         group.add_argument(
@@ -465,7 +465,7 @@ class AspectBucket:
         largest one that does not is named with what would make it fit (before any model loads)."""
         if self.settings is None or self.settings.memory_budget is None:
             return
-        from cogvx_ext.memory import advice, estimate, setup_from_args
+        from cogvx_ext.model.memory import advice, estimate, setup_from_args
 
         if setup is None:
             setup_from_args(args)  # raises, naming why the model's configs cannot be read
@@ -647,7 +647,7 @@ class AspectBucket:
 
     def _memory_batch_sizes(self, counts: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
         """Per shape, the largest batch within the memory budget (at most its clips, --bucket_max_batch)."""
-        from cogvx_ext.memory import estimate, largest_batch
+        from cogvx_ext.model.memory import estimate, largest_batch
 
         settings, setup = self.settings, self.memory_setup
         sizes = {}

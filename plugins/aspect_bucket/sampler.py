@@ -43,8 +43,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cogvx_ext.model import ModelInfo
-from cogvx_ext.sampling import EpochBatchSampler, fingerprint
+from cogvx_ext.data.sampling import EpochBatchSampler, fingerprint
+from cogvx_ext.model.facts import ModelInfo
 
 logger = logging.getLogger("cogvx_ext.aspect_bucket")
 

@@ -5,8 +5,8 @@ a RoPE that follows the batch, whoever made it.
 """
 
 from cogvx_ext import Target, hookimpl
-from cogvx_ext.defaults import cover_crop_box
-from cogvx_ext.video import stock_frame_indices
+from cogvx_ext.data.video import stock_frame_indices
+from cogvx_ext.plugin.defaults import cover_crop_box
 
 
 class BadTargets:

@@ -38,9 +38,9 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
 
     import torch
 
-    from cogvx_ext.clips import Clip, Sample, Stage, Target, VideoInfo
-    from cogvx_ext.memory import TrainingSetup
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.data.clips import Clip, Sample, Stage, Target, VideoInfo
+    from cogvx_ext.model.facts import ModelInfo
+    from cogvx_ext.model.memory import TrainingSetup
 
 PROJECT = "cogvx_ext"
 
@@ -106,12 +106,12 @@ def cogvx_memory_check(
 
     Fires once after ``cogvx_requires`` (training) or ``cogvx_configure`` (``cogvx-ext plan``),
     and only when a chosen plugin implements it: building ``setup`` reads the model's configs.
-    ``setup`` is a ``cogvx_ext.memory.TrainingSetup`` (the transformer config, LoRA rank,
+    ``setup`` is a ``cogvx_ext.model.memory.TrainingSetup`` (the transformer config, LoRA rank,
     optimizer, precision, gradient checkpointing, validation, and where the text encoder and the
     VAE live: the text encoder leaves the device when a chosen plugin implements
     ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without a download
-    (``cogvx_ext.memory.setup_from_args(args)`` raises the reason);
-    ``cogvx_ext.memory.estimate(setup, latent_shape, batch_size)``
+    (``cogvx_ext.model.memory.setup_from_args(args)`` raises the reason);
+    ``cogvx_ext.model.memory.estimate(setup, latent_shape, batch_size)``
     gives a step's peak. Raise ``UsageError`` for a run that cannot fit. Not firstresult.
     Built-in: ``aspect_bucket`` (``--bucket_memory_budget``).
 
@@ -270,7 +270,7 @@ def cogvx_batch_sampler(
     concatenates latents). ``len()`` must be exact, constant and equal on every rank; the number
     of batches per epoch should be a multiple of ``num_replicas`` so accelerate adds no padding.
     With ``stages``, every batch of an optimizer step comes from that step's stage
-    (``cogvx_ext.stages.StagedBatchSampler`` does the arithmetic). Samples of one clip and stage
+    (``cogvx_ext.data.stages.StagedBatchSampler`` does the arithmetic). Samples of one clip and stage
     tagged ``("scale", ...)`` are alternatives: each epoch trains one of them. Stops at first
     non-None result.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cogvx_ext.errors import UsageError, report_usage_error
+from cogvx_ext.base.errors import UsageError, report_usage_error
 
 _original_parse_args = argparse.ArgumentParser.parse_args
 _registered: dict[int, _Registration] = {}  # id(module globals) -> how that script was loaded
@@ -55,7 +55,7 @@ class Run:
         self.hook = pm.hook
         self.plugin_names = plugin_names
         self.args: argparse.Namespace | None = None
-        self.model = None  # cogvx_ext.model.ModelInfo, once known
+        self.model = None  # cogvx_ext.model.facts.ModelInfo, once known
         self.accelerator = None
         self.transformer = None
         self.vae = None
@@ -65,11 +65,11 @@ class Run:
         self.kind = "t2v"
         self.prompts_prepared = False
         self.text_encoder_offloaded = None
-        self.zero3_lora = None  # the whole LoRA at the last step, for the final save (cogvx_ext.zero3)
+        self.zero3_lora = None  # the whole LoRA at the last step, for the final save (cogvx_ext.script.zero3)
 
     def uses(self, hook_name: str) -> bool:
         """Whether a plugin the user chose (not a core default) implements this hook."""
-        from cogvx_ext.manager import chosen_hooks
+        from cogvx_ext.plugin.manager import chosen_hooks
 
         return hook_name in chosen_hooks(self.pm)
 
@@ -78,7 +78,7 @@ class Run:
         if self.model is None or self.requirements_checked:
             return
         self.requirements_checked = True
-        from cogvx_ext.contracts import check_requirements
+        from cogvx_ext.data.contracts import check_requirements
 
         check_requirements(self.hook, self.args, self.model)
 
@@ -145,17 +145,17 @@ def start_run(
     parser: argparse.ArgumentParser, registration: _Registration, argv: list[str], namespace=None
 ) -> Run:
     """Load the plugins, let them add flags, parse, configure, check, and install the seams."""
-    from cogvx_ext import seams
-    from cogvx_ext.dataset import check_data_source
-    from cogvx_ext.manager import (
+    from cogvx_ext.data.dataset import check_data_source
+    from cogvx_ext.model.facts import ModelInfo
+    from cogvx_ext.model.memory import check_before_loading
+    from cogvx_ext.plugin.manager import (
         ENV_PLUGINS,
         load_plugins,
         make_plugin_manager,
         parse_plugin_list,
         plugins_flag_values,
     )
-    from cogvx_ext.memory import check_before_loading
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.script import seams
 
     choice = parse_plugin_list(
         [os.environ.get(ENV_PLUGINS), *registration.plugins, *plugins_flag_values(argv)]

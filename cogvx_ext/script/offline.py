@@ -2,7 +2,7 @@
 
 ``cogvx-ext plan`` and ``cogvx-ext cache`` take the script's data flags and the plugins' own,
 so the bucket plan and the cache keys they compute are the ones training computes: the same
-plugins, the same hooks, the same core functions (cogvx_ext.dataset).
+plugins, the same hooks, the same core functions (cogvx_ext.data.dataset).
 
 The flags and their defaults come from the training script's own parser when the script is at
 hand (``--trainer PATH`` or ``$COGVX_EXT_TRAINER``): the script is imported (its ``main`` does
@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from cogvx_ext.errors import OneLineParser, UsageError
-from cogvx_ext.model import RELEASED, ModelInfo, released_model
+from cogvx_ext.base.errors import OneLineParser, UsageError
+from cogvx_ext.model.facts import RELEASED, ModelInfo, released_model
 
 ENV_TRAINER = "COGVX_EXT_TRAINER"
 _module_counter = itertools.count(1)
@@ -94,8 +94,8 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_plugins: str) -> OfflineRun:
-    from cogvx_ext.contracts import check_requirements
-    from cogvx_ext.manager import (
+    from cogvx_ext.data.contracts import check_requirements
+    from cogvx_ext.plugin.manager import (
         ENV_PLUGINS,
         load_plugins,
         make_plugin_manager,
@@ -124,7 +124,7 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
             )
     model = model or released_model(args.model or "5b")
     check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
-    from cogvx_ext.memory import check_before_loading
+    from cogvx_ext.model.memory import check_before_loading
 
     check_before_loading(pm, args, model, args.model)
     return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)

@@ -31,8 +31,8 @@ from typing import Any
 
 import pluggy
 
-from cogvx_ext import hookspecs
-from cogvx_ext.errors import PluginImportError, UsageError
+from cogvx_ext.base.errors import PluginImportError, UsageError
+from cogvx_ext.plugin import hookspecs
 
 ENTRY_POINT_GROUP = "cogvx_ext"
 ENV_PLUGINS = "COGVX_EXT_PLUGINS"
@@ -99,7 +99,7 @@ def installed_plugins() -> dict[str, metadata.EntryPoint]:
 
 def make_plugin_manager() -> pluggy.PluginManager:
     """A fresh manager with every hook spec and the core defaults; one per run."""
-    from cogvx_ext import defaults
+    from cogvx_ext.plugin import defaults
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

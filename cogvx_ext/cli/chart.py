@@ -14,8 +14,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from cogvx_ext.errors import UsageError
-from cogvx_ext.plan import PlanReport
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.cli.plan import PlanReport
 
 INSTALL_HINT = "pip install 'cogvx-ext[chart]' (matplotlib)"
 PORTRAIT, SQUARE, LANDSCAPE = "#4c72b0", "#8c8c8c", "#dd8452"

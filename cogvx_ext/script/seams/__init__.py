@@ -17,9 +17,9 @@ seam (script globals)               what it does
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
-``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.dataset (plan, stream, share);
+``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.data.dataset (plan, stream, share);
                                     DeepSpeed's micro batch; compilations bounded and logged
-``T5EncoderModel``                  loaded whole under ZeRO-3 (cogvx_ext.zero3)
+``T5EncoderModel``                  loaded whole under ZeRO-3 (cogvx_ext.script.zero3)
 ``shutil``                          a checkpoint that another rank removed first is no error
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``; a
                                     validation that would wait forever (ZeRO-3) stops
@@ -45,9 +45,10 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.errors import UsageError, report_usage_error
-from cogvx_ext.hookspecs import hookimpl
-from cogvx_ext.zero3 import (
+from cogvx_ext.base.errors import UsageError, report_usage_error
+from cogvx_ext.plugin.hookspecs import hookimpl
+from cogvx_ext.plugin.manager import CORE_PLUGIN_NAME
+from cogvx_ext.script.zero3 import (
     fill_empty_lora,
     gathered,
     loading_whole,
@@ -127,13 +128,13 @@ def _plugins_implementing(run, hooks):
     for hook in hooks:
         caller = getattr(run.hook, hook, None)
         for impl in caller.get_hookimpls() if caller else ():
-            if impl.plugin_name != "cogvx_ext.defaults":
+            if impl.plugin_name != CORE_PLUGIN_NAME:
                 yield impl.plugin_name
 
 
 def install(run) -> None:
     """Check, then replace the script globals the chosen plugins need."""
-    from cogvx_ext.manager import chosen_hooks
+    from cogvx_ext.plugin.manager import chosen_hooks
 
     run.chosen = chosen_hooks(run.pm)
     if not run.plugin_names:
@@ -325,15 +326,15 @@ def _on_every_logged_step(accelerator, on_step) -> None:
 
 def _snapshot_lora_after_last_step(run, values, step) -> None:
     """ZeRO-3: the final LoRA is saved on the main process alone, so the whole copy it needs is
-    taken at the last step's log, where every rank is (cogvx_ext.zero3)."""
+    taken at the last step's log, where every rank is (cogvx_ext.script.zero3)."""
     last = getattr(run.args, "max_train_steps", None)
     if run.zero3_lora is None and step is not None and last and step >= last and run.transformer is not None:
         run.zero3_lora = snapshot_lora(run.accelerator, run.transformer)
 
 
 def _save_plugin_state(run, models, weights, output_dir):
-    from cogvx_ext.io import write_json_atomic
-    from cogvx_ext.state import collect_states
+    from cogvx_ext.base.io import write_json_atomic
+    from cogvx_ext.plugin.state import collect_states
 
     match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
     states = collect_states(run.pm, int(match.group(1)) if match else None)
@@ -342,7 +343,7 @@ def _save_plugin_state(run, models, weights, output_dir):
 
 
 def _load_plugin_state(run, models, input_dir):
-    from cogvx_ext.state import restore_states
+    from cogvx_ext.plugin.state import restore_states
 
     path = os.path.join(input_dir, STATE_FILE)
     if not os.path.isfile(path):
@@ -375,8 +376,8 @@ class _LoaderProxy:
 
 
 def _transformer_loaded(run, transformer) -> None:
-    from cogvx_ext.forward import install_forward_hooks
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.model.facts import ModelInfo
+    from cogvx_ext.plugin.forward import install_forward_hooks
 
     run.transformer = transformer
     run.model = ModelInfo.from_config(transformer.config)  # the loaded config is the authority
@@ -386,7 +387,7 @@ def _transformer_loaded(run, transformer) -> None:
 
 
 def _rope_from_forward_hook(*args, **kwargs):
-    # A chosen plugin computes RoPE from the tensor that reaches the transformer (cogvx_ext.forward);
+    # A chosen plugin computes RoPE from the tensor that reaches the transformer (cogvx_ext.plugin.forward);
     # the script's own per-step embedding, from --height/--width, would be thrown away.
     return None
 
@@ -404,7 +405,7 @@ def _vae_loaded(run, vae) -> None:
 # assign the encoded list back to `train_dataset.instance_videos`. The T2V script spreads that loop
 # over ranks and broadcasts with `torch.empty_like` of the first local latent, which reshapes other
 # clips' latents when shapes differ. So the real work happens when the dataset is built (the VAE
-# is loaded and on its device by then, in both scripts): cogvx_ext.dataset streams, encodes this
+# is loaded and on its device by then, in both scripts): cogvx_ext.data.dataset streams, encodes this
 # rank's share and shares it with real shapes. The script's loop then runs on tiny stand-in tensors,
 # `vae.encode` answers them with a fixed-size stand-in posterior, and the script's assignment
 # installs the real posteriors, which every rank already holds.
@@ -421,7 +422,7 @@ class ScriptDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, run, **kwargs):
-        from cogvx_ext.dataset import (
+        from cogvx_ext.data.dataset import (
             Skipped,
             encode_samples,
             plan_samples,
@@ -429,7 +430,7 @@ class ScriptDataset(torch.utils.data.Dataset):
             report_skipped,
             vae_device,
         )
-        from cogvx_ext.ranks import check_ranks_agree
+        from cogvx_ext.data.ranks import check_ranks_agree
 
         self.run = run
         self.kind = run.kind
@@ -602,9 +603,9 @@ def _deepspeed_micro_batch(accelerator, batch_size) -> None:
 
 def _watch_compilations(run, sampler, samples) -> None:
     """Under accelerate's dynamo backend, bound the compilations by the plan's latent shapes and log
-    each one (cogvx_ext.compiling); the model is compiled later, in ``accelerator.prepare``."""
-    from cogvx_ext.compiling import CompileWatch, dynamo_backend
-    from cogvx_ext.dataset import latent_shape_key
+    each one (cogvx_ext.script.compiling); the model is compiled later, in ``accelerator.prepare``."""
+    from cogvx_ext.data.dataset import latent_shape_key
+    from cogvx_ext.script.compiling import CompileWatch, dynamo_backend
 
     accelerator = run.accelerator
     backend = dynamo_backend(accelerator)
@@ -618,7 +619,7 @@ def _watch_compilations(run, sampler, samples) -> None:
 
 def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
     """One line at training start: the estimated peak accelerator memory of the run's largest batch
-    (cogvx_ext.memory), so an out-of-memory an hour in can be told apart at step 0. An estimate that
+    (cogvx_ext.model.memory), so an out-of-memory an hour in can be told apart at step 0. An estimate that
     cannot be made is said, never a reason to stop."""
     import logging
 
@@ -626,8 +627,8 @@ def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
     if run.accelerator is not None and not run.accelerator.is_local_main_process:
         return  # the same estimate on every rank: traced and said once per machine
     try:
-        from cogvx_ext.dataset import latent_shape_key
-        from cogvx_ext.memory import estimate, format_bytes, setup_for_plugins
+        from cogvx_ext.data.dataset import latent_shape_key
+        from cogvx_ext.model.memory import estimate, format_bytes, setup_for_plugins
 
         if sampler is not None and hasattr(sampler, "buckets"):
             pairs = {(bucket.key, bucket.batch_size) for bucket in sampler.buckets}
@@ -774,8 +775,8 @@ class _PipelineProxy:
 
 def prepare_loaded_pipeline(run, pipe) -> None:
     """Give a freshly loaded pipeline what the training transformer has (forward hooks, adaptation)."""
-    from cogvx_ext.forward import install_forward_hooks
-    from cogvx_ext.model import ModelInfo
+    from cogvx_ext.model.facts import ModelInfo
+    from cogvx_ext.plugin.forward import install_forward_hooks
 
     if getattr(pipe, "_cogvx_ext_prepared", False):
         return
@@ -788,8 +789,8 @@ def prepare_loaded_pipeline(run, pipe) -> None:
 
 def write_lora_metadata(run, directory: str) -> None:
     from cogvx_ext import __version__
+    from cogvx_ext.base.io import write_json_atomic
     from cogvx_ext.inference import METADATA_FILE
-    from cogvx_ext.io import write_json_atomic
 
     settings: dict[str, Any] = {}
     for part in run.hook.cogvx_lora_metadata(args=run.args):

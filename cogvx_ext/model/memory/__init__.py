@@ -60,8 +60,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cogvx_ext.errors import UsageError
-from cogvx_ext.model import RELEASED, VAE_SPATIAL, ModelInfo
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.model.facts import RELEASED, VAE_SPATIAL, ModelInfo
 
 GiB = 2**30
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
@@ -319,7 +319,7 @@ def setup_for_plugins(pm: Any, args: Any, model: str | None = None, **overrides:
     """The run's setup, with what the chosen plugins change: a plugin answering
     ``cogvx_prompt_embeddings`` takes the text encoder off the device (the core moves it to the CPU
     once every prompt is answered, before the first step). ``overrides`` go to ``setup_from_args``."""
-    from cogvx_ext.manager import chosen_hooks
+    from cogvx_ext.plugin.manager import chosen_hooks
 
     return setup_from_args(
         args, model, text_encoder_on_device="cogvx_prompt_embeddings" not in chosen_hooks(pm), **overrides
@@ -328,7 +328,7 @@ def setup_for_plugins(pm: Any, args: Any, model: str | None = None, **overrides:
 
 def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model: str | None = None) -> None:
     """Fire ``cogvx_memory_check`` when a chosen plugin implements it (before any model loads)."""
-    from cogvx_ext.manager import chosen_hooks
+    from cogvx_ext.plugin.manager import chosen_hooks
 
     if "cogvx_memory_check" not in chosen_hooks(pm):
         return

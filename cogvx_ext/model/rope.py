@@ -55,7 +55,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.model.facts import ModelInfo
 
 MODES = ("pipeline", "extrapolate", "interpolate", "ntk")
 THETA = 10000.0

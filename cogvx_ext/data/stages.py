@@ -45,9 +45,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cogvx_ext.clips import SCALE_TAG, STAGE_TAG, Sample
-from cogvx_ext.sampling import EpochBatchSampler
-from cogvx_ext.sampling import fingerprint as fingerprint_of
+from cogvx_ext.data.clips import SCALE_TAG, STAGE_TAG, Sample
+from cogvx_ext.data.sampling import EpochBatchSampler
+from cogvx_ext.data.sampling import fingerprint as fingerprint_of
 
 logger = logging.getLogger("cogvx_ext.stages")
 

@@ -27,8 +27,8 @@ from fractions import Fraction
 
 import torch
 
-from cogvx_ext.clips import VideoInfo
-from cogvx_ext.errors import SkipClip
+from cogvx_ext.base.errors import SkipClip
+from cogvx_ext.data.clips import VideoInfo
 
 # decord 0.6 cannot return frames of these widths (its NDArray size check fails), measured at
 # several heights and sources; the next width up always works.

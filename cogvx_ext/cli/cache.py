@@ -3,8 +3,8 @@
 ``fill`` takes the training script's data flags, the plugins and their flags, and the VAE flags
 that decide the cache key (``--pretrained_model_name_or_path``, ``--mixed_precision``,
 ``--enable_slicing``, ``--enable_tiling``), plans the samples with the same hooks and core
-functions as training (cogvx_ext.offline, cogvx_ext.dataset) and runs the same encoding hook
-(the script's recipe, cogvx_ext.seams.ScriptEncoding) through the chosen cache plugin
+functions as training (cogvx_ext.script.offline, cogvx_ext.data.dataset) and runs the same encoding hook
+(the script's recipe, cogvx_ext.script.seams.ScriptEncoding) through the chosen cache plugin
 (``latent_cache``). Under ``accelerate launch -m cogvx_ext cache fill ...`` or ``torchrun [--nnodes N
 --node_rank R ...] -m cogvx_ext cache fill ...`` (several nodes, each with its own copy of the data,
 one shared cache directory: tests/test_multinode.py) each process fills its share; nothing is
@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from cogvx_ext.errors import SkipClip, UsageError, report_usage_error
+from cogvx_ext.base.errors import SkipClip, UsageError, report_usage_error
 
 DEFAULT_PLUGINS = "aspect_bucket,rope_rescale,latent_cache"
 USAGE = """usage: cogvx-ext cache {fill,prune} [flags]
@@ -69,9 +69,9 @@ def fill(argv: list[str]) -> int:
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    from cogvx_ext.dataset import plan_samples, read_script_data, report_skipped
-    from cogvx_ext.offline import script_data_parser, start_offline_run
-    from cogvx_ext.seams import ScriptEncoding
+    from cogvx_ext.data.dataset import plan_samples, read_script_data, report_skipped
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
+    from cogvx_ext.script.seams import ScriptEncoding
 
     parser = script_data_parser(
         "cogvx-ext cache fill",
@@ -206,8 +206,8 @@ def _sum_over_processes(counts: list[int], device) -> list[int]:
 
 
 def prune(argv: list[str]) -> int:
-    from cogvx_ext.dataset import plan_samples, read_script_data
-    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext.data.dataset import plan_samples, read_script_data
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     parser = script_data_parser(
         "cogvx-ext cache prune",
@@ -249,6 +249,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # `torchrun -m cogvx_ext.cache_cli fill ...` works before the `cache` command is wired into
+    # `torchrun -m cogvx_ext.cli.cache fill ...` works before the `cache` command is wired into
     # the cogvx-ext command line, and beside it.
     sys.exit(main())

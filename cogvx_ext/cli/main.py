@@ -7,7 +7,7 @@ import os
 import sys
 
 from cogvx_ext import __version__
-from cogvx_ext.errors import UsageError, report_usage_error
+from cogvx_ext.base.errors import UsageError, report_usage_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         # after the plugins are loaded.
         return _guarded(lambda: _plan(argv[1:]))
     if argv and argv[0] == "cache":
-        from cogvx_ext.cache_cli import run_cache
+        from cogvx_ext.cli.cache import run_cache
 
         return _guarded(lambda: run_cache(argv[1:]))
     if argv and argv[0] == "run":
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
             sys.stdout.write(RUN_HELP)
             return 0 if len(argv) >= 2 else 2
-        from cogvx_ext.activation import run_script
+        from cogvx_ext.script.activation import run_script
 
         return run_script(argv[1], argv[2:])
     args = parser.parse_args(argv)
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plugins(args) -> int:
-    from cogvx_ext.manager import describe_installed
+    from cogvx_ext.plugin.manager import describe_installed
 
     rows = describe_installed()
     broken = [row for row in rows if "error" in row]
@@ -138,13 +138,13 @@ def _plugins(args) -> int:
 
 
 def _demo(args) -> int:
-    from cogvx_ext.demo import run_demo
+    from cogvx_ext.cli.demo import run_demo
 
     return run_demo(trainer=args.trainer, output_dir=args.output_dir, plugins=args.plugins, steps=args.steps)
 
 
 def _plan(argv: list[str]) -> int:
-    from cogvx_ext.plan import run_plan
+    from cogvx_ext.cli.plan import run_plan
 
     return run_plan(argv)
 

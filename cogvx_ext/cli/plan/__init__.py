@@ -1,7 +1,7 @@
 """``cogvx-ext plan``: the bucket plan of a dataset, from clip headers only, before a long run.
 
 It is made by the code training uses: the chosen plugins' ``cogvx_clip_targets`` decide every clip
-(through ``cogvx_ext.dataset.plan_samples``) and their ``cogvx_batch_sampler`` builds the batches;
+(through ``cogvx_ext.data.dataset.plan_samples``) and their ``cogvx_batch_sampler`` builds the batches;
 nothing here decides anything again. A sampler that describes itself with a ``buckets`` list
 (``key``, ``clips``, ``batch_size``, ``batches``, as aspect_bucket's does, and ``stage`` with a
 stage schedule) gets its own rows; without a sampler (one shape, the script's DataLoader) the
@@ -19,10 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cogvx_ext.clips import Sample, VideoInfo
-from cogvx_ext.dataset import latent_shape_key
-from cogvx_ext.memory import format_bytes
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.data.clips import Sample, VideoInfo
+from cogvx_ext.data.dataset import latent_shape_key
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.model.memory import format_bytes
 
 
 @dataclass(frozen=True)
@@ -406,10 +406,10 @@ def _memory_lines(report: PlanReport) -> list[str]:
 
 
 def add_memory(report: PlanReport, setup: Any) -> None:
-    """Each bucket row's estimated peak at its batch size (``cogvx_ext.memory.estimate``)."""
+    """Each bucket row's estimated peak at its batch size (``cogvx_ext.model.memory.estimate``)."""
     from dataclasses import replace
 
-    from cogvx_ext.memory import estimate
+    from cogvx_ext.model.memory import estimate
 
     rows, peaks, validation = [], [], None
     for row in report.buckets:
@@ -510,8 +510,8 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
 
 def run_plan(argv: list[str]) -> int:
     """``cogvx-ext plan [the script's data flags] [plugin flags] [--json PATH]``."""
-    from cogvx_ext.dataset import plan_samples, read_script_data
-    from cogvx_ext.offline import script_data_parser, start_offline_run
+    from cogvx_ext.data.dataset import plan_samples, read_script_data
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     parser = script_data_parser("cogvx-ext plan", "The bucket plan of a dataset, from clip headers only.")
     parser.add_argument(
@@ -530,23 +530,23 @@ def run_plan(argv: list[str]) -> int:
     parser.add_argument(
         "--memory",
         action="store_true",
-        help="estimate each bucket's peak accelerator memory per training step (cogvx_ext.memory: "
+        help="estimate each bucket's peak accelerator memory per training step (cogvx_ext.model.memory: "
         "fake tensors on the CPU, no GPU and no weights)",
     )
-    from cogvx_ext.memory import add_setup_arguments
+    from cogvx_ext.model.memory import add_setup_arguments
 
     add_setup_arguments(parser)
     run = start_offline_run(parser, argv, default_plugins="aspect_bucket,rope_rescale")
     args = run.args
     if args.chart:
-        from cogvx_ext.chart import check_chart_available
+        from cogvx_ext.cli.chart import check_chart_available
 
         check_chart_available()
     entries, skipped = read_script_data(args)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
     if args.memory and report.buckets:
-        from cogvx_ext.memory import setup_for_plugins
+        from cogvx_ext.model.memory import setup_for_plugins
 
         add_memory(report, setup_for_plugins(run.pm, args, args.model))
     if args.json == "-":
@@ -554,12 +554,12 @@ def run_plan(argv: list[str]) -> int:
     else:
         print(format_report(report))
         if args.json:
-            from cogvx_ext.io import write_json_atomic
+            from cogvx_ext.base.io import write_json_atomic
 
             write_json_atomic(args.json, report_to_json(report))
             print(f"plan written to {args.json}")
     if args.chart:
-        from cogvx_ext.chart import write_chart
+        from cogvx_ext.cli.chart import write_chart
 
         write_chart(report, args.chart)
         print(f"chart drawn in {args.chart}", file=sys.stderr if args.json == "-" else sys.stdout)

@@ -1,6 +1,6 @@
 """The data path used when a data plugin is chosen: list, probe, plan, encode, share.
 
-Nothing here knows the training scripts; ``cogvx_ext.seams`` puts a script-shaped face on it.
+Nothing here knows the training scripts; ``cogvx_ext.script.seams`` puts a script-shaped face on it.
 
 * The listing is read like the scripts read it (``--instance_data_root`` with line-separated
   caption and video files), but a problem line is reported and skipped, not fatal.
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.clips import Clip, Sample
-from cogvx_ext.errors import SkipClip, UsageError
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.base.errors import SkipClip, UsageError
+from cogvx_ext.data.clips import Clip, Sample
+from cogvx_ext.model.facts import ModelInfo
 
 logger = logging.getLogger("cogvx_ext")
 
@@ -217,16 +217,16 @@ def plan_samples(
     """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`.
 
     Every target is checked as it arrives and the run's needs are checked against the targets'
-    shapes (cogvx_ext.contracts): a violation is a UsageError, before anything is decoded.
+    shapes (cogvx_ext.data.contracts): a violation is a UsageError, before anything is decoded.
 
     With a stage schedule (``cogvx_stages``) the samples are ordered stage by stage, so they are
     encoded (and their progress shown) one stage after the other.
     """
     from tqdm.auto import tqdm
 
-    from cogvx_ext.clips import STAGE_TAG
-    from cogvx_ext.contracts import check_clip_targets, check_data_requirements
-    from cogvx_ext.video import probe
+    from cogvx_ext.data.clips import STAGE_TAG
+    from cogvx_ext.data.contracts import check_clip_targets, check_data_requirements
+    from cogvx_ext.data.video import probe
 
     stages = hook.cogvx_stages(args=args)
     samples: list[Sample] = []
@@ -234,7 +234,7 @@ def plan_samples(
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
         try:
             info = hook.cogvx_probe(path=entry.path, args=args)
-            if info is None:  # a hook relay made without the core's defaults (cogvx_ext.defaults)
+            if info is None:  # a hook relay made without the core's defaults (cogvx_ext.plugin.defaults)
                 info = probe(entry.path)
             clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=info)
             asked = dict(clip=clip, args=args, model=model, stages=stages)

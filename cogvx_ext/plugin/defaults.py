@@ -1,6 +1,6 @@
 """The core's own hook implementations: what happens when no chosen plugin decides.
 
-Registered in every run as ``cogvx_ext.defaults``, all ``trylast`` so any plugin goes first.
+Registered in every run as ``cogvx_ext.plugin.defaults``, all ``trylast`` so any plugin goes first.
 They reproduce the stock script's choices, except that a clip is never stretched.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from cogvx_ext.clips import STAGE_TAG, Clip, Sample, Stage, Target
-from cogvx_ext.errors import SkipClip
-from cogvx_ext.hookspecs import hookimpl
-from cogvx_ext.model import ModelInfo
+from cogvx_ext.base.errors import SkipClip
+from cogvx_ext.data.clips import STAGE_TAG, Clip, Sample, Stage, Target
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.plugin.hookspecs import hookimpl
 
 
 def cover_crop_box(src_width: int, src_height: int, width: int, height: int) -> tuple[int, int, int, int]:
@@ -26,7 +26,7 @@ class CoreDefaults:
     @hookimpl(trylast=True)
     def cogvx_probe(self, path: str):
         """The container's header, read with PyAV (raises SkipClip for what is not a usable video)."""
-        from cogvx_ext.video import probe
+        from cogvx_ext.data.video import probe
 
         return probe(path)
 
@@ -55,7 +55,7 @@ class CoreDefaults:
 
     @staticmethod
     def _stock_target(clip: Clip, args, height: int, width: int, max_frames: int, tags) -> Target:
-        from cogvx_ext.video import stock_frame_indices
+        from cogvx_ext.data.video import stock_frame_indices
 
         indices = stock_frame_indices(
             clip.info.num_frames,
@@ -70,7 +70,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def cogvx_load_pixels(self, sample: Sample):
-        from cogvx_ext.video import read_frames
+        from cogvx_ext.data.video import read_frames
 
         target, info = sample.target, sample.clip.info
         return read_frames(
@@ -88,7 +88,7 @@ class CoreDefaults:
         The seam has already taken the script's own embedding away (it is computed from
         ``--height/--width``, not from the batch), so a plugin returning ``None`` must still
         leave the model with a batch-correct embedding, never with none."""
-        from cogvx_ext.rope import default_rotary_embedding
+        from cogvx_ext.model.rope import default_rotary_embedding
 
         return default_rotary_embedding(model, latent_shape, device)
 
@@ -98,8 +98,8 @@ class CoreDefaults:
 
         With stages, ``None``: the plugin that set the schedule supplies a sampler that follows it
         (progressive_resize wraps this hook and does when no other plugin has answered)."""
-        from cogvx_ext.dataset import latent_shape_key
-        from cogvx_ext.errors import UsageError
+        from cogvx_ext.base.errors import UsageError
+        from cogvx_ext.data.dataset import latent_shape_key
 
         if stages:
             return None

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.clips import Sample
-from cogvx_ext.errors import UsageError
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.clips import Sample
 
 
 def describe_sample(sample: Sample, root: str | None) -> str:

@@ -16,7 +16,7 @@ four places, and each fails, waits forever or writes an empty LoRA:
   one rank it waits forever. It stops with one line instead.
 - The final LoRA is saved on the main process only, after training, where a gather would wait for
   ranks that never join. So every rank takes part in a gather right after the last optimizer step
-  (cogvx_ext.seams finds it), and the main process keeps a copy for that save.
+  (cogvx_ext.script.seams finds it), and the main process keeps a copy for that save.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.errors import UsageError
+from cogvx_ext.base.errors import UsageError
 
 
 def zero3_plugin(accelerator: Any) -> Any | None:

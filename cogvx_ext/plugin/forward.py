@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.model import ModelInfo
-from cogvx_ext.rope import default_rotary_embedding
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.model.rope import default_rotary_embedding
 
 _ATTR = "_cogvx_ext_forward_hooks"
 
@@ -29,7 +29,7 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
 
     ``hook`` is a plugin manager's ``pm.hook`` relay.
     """
-    from cogvx_ext.manager import implemented_by_plugins
+    from cogvx_ext.plugin.manager import implemented_by_plugins
 
     wants_inputs = implemented_by_plugins(hook.cogvx_transformer_forward)
     # The core's default embedding answers only once a plugin has taken the forward's RoPE over.
@@ -55,7 +55,7 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
             rope = hook.cogvx_rotary_embedding(
                 model=model, latent_shape=latent_shape_of(hidden_states), device=hidden_states.device
             )
-            if rope is None:  # a hook relay made without the core's defaults (cogvx_ext.defaults)
+            if rope is None:  # a hook relay made without the core's defaults (cogvx_ext.plugin.defaults)
                 rope = default_rotary_embedding(model, latent_shape_of(hidden_states), hidden_states.device)
             inputs["image_rotary_emb"] = rope
         return (), inputs

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cogvx_ext.errors import UsageError
+from cogvx_ext.base.errors import UsageError
 
 # huggingface/diffusers main of 2026-08-23; the script's text is checked before it is used.
 PINNED_COMMIT = "58eb52c0803ea9af3abec60841c2a093bdf1f951"
@@ -121,7 +121,7 @@ def _pinned_script() -> Path:
         text = response.read()
     if hashlib.sha256(text).hexdigest() != PINNED_SHA256:
         raise OSError("the downloaded file does not match the pinned sha256")
-    from cogvx_ext.io import write_bytes_atomic
+    from cogvx_ext.base.io import write_bytes_atomic
 
     write_bytes_atomic(cached, text)
     return cached
@@ -227,9 +227,9 @@ def _quiet_libraries() -> str:
 
 
 def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: float) -> None:
-    from cogvx_ext.dataset import plan_samples, read_listing
-    from cogvx_ext.offline import script_data_parser, start_offline_run
-    from cogvx_ext.plan import build_report, format_report
+    from cogvx_ext.cli.plan import build_report, format_report
+    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     # The same plan the run made, from the same flags (the plan skips the training-only ones).
     wanted = {"--pretrained_model_name_or_path", "--instance_data_root", "--caption_column", "--video_column",

@@ -5,7 +5,7 @@ VAE x patch grid fails at the second step with a tensor-size error, a frame coun
 take trains silently, and a transposed size without a RoPE that follows the batch trains silently
 wrong. So every target is checked as soon as a plugin returns it, before anything is decoded, and
 the run's needs follow the shapes the data has, not the names of the plugins that made them.
-``cogvx-ext plan`` and training call the same functions (through ``cogvx_ext.dataset``), so they
+``cogvx-ext plan`` and training call the same functions (through ``cogvx_ext.data.dataset``), so they
 reach the same verdict.
 """
 
@@ -16,9 +16,9 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-from cogvx_ext.clips import Clip, Sample, Target
-from cogvx_ext.errors import UsageError
-from cogvx_ext.model import VAE_SPATIAL, ModelInfo
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.clips import Clip, Sample, Target
+from cogvx_ext.model.facts import VAE_SPATIAL, ModelInfo
 
 # Capability names the core asks for itself (besides what plugins require by name).
 BATCH_ROPE = "batch_rope"
@@ -44,7 +44,7 @@ def target_problem(target: Any, clip: Clip, model: ModelInfo) -> str | None:
     if count < 1 or (count - 1) % model.temporal_compression_ratio:
         return (
             f"{count} frames: the VAE takes {model.temporal_compression_ratio}k+1 frames "
-            "(e.g. 9, 17, 49; cogvx_ext.video.stock_frame_indices picks them)"
+            "(e.g. 9, 17, 49; cogvx_ext.data.video.stock_frame_indices picks them)"
         )
     if any(not _whole(i) or i < 0 for i in target.frame_indices):
         return "frame indices must be whole numbers from 0"
