@@ -13,7 +13,7 @@ What is measured (issue 4)
                  full size, converts to float, resizes and crops, and keeps all of them.
     ours         what cogvx-ext does inside that constructor when a data plugin is chosen, with
                  ``aspect_bucket``: read the listing, probe every header and plan the samples
-                 (``cogvx_ext.data.dataset.read_listing`` / ``plan_samples``), then decode one sample at
+                 (``cogvx_ext.script.data_formats.read_listing`` / ``plan_samples``), then decode one sample at
                  a time straight to its bucket with the core's ``cogvx_load_pixels`` (decord
                  resizes while decoding) and drop it. Run with ``--fps 30`` so that every clip
                  gives the same 49 frames as stock (at ``--fps 8`` the plugin would sample a 24 fps
@@ -173,7 +173,8 @@ def _ours_setup(root: str, videos: str, prompts: str, plugins: str):
 
 
 def _ours(run) -> tuple[None, int, int]:
-    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.data.planning import plan_samples
+    from cogvx_ext.script.data_formats import read_listing
 
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
@@ -274,7 +275,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def crop_table(root: Path, listing: tuple[str, str]) -> dict:
-    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.data.planning import plan_samples
+    from cogvx_ext.script.data_formats import read_listing
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     videos, prompts = listing

@@ -157,7 +157,7 @@ def worker(opts) -> int:
 
     counter = contextlib.nullcontext()
     if opts.tiny:
-        from cogvx_ext.model.memory import LiveStorageCounter
+        from cogvx_ext.model.memory.trace import LiveStorageCounter
 
         counter = LiveStorageCounter()  # the CPU's allocated bytes, counted from the model's creation
     with counter:
@@ -343,7 +343,8 @@ def main() -> int:
 
 def estimate_gib(opts, size: str) -> float:
     """cogvx-ext's estimate of the worker's configuration at this size (cogvx_ext.model.memory)."""
-    from cogvx_ext.model.memory import TrainingSetup, estimate
+    from cogvx_ext.model.memory.estimate import estimate
+    from cogvx_ext.model.memory.setup import TrainingSetup
 
     if opts.tiny:
         from cogvx_ext.testing import tiny_transformer_config

@@ -31,7 +31,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     opts = parser.parse_args()
 
-    from cogvx_ext.model.memory import TrainingSetup, estimate, released_transformer_config
+    from cogvx_ext.model.memory.configs import released_transformer_config
+    from cogvx_ext.model.memory.estimate import estimate
+    from cogvx_ext.model.memory.setup import TrainingSetup
     from cogvx_ext_plugins.aspect_bucket.buckets import generate_bucket_ladder
 
     setup = TrainingSetup.build(

@@ -38,10 +38,12 @@ def measure(model_dir: Path, data: Path, stages: str, frames: int) -> list[dict]
     import torch
     from diffusers import AutoencoderKLCogVideoX
 
-    from cogvx_ext.data.dataset import encode_samples, plan_samples, read_listing
+    from cogvx_ext.data.encoding import encode_samples
+    from cogvx_ext.data.planning import plan_samples
     from cogvx_ext.data.stages import stage_of
+    from cogvx_ext.script.data_formats import read_listing
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
-    from cogvx_ext.script.seams import ScriptEncoding
+    from cogvx_ext.script.seams.dataset import ScriptEncoding
 
     argv = [
         "--pretrained_model_name_or_path", str(model_dir), "--instance_data_root", str(data),

@@ -88,7 +88,8 @@ def prepare(work: Path, opts) -> tuple[Path, Path, Path]:
 
 def check_single_shape(data: Path, opts) -> str:
     """Both sides plan the same single target (the core's default is the stock rule)."""
-    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.data.planning import plan_samples
+    from cogvx_ext.script.data_formats import read_listing
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     shapes = {}

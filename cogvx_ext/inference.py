@@ -17,7 +17,6 @@ those settings as their ``args``, through the hooks that act on a pipeline: the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -28,21 +27,10 @@ import pluggy
 from cogvx_ext.base.errors import UsageError
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.plugin.forward import install_forward_hooks, remove_forward_hooks
+from cogvx_ext.plugin.lora_record import LORA_WEIGHT_NAME, METADATA_FILE, read_metadata
 from cogvx_ext.plugin.manager import load_plugins, make_plugin_manager, parse_plugin_list
 
 logger = logging.getLogger(__name__)
-
-METADATA_FILE = "cogvx_ext.json"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what the diffusers scripts save
-
-
-def read_metadata(lora_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's record next to the LoRA, or None for a LoRA trained without cogvx-ext."""
-    path = os.path.join(lora_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def make_inference_plugin_manager(names: Iterable[str]) -> pluggy.PluginManager:

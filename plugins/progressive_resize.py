@@ -301,7 +301,7 @@ class ProgressiveResize:
 
     def _own_sampler(self, samples, batch_size, num_replicas, args, model, stages) -> StagedBatchSampler:
         """One shape per stage, batches of the stage's batch size, the last one filled from the stage."""
-        from cogvx_ext.data.dataset import latent_shape_key
+        from cogvx_ext.data.planning import latent_shape_key
 
         members: list[list[int]] = [[] for _ in stages]
         for i, sample in enumerate(samples):

@@ -11,9 +11,11 @@ import pytest
 from accelerate.data_loader import BatchSamplerShard
 
 from cogvx_ext.base.errors import SkipClip, UsageError
-from cogvx_ext.cli.plan import build_report, format_report, report_to_json
-from cogvx_ext.data.clips import Clip, Sample, Target, VideoInfo
-from cogvx_ext.data.dataset import ListingEntry, Skipped, plan_samples
+from cogvx_ext.cli.plan.report import build_report
+from cogvx_ext.cli.plan.text import format_report
+from cogvx_ext.cli.plan.to_json import report_to_json
+from cogvx_ext.data.clips import Clip, ListingEntry, Sample, Skipped, Target, VideoInfo
+from cogvx_ext.data.planning import plan_samples
 from cogvx_ext.data.video import probe
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.plugin import hookspecs

@@ -12,7 +12,7 @@ from tests_support import HERE
 
 from cogvx_ext import hookimpl
 from cogvx_ext.base.errors import SkipClip, UsageError
-from cogvx_ext.cli.plan import run_plan
+from cogvx_ext.cli.plan.command import run_plan
 from cogvx_ext.data.clips import Clip, Target, VideoInfo
 from cogvx_ext.data.contracts import target_problem
 from cogvx_ext.model import rope
@@ -297,7 +297,7 @@ def _is_args(node) -> bool:
 def test_bucket_strict_is_aspect_bucket_s_answer_to_cogvx_clips_skipped():
     import argparse
 
-    from cogvx_ext.data.dataset import Skipped
+    from cogvx_ext.data.clips import Skipped
     from cogvx_ext_plugins.aspect_bucket import AspectBucket
 
     pm = make_plugin_manager()

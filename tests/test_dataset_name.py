@@ -9,7 +9,7 @@ import pytest
 from footage import write_video
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.data.dataset import read_listing, read_script_data
+from cogvx_ext.script.data_formats import read_listing, read_script_data
 
 CLIPS = [("a.mp4", "a cat"), ("with space é.mp4", "a dog, running"), ("c.mp4", 'a "quoted" bird')]
 

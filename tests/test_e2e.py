@@ -418,7 +418,7 @@ def test_a_bad_target_stops_the_run_before_anything_is_decoded(
 
 def test_plan_and_training_give_the_same_verdict_on_a_1_5_schedule(tiny_models, t2v_trainer, train, tmp_path):
     from cogvx_ext.base.errors import UsageError
-    from cogvx_ext.cli.plan import run_plan
+    from cogvx_ext.cli.plan.command import run_plan
 
     data = mixed_dataset(tmp_path / "data", MIXED[:2])
     flags = [

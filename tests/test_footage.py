@@ -153,7 +153,7 @@ def test_edit_list_only_shown_frames_count_and_time_runs_forward(footage):
 def test_listing_with_bom_crlf_trailing_spaces_spaces_and_non_ascii(tmp_path, bom):
     from footage import write_video
 
-    from cogvx_ext.data.dataset import read_listing
+    from cogvx_ext.script.data_formats import read_listing
 
     names = ["clip one é.mp4", "sub dir/ünïcode 视频.mp4", "plain.mp4"]
     for name in names:

@@ -25,14 +25,13 @@ from cogvx_ext import hookimpl
 from cogvx_ext.base.errors import UsageError
 from cogvx_ext.cli.cache import run_cache
 from cogvx_ext.data.clips import Clip, Sample, Target
-from cogvx_ext.data.dataset import LatentPosterior
+from cogvx_ext.data.encoding import LatentPosterior
 from cogvx_ext.data.video import probe
 from cogvx_ext.plugin import hookspecs
 from cogvx_ext.plugin.manager import make_plugin_manager, register_plugin
-from cogvx_ext.script.seams import ScriptEncoding
+from cogvx_ext.script.seams.dataset import ScriptEncoding
 from cogvx_ext.testing import build_tiny_model, write_clip, write_dataset
-from cogvx_ext_plugins import latent_cache as lc
-from cogvx_ext_plugins.latent_cache import LatentCache
+from cogvx_ext_plugins.latent_cache import LatentCache, keys, store
 
 DECODES_ENV = "LATENT_CACHE_TEST_DECODES"  # not COGVX_EXT_*: the train fixture drops those
 
@@ -141,7 +140,7 @@ def touch(path: Path, sample, vae, args):
 def change_last_byte_past_the_head_keep_size_and_mtime(monkeypatch):
     def change(path: Path, sample, vae, args):
         # A clip longer than twice the hashed ends: only the last MiB sees the change.
-        monkeypatch.setattr(lc, "HEAD_BYTES", 64)
+        monkeypatch.setattr(keys, "HEAD_BYTES", 64)
         stat = path.stat()
         data = bytearray(path.read_bytes())
         assert len(data) > 3 * 64
@@ -203,7 +202,7 @@ def with_vae(mutate):
 
 def with_format_version(monkeypatch):
     def change(path, sample, vae, args):
-        monkeypatch.setattr(lc, "FORMAT_VERSION", lc.FORMAT_VERSION + 1)
+        monkeypatch.setattr(keys, "FORMAT_VERSION", keys.FORMAT_VERSION + 1)
         return sample, vae, args
 
     return change
@@ -281,7 +280,7 @@ def test_hit_returns_the_same_posterior_without_encoding(tmp_path, vae):
     pm, cache, encoder, args = start(tmp_path / "cache")
     first = encode(pm, sample, vae, args)
     assert encoder.calls == [str(path)] and (cache.stats.hits, cache.stats.misses) == (0, 1)
-    files = list(lc.scan_cache(tmp_path / "cache"))
+    files = list(store.scan_cache(tmp_path / "cache"))
     assert [f.kind for f in files] == ["entry"]
 
     pm, cache, encoder, args = start(tmp_path / "cache")  # the next launch
@@ -316,7 +315,7 @@ def test_readonly_cache_reads_but_never_writes(tmp_path, vae):
     (tmp_path / "cache").mkdir()
     pm, cache, encoder, args = start(tmp_path / "cache", "t2v", "--latent_cache_readonly")
     encode(pm, make_sample(path), vae, args)
-    assert encoder.calls and not list(lc.scan_cache(tmp_path / "cache"))
+    assert encoder.calls and not list(store.scan_cache(tmp_path / "cache"))
     assert "not stored (--latent_cache_readonly)" in cache.summary()
 
 
@@ -350,8 +349,8 @@ def another_entrys_file(path: Path, other: Path):
 
 def rewrite(change):
     def damage(path: Path, other: Path):
-        tensors, metadata = lc.read_entry(path)
-        lc.write_entry(path, {"video": change(tensors["video"])}, metadata)
+        tensors, metadata = store.read_entry(path)
+        store.write_entry(path, {"video": change(tensors["video"])}, metadata)
 
     return damage
 
@@ -393,15 +392,15 @@ def test_a_bad_entry_is_reported_and_encoded_again(damage, tmp_path, vae, capsys
 KILLED_WRITER = """
 import sys
 import torch
-from cogvx_ext_plugins import latent_cache as lc
+from cogvx_ext_plugins.latent_cache import keys, store
 
 root, i = sys.argv[1], 0
 while True:
-    key = lc.digest(["killed writer", sys.argv[2], i])
-    metadata = {lc.META_FORMAT: str(lc.FORMAT_VERSION), lc.META_KEY: key}
+    key = keys.digest(["killed writer", sys.argv[2], i])
+    metadata = {store.META_FORMAT: str(keys.FORMAT_VERSION), store.META_KEY: key}
     video = torch.full((1, 8, 8, 128, 128), float(i))
     print("writing", i, flush=True)
-    lc.write_entry(lc.entry_path(root, key), {"video": video}, metadata)
+    store.write_entry(store.entry_path(root, key), {"video": video}, metadata)
     i += 1
 """
 
@@ -422,23 +421,23 @@ def test_a_killed_writer_leaves_whole_entries_and_temporary_files_only(tmp_path)
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         writer.stdout.close()
-        files = list(lc.scan_cache(root))
+        files = list(store.scan_cache(root))
         for item in files:
             if item.kind == "temp":
                 continue
-            tensors, metadata = lc.read_entry(item.path)
-            key = item.path.name.removesuffix(lc.SUFFIX)
-            lc.check_entry(tensors, metadata, key, {"video": (1, 8, 8, 128, 128)}, torch.float32)
+            tensors, metadata = store.read_entry(item.path)
+            key = item.path.name.removesuffix(store.SUFFIX)
+            store.check_entry(tensors, metadata, key, {"video": (1, 8, 8, 128, 128)}, torch.float32)
         temps = [f.path for f in files if f.kind == "temp"]
         temps_seen += len(temps)
         # The loader opens `<key>.safetensors` only, a name no temporary file has.
-        assert not any(lc.ENTRY_NAME.match(temp.name) for temp in temps)
+        assert not any(store.ENTRY_NAME.match(temp.name) for temp in temps)
         # Cleanup (what prune does) removes exactly the temporary files.
-        removed = [path for path, _ in lc.remove_stale_temp_files(root, older_than_s=0)]
+        removed = [path for path, _ in store.remove_stale_temp_files(root, older_than_s=0)]
         assert sorted(removed) == sorted(temps)
         if temps_seen and round_ >= 2:
             break  # enough: whole entries and a write cut short were both checked
-    assert all(item.kind != "temp" for item in lc.scan_cache(root))
+    assert all(item.kind != "temp" for item in store.scan_cache(root))
 
 
 def test_a_write_cut_short_is_never_read_and_is_cleaned_up(tmp_path, vae, capsys):
@@ -458,8 +457,8 @@ def test_a_write_cut_short_is_never_read_and_is_cleaned_up(tmp_path, vae, capsys
     encode(pm, sample, vae, args)
     assert encoder.calls == [str(path)] and cache.stats.recomputed == 0  # a plain miss
     assert "unusable" not in capsys.readouterr().out
-    assert [p for p, _ in lc.remove_stale_temp_files(tmp_path / "cache", older_than_s=0)] == [temp]
-    assert [f.kind for f in lc.scan_cache(tmp_path / "cache")] == ["entry"]
+    assert [p for p, _ in store.remove_stale_temp_files(tmp_path / "cache", older_than_s=0)] == [temp]
+    assert [f.kind for f in store.scan_cache(tmp_path / "cache")] == ["entry"]
 
 
 # ---- cogvx-ext cache fill / prune ----------------------------------------------------------------
@@ -491,7 +490,7 @@ def test_fill_then_fill_again_decodes_nothing(tmp_path, model_dir, count_decodes
     assert run_cache(["fill", *flags]) == 0
     assert "3 sample(s) of 3 clip(s): 0 already cached, 3 encoded" in capsys.readouterr().out
     assert len(decoded(tmp_path / "decoded.txt")) == 3
-    assert sum(1 for f in lc.scan_cache(tmp_path / "cache") if f.kind == "entry") == 3
+    assert sum(1 for f in store.scan_cache(tmp_path / "cache") if f.kind == "entry") == 3
 
     (tmp_path / "decoded.txt").unlink()
     assert run_cache(["fill", *flags]) == 0
@@ -516,7 +515,7 @@ def test_prune_removes_what_the_dataset_no_longer_reaches(tmp_path, model_dir, c
     cache_dir = tmp_path / "cache"
     flags = cache_flags(root, cache_dir)
     assert run_cache(["fill", *flags, "--pretrained_model_name_or_path", str(model_dir)]) == 0
-    entries = {f.path for f in lc.scan_cache(cache_dir)}
+    entries = {f.path for f in store.scan_cache(cache_dir)}
     assert len(entries) == 3
     stale_temp = cache_dir / "ab" / f".{'ab' * 32}.safetensors.x1y2.tmp"
     stale_temp.parent.mkdir(exist_ok=True)
@@ -533,16 +532,16 @@ def test_prune_removes_what_the_dataset_no_longer_reaches(tmp_path, model_dir, c
     out = capsys.readouterr().out
     assert out.count("would remove") == 3  # the summary line, the entry, the temporary file
     assert "clip_001_64x96x9.mp4" in out and stale_temp.name in out
-    assert {f.path for f in lc.scan_cache(cache_dir)} >= entries  # nothing removed
+    assert {f.path for f in store.scan_cache(cache_dir)} >= entries  # nothing removed
 
     assert run_cache(["prune", *flags]) == 0
     out = capsys.readouterr().out
     assert "2 entries kept, removed 1" in out and "1 temporary file(s)" in out
-    left = {f.path for f in lc.scan_cache(cache_dir)}
+    left = {f.path for f in store.scan_cache(cache_dir)}
     assert len(left) == 2 and left < entries
     assert (cache_dir / "README.txt").exists()
     for path in left:
-        assert "clip_001" not in lc.read_metadata(path)[lc.META_SOURCE]
+        assert "clip_001" not in store.read_metadata(path)[store.META_SOURCE]
 
     assert run_cache(["fill", *flags, "--pretrained_model_name_or_path", str(model_dir)]) == 0
     assert "2 already cached, 0 encoded" in capsys.readouterr().out
@@ -674,9 +673,9 @@ def test_prompt_embeddings_are_cached_per_prompt(tmp_path, text_models):
     assert embed(pm, prompts, text_models, cached_only=True) is None  # nothing cached yet
     first = embed(pm, prompts, text_models)
     assert encoder.encoded == prompts and first.shape == (2, 16, 32)
-    assert sum(1 for f in lc.scan_cache(tmp_path / "cache") if f.kind == "prompt") == 2
+    assert sum(1 for f in store.scan_cache(tmp_path / "cache") if f.kind == "prompt") == 2
     # Within the run they come from memory, not from disk.
-    shutil.rmtree(tmp_path / "cache" / lc.PROMPTS_DIR)
+    shutil.rmtree(tmp_path / "cache" / store.PROMPTS_DIR)
     assert torch.equal(embed(pm, prompts[::-1], text_models), first.flip(0)) and encoder.encoded == prompts
 
     pm, cache, encoder = start_prompts(tmp_path / "cache")  # the next launch encodes them again
@@ -706,4 +705,4 @@ def test_prompt_key_follows_length_dtype_and_encoder(tmp_path, text_models):
     embed(pm, ["a red square"], text_models, dtype=torch.bfloat16)
     embed(pm, ["a red square"], (tokenizer, text_encoder.to(torch.bfloat16)))
     assert len(encoder.encoded) == 4
-    assert sum(1 for f in lc.scan_cache(tmp_path / "cache") if f.kind == "prompt") == 4
+    assert sum(1 for f in store.scan_cache(tmp_path / "cache") if f.kind == "prompt") == 4

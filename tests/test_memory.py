@@ -5,24 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from tests_support import configured
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.model import memory
 from cogvx_ext.model.facts import ModelInfo
-from cogvx_ext.model.memory import (
-    LiveStorageCounter,
-    TrainingSetup,
-    estimate,
-    largest_batch,
-    parse_bytes,
-    released_transformer_config,
-    step_activation_peak,
-    trace_step,
-)
+from cogvx_ext.model.memory import configs, resident, trace
+from cogvx_ext.model.memory.configs import released_transformer_config
+from cogvx_ext.model.memory.estimate import advice, estimate, largest_batch
+from cogvx_ext.model.memory.setup import TrainingSetup
+from cogvx_ext.model.memory.trace import LiveStorageCounter, step_activation_peak, trace_step
+from cogvx_ext.model.memory.units import parse_bytes
 from cogvx_ext.testing import tiny_transformer_config, write_dataset
 from cogvx_ext_plugins.aspect_bucket import AspectBucket
 
@@ -80,7 +76,7 @@ def test_fake_trace_matches_a_real_cpu_step(settings):
     latent = (4, 12, 20)
     fake = step_activation_peak(setup, latent, 2, 2)
     torch.manual_seed(0)
-    real_model = memory._build_transformer(setup, memory._trace_config(setup, 2), device="cpu")
+    real_model = trace._build_transformer(setup, trace._trace_config(setup, 2), device="cpu")
     real = trace_step(real_model, setup, latent, 2)
     assert real > 100_000
     assert abs(fake - real) <= 0.02 * real, (fake, real)
@@ -90,7 +86,7 @@ def test_depth_and_batch_extrapolation_match_direct_traces():
     setup = tiny_setup(layers=6, mixed_precision="bf16", gradient_checkpointing=True)
     latent = (5, 16, 24)
     direct = step_activation_peak(setup, latent, 1, 6)
-    assert memory.activation_peak(setup, latent, 1) == pytest.approx(direct, rel=0.02)
+    assert trace.activation_peak(setup, latent, 1) == pytest.approx(direct, rel=0.02)
     direct_batch = step_activation_peak(setup, latent, 3, 6)
     assert estimate(setup, latent, 3).terms["activations"] == pytest.approx(direct_batch, rel=0.03)
 
@@ -100,21 +96,21 @@ def test_larger_shapes_batches_and_no_checkpointing_estimate_larger():
     peaks = [estimate(setup, latent).peak for latent in [(3, 12, 20), (5, 12, 20), (5, 16, 28), (9, 16, 28)]]
     assert peaks == sorted(peaks) and len(set(peaks)) == len(peaks)
     assert estimate(setup, (5, 16, 28), 2).peak > estimate(setup, (5, 16, 28), 1).peak
-    off = memory.replace(setup, gradient_checkpointing=False)
+    off = replace(setup, gradient_checkpointing=False)
     assert estimate(off, (5, 16, 28)).peak > estimate(setup, (5, 16, 28)).peak
 
 
 def test_resident_terms_follow_the_script():
     base = TrainingSetup.build(released_transformer_config("5b"), rank=64, mixed_precision="bf16")
-    weights = memory.transformer_bytes(base)
+    weights = resident.transformer_bytes(base)
     # peft's LoRA on to_q, to_k, to_v, to_out.0 of 42 blocks of width 3072, in the base dtype.
     assert weights.lora_count == 42 * 4 * 64 * (3072 + 3072)
     assert weights.lora == 2 * weights.lora_count
     assert 5.5e9 < weights.base / 2 < 5.7e9  # CogVideoX-5b: 5.57 B parameters
-    fp16 = memory.transformer_bytes(memory.replace(base, mixed_precision="fp16"))
+    fp16 = resident.transformer_bytes(replace(base, mixed_precision="fp16"))
     assert fp16.lora == 4 * weights.lora_count  # the scripts upcast the LoRA for fp16
     states = {
-        name: memory.optimizer_state_bytes(memory.replace(base, **kw), weights)[0]
+        name: resident.optimizer_state_bytes(replace(base, **kw), weights)[0]
         for name, kw in [
             ("adamw", {}),
             ("8bit", {"use_8bit_adam": True}),
@@ -126,14 +122,14 @@ def test_resident_terms_follow_the_script():
     assert states["8bit"] == 2 * (weights.lora_count + 4 * weights.lora_count // 256)
     assert states["8bit"] < states["adamw"] < states["prodigy"] == 4 * weights.lora
     on = estimate(base, (2, 8, 8))
-    off = estimate(memory.replace(base, text_encoder_on_device=False), (2, 8, 8))
+    off = estimate(replace(base, text_encoder_on_device=False), (2, 8, 8))
     assert on.terms["text_encoder"] == pytest.approx(4.76e9 * 2, rel=0.01)  # T5 v1.1 XXL encoder
     assert off.terms["text_encoder"] == 0 and on.peak - off.peak == on.terms["text_encoder"]
 
 
 def test_validation_peak_counts_the_pipeline():
     setup = tiny_setup(mixed_precision="bf16", gradient_checkpointing=True)
-    with_validation = memory.replace(setup, validation=(9, 96, 160), vae=json.dumps(_tiny_vae()))
+    with_validation = replace(setup, validation=(9, 96, 160), vae=json.dumps(_tiny_vae()))
     found = estimate(with_validation, (3, 12, 20))
     assert found.validation_peak is not None and found.peak >= found.validation_peak
     assert found.validation_terms["text_encoder"] > 0  # the pipeline brings it back
@@ -162,7 +158,7 @@ def test_largest_batch_and_advice():
     assert estimate(setup, small, size).peak <= budget * 0.85 < estimate(setup, small, size + 1).peak
     tight = int(estimate(setup, large, 1).peak * 0.9 / 0.85)
     assert largest_batch(setup, large, tight) == 0
-    tips = memory.advice(setup, large, tight)
+    tips = advice(setup, large, tight)
     assert "--gradient_checkpointing" in tips and "frames" in tips and "area" in tips
 
 
@@ -174,17 +170,17 @@ def test_parse_bytes():
 
 
 def test_released_model_names_from_hub_ids(tmp_path):
-    assert memory._released_name_from_id("THUDM/CogVideoX1.5-5B-I2V") == "1.5-5B-I2V"
-    assert memory._released_name_from_id("THUDM/CogVideoX-5b-I2V") == "5b-I2V"
-    assert memory._released_name_from_id("THUDM/CogVideoX-2b") == "2b"
-    assert memory.model_configs("THUDM/CogVideoX-5b", None)[0]["num_layers"] == 42
+    assert configs._released_name_from_id("THUDM/CogVideoX1.5-5B-I2V") == "1.5-5B-I2V"
+    assert configs._released_name_from_id("THUDM/CogVideoX-5b-I2V") == "5b-I2V"
+    assert configs._released_name_from_id("THUDM/CogVideoX-2b") == "2b"
+    assert configs.model_configs("THUDM/CogVideoX-5b", None)[0]["num_layers"] == 42
     folder = tmp_path / "model"
     (folder / "transformer").mkdir(parents=True)
     (folder / "transformer" / "config.json").write_text(json.dumps(tiny_transformer_config("2b")))
-    transformer, text, vae = memory.model_configs(str(folder), None)
-    assert transformer["num_attention_heads"] == 2 and text == memory.RELEASED_T5 and vae == {}
+    transformer, text, vae = configs.model_configs(str(folder), None)
+    assert transformer["num_attention_heads"] == 2 and text == configs.RELEASED_T5 and vae == {}
     with pytest.raises(UsageError, match="without downloading"):
-        memory.model_configs("someone/some-model", None)
+        configs.model_configs("someone/some-model", None)
 
 
 # -- the aspect_bucket budget ---------------------------------------------------------------------
@@ -241,7 +237,7 @@ def test_budget_gives_small_buckets_larger_batches():
 
 
 def test_plan_memory_table_and_json(tmp_path, capsys):
-    from cogvx_ext.cli.plan import run_plan
+    from cogvx_ext.cli.plan.command import run_plan
 
     data = write_dataset(tmp_path / "data", [(256, 144, 17), (160, 96, 17), (144, 256, 9)])
     started = time.perf_counter()
@@ -300,7 +296,7 @@ def test_training_logs_the_estimate_and_budget_batches_at_start(tiny_models, t2v
 
 
 def test_plan_with_stages_and_a_budget_gives_the_small_stage_larger_batches(tmp_path):
-    from cogvx_ext.cli.plan import run_plan
+    from cogvx_ext.cli.plan.command import run_plan
 
     data = write_dataset(tmp_path / "data", [(256, 144, 9)] * 4)
     setup = TrainingSetup.build(

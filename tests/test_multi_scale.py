@@ -11,8 +11,8 @@ from tests_support import HERE, read_events
 from tests_support import configured as support_configured
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.data.clips import Target
-from cogvx_ext.data.dataset import ListingEntry, latent_shape_key, plan_samples
+from cogvx_ext.data.clips import ListingEntry, Target
+from cogvx_ext.data.planning import latent_shape_key, plan_samples
 from cogvx_ext.data.stages import StagedBatchSampler, alternative_groups
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.testing import tiny_transformer_config, write_clip, write_dataset

@@ -16,7 +16,7 @@ import pytest
 from test_e2e import MIXED, RECORDER, by_event, mixed_dataset, ok, script_args, training_shapes
 from tests_support import read_events
 
-from cogvx_ext_plugins import latent_cache as lc
+from cogvx_ext_plugins.latent_cache import store
 
 pytestmark = pytest.mark.slow
 
@@ -71,12 +71,12 @@ def launch_nodes(command_of, timeout=600) -> list[subprocess.CompletedProcess]:
 
 
 def cache_entries(cache: Path) -> list[Path]:
-    files = list(lc.scan_cache(cache))
+    files = list(store.scan_cache(cache))
     assert [f.path for f in files if f.kind == "temp"] == []  # no torn write left behind
     entries = [f.path for f in files if f.kind == "entry"]
     for path in entries:  # whole safetensors files, each under its own key
-        tensors, metadata = lc.read_entry(path)
-        assert metadata[lc.META_KEY] == path.stem and tensors, path
+        tensors, metadata = store.read_entry(path)
+        assert metadata[store.META_KEY] == path.stem and tensors, path
     return entries
 
 

@@ -15,9 +15,11 @@ from tests_support import HERE, read_events
 from tests_support import configured as support_configured
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.cli.plan import build_report, format_report, report_to_json
-from cogvx_ext.data.clips import Clip, Sample, Target, VideoInfo, stage_at
-from cogvx_ext.data.dataset import ListingEntry, plan_samples
+from cogvx_ext.cli.plan.report import build_report
+from cogvx_ext.cli.plan.text import format_report
+from cogvx_ext.cli.plan.to_json import report_to_json
+from cogvx_ext.data.clips import Clip, ListingEntry, Sample, Target, VideoInfo, stage_at
+from cogvx_ext.data.planning import plan_samples
 from cogvx_ext.data.stages import StagedBatchSampler
 from cogvx_ext.data.video import probe
 from cogvx_ext.model.facts import ModelInfo
@@ -433,7 +435,7 @@ def test_plan_shows_the_schedule_with_tokens_and_compute_shares(clips):
 
 
 def test_plan_command_with_a_schedule(tmp_path, capsys):
-    from cogvx_ext.cli.plan import run_plan
+    from cogvx_ext.cli.plan.command import run_plan
 
     data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17), (192, 144, 17)])
     code = run_plan([
@@ -455,7 +457,7 @@ def test_plan_command_with_a_schedule(tmp_path, capsys):
 
 
 def test_a_stage_that_never_runs_is_neither_planned_nor_encoded(tmp_path, capsys, caplog):
-    from cogvx_ext.cli.plan import run_plan
+    from cogvx_ext.cli.plan.command import run_plan
 
     data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)])
     code = run_plan([

@@ -3,7 +3,7 @@
 ``fill`` takes the training script's data flags, the plugins and their flags, and the VAE flags
 that decide the cache key (``--pretrained_model_name_or_path``, ``--mixed_precision``,
 ``--enable_slicing``, ``--enable_tiling``), plans the samples with the same hooks and core
-functions as training (cogvx_ext.script.offline, cogvx_ext.data.dataset) and runs the same encoding hook
+functions as training (cogvx_ext.script.offline, cogvx_ext.data.planning) and runs the same encoding hook
 (the script's recipe, cogvx_ext.script.seams.ScriptEncoding) through the chosen cache plugin
 (``latent_cache``). Under ``accelerate launch -m cogvx_ext cache fill ...`` or ``torchrun [--nnodes N
 --node_rank R ...] -m cogvx_ext cache fill ...`` (several nodes, each with its own copy of the data,
@@ -69,9 +69,10 @@ def fill(argv: list[str]) -> int:
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    from cogvx_ext.data.dataset import plan_samples, read_script_data, report_skipped
+    from cogvx_ext.data.planning import plan_samples, report_skipped
+    from cogvx_ext.script.data_formats import read_script_data
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
-    from cogvx_ext.script.seams import ScriptEncoding
+    from cogvx_ext.script.seams.dataset import ScriptEncoding
 
     parser = script_data_parser(
         "cogvx-ext cache fill",
@@ -206,7 +207,8 @@ def _sum_over_processes(counts: list[int], device) -> list[int]:
 
 
 def prune(argv: list[str]) -> int:
-    from cogvx_ext.data.dataset import plan_samples, read_script_data
+    from cogvx_ext.data.planning import plan_samples
+    from cogvx_ext.script.data_formats import read_script_data
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     parser = script_data_parser(

@@ -131,7 +131,8 @@ def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> 
     choice = find_trainer(trainer)
     print(f"cogvx-ext demo: training with {choice.why}", flush=True)
     import_chatter = _quiet_libraries()
-    from cogvx_ext.testing import build_tiny_model, write_dataset
+    from cogvx_ext.data.synthetic import write_dataset
+    from cogvx_ext.model.tiny import build_tiny_model
 
     out = Path(output_dir).resolve()
     started = time.perf_counter()
@@ -227,8 +228,10 @@ def _quiet_libraries() -> str:
 
 
 def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: float) -> None:
-    from cogvx_ext.cli.plan import build_report, format_report
-    from cogvx_ext.data.dataset import plan_samples, read_listing
+    from cogvx_ext.cli.plan.report import build_report
+    from cogvx_ext.cli.plan.text import format_report
+    from cogvx_ext.data.planning import plan_samples
+    from cogvx_ext.script.data_formats import read_listing
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
 
     # The same plan the run made, from the same flags (the plan skips the training-only ones).

@@ -144,7 +144,7 @@ def _demo(args) -> int:
 
 
 def _plan(argv: list[str]) -> int:
-    from cogvx_ext.cli.plan import run_plan
+    from cogvx_ext.cli.plan.command import run_plan
 
     return run_plan(argv)
 

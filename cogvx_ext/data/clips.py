@@ -151,3 +151,18 @@ def stage_at(stages: list[Stage] | tuple[Stage, ...], step: int) -> int:
         if stage.start_step <= step:
             index = i
     return index
+
+
+@dataclass(frozen=True)
+class ListingEntry:
+    index: int
+    path: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A clip left out of training, with the reason; always reported."""
+
+    path: str
+    reason: str

@@ -5,7 +5,7 @@ VAE x patch grid fails at the second step with a tensor-size error, a frame coun
 take trains silently, and a transposed size without a RoPE that follows the batch trains silently
 wrong. So every target is checked as soon as a plugin returns it, before anything is decoded, and
 the run's needs follow the shapes the data has, not the names of the plugins that made them.
-``cogvx-ext plan`` and training call the same functions (through ``cogvx_ext.data.dataset``), so they
+``cogvx-ext plan`` and training call the same functions (through ``cogvx_ext.data.planning``), so they
 reach the same verdict.
 """
 

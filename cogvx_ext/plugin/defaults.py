@@ -99,7 +99,7 @@ class CoreDefaults:
         With stages, ``None``: the plugin that set the schedule supplies a sampler that follows it
         (progressive_resize wraps this hook and does when no other plugin has answered)."""
         from cogvx_ext.base.errors import UsageError
-        from cogvx_ext.data.dataset import latent_shape_key
+        from cogvx_ext.data.planning import latent_shape_key
 
         if stages:
             return None

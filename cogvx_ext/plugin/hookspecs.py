@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
 
     from cogvx_ext.data.clips import Clip, Sample, Stage, Target, VideoInfo
     from cogvx_ext.model.facts import ModelInfo
-    from cogvx_ext.model.memory import TrainingSetup
+    from cogvx_ext.model.memory.setup import TrainingSetup
 
 PROJECT = "cogvx_ext"
 

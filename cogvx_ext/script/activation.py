@@ -145,9 +145,7 @@ def start_run(
     parser: argparse.ArgumentParser, registration: _Registration, argv: list[str], namespace=None
 ) -> Run:
     """Load the plugins, let them add flags, parse, configure, check, and install the seams."""
-    from cogvx_ext.data.dataset import check_data_source
     from cogvx_ext.model.facts import ModelInfo
-    from cogvx_ext.model.memory import check_before_loading
     from cogvx_ext.plugin.manager import (
         ENV_PLUGINS,
         load_plugins,
@@ -155,7 +153,9 @@ def start_run(
         parse_plugin_list,
         plugins_flag_values,
     )
+    from cogvx_ext.plugin.memory_check import check_before_loading
     from cogvx_ext.script import seams
+    from cogvx_ext.script.data_formats import check_data_source
 
     choice = parse_plugin_list(
         [os.environ.get(ENV_PLUGINS), *registration.plugins, *plugins_flag_values(argv)]

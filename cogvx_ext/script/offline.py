@@ -2,7 +2,7 @@
 
 ``cogvx-ext plan`` and ``cogvx-ext cache`` take the script's data flags and the plugins' own,
 so the bucket plan and the cache keys they compute are the ones training computes: the same
-plugins, the same hooks, the same core functions (cogvx_ext.data.dataset).
+plugins, the same hooks, the same core functions (cogvx_ext.data).
 
 The flags and their defaults come from the training script's own parser when the script is at
 hand (``--trainer PATH`` or ``$COGVX_EXT_TRAINER``): the script is imported (its ``main`` does
@@ -124,7 +124,7 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
             )
     model = model or released_model(args.model or "5b")
     check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
-    from cogvx_ext.model.memory import check_before_loading
+    from cogvx_ext.plugin.memory_check import check_before_loading
 
     check_before_loading(pm, args, model, args.model)
     return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.cli.plan import PlanReport
+from cogvx_ext.cli.plan.report import PlanReport
 
 INSTALL_HINT = "pip install 'cogvx-ext[chart]' (matplotlib)"
 PORTRAIT, SQUARE, LANDSCAPE = "#4c72b0", "#8c8c8c", "#dd8452"

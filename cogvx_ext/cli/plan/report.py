@@ -1,0 +1,252 @@
+"""The plan's report: per clip, per bucket and per stage, built from the same code training runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cogvx_ext.data.clips import Sample, VideoInfo
+from cogvx_ext.data.planning import latent_shape_key
+from cogvx_ext.model.facts import ModelInfo
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """One clip's fate. ``width``/``height``/``frames`` are the target's; ``crop`` is the fraction
+    of the source picture cut away; ``upscale`` > 1 means the clip is enlarged."""
+
+    path: str
+    status: str  # "ok" or "skipped"
+    reason: str | None = None
+    source: VideoInfo | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    crop: float | None = None
+    upscale: float | None = None
+    bucket: str | None = None
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    width: int
+    height: int
+    frames: int
+    latent: tuple[int, int, int]
+    clips: int
+    tokens: int  # video tokens per sample (the text adds TEXT_TOKENS)
+    batch_size: int
+    batches: int  # per epoch (per pass over a stage), all processes, before rounding to the processes
+    stage: int | None = None
+    memory_bytes: int | None = None  # estimated peak accelerator memory of a step (plan --memory)
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of the schedule: when it runs and what it costs.
+
+    ``tokens_per_sample`` is the mean video tokens of the stage's samples as batched,
+    ``tokens_per_step`` the mean tokens (video and text) an optimizer step processes over all
+    processes and accumulated batches, ``compute_share`` ``steps x tokens_per_step`` over the
+    run's total: a token-proportional estimate (attention grows faster than that, so large
+    stages cost somewhat more than their share says).
+    """
+
+    index: int
+    label: str
+    area: int
+    start_step: int
+    steps: int
+    shapes: int
+    tokens_per_sample: int
+    tokens_per_step: int
+    compute_share: float | None
+
+
+@dataclass
+class PlanReport:
+    clips: list[ClipPlan]
+    buckets: list[BucketRow]
+    batches_per_epoch: int = 0  # all processes, as len(batch sampler)
+    steps_per_epoch: int = 0  # optimizer steps, as the script computes them
+    num_replicas: int = 1
+    gradient_accumulation_steps: int = 1
+    text_tokens: int = 226
+    plugins: list[str] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
+    total_steps: int | None = None  # optimizer steps of the run (--max_train_steps, or epochs)
+    memory: dict[str, Any] | None = None  # plan --memory: the setup, and the sampler's budget if any
+
+    @property
+    def ok(self) -> list[ClipPlan]:
+        return [c for c in self.clips if c.status == "ok"]
+
+    @property
+    def skipped(self) -> list[ClipPlan]:
+        return [c for c in self.clips if c.status == "skipped"]
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def stats(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"mean": sum(values) / len(values), "p95": _percentile(values, 95), "max": max(values)}
+
+
+def _clip_plan(sample: Sample) -> ClipPlan:
+    info, target = sample.clip.info, sample.target
+    _, _, crop_h, crop_w = target.crop
+    return ClipPlan(
+        path=sample.clip.path,
+        status="ok",
+        source=info,
+        width=target.width,
+        height=target.height,
+        frames=target.num_frames,
+        crop=1.0 - (crop_h * crop_w) / (info.height * info.width),
+        upscale=max(target.height / crop_h, target.width / crop_w),
+        bucket=target.tag("bucket") or f"{target.width}x{target.height}",
+    )
+
+
+def build_report(
+    samples: Sequence[Sample],
+    skipped: Iterable[Any],
+    args: argparse.Namespace,
+    model: ModelInfo,
+    hook: Any,
+    num_replicas: int = 1,
+) -> PlanReport:
+    """Report on planned samples and skipped clips (objects with ``path`` and ``reason``).
+
+    Builds the batch sampler through the ``cogvx_batch_sampler`` hook, exactly as training does.
+    """
+    clips = [_clip_plan(s) for s in samples]
+    for item in skipped:
+        clips.append(ClipPlan(path=str(item.path), status="skipped", reason=str(item.reason)))
+    batch_size = int(getattr(args, "train_batch_size", 1))
+    accumulation = max(1, int(getattr(args, "gradient_accumulation_steps", 1)))
+    report = PlanReport(
+        clips=clips, buckets=[], num_replicas=num_replicas, gradient_accumulation_steps=accumulation
+    )
+    if not samples:
+        return report
+    stages = hook.cogvx_stages(args=args)
+    sampler = hook.cogvx_batch_sampler(
+        samples=list(samples),
+        batch_size=batch_size,
+        num_replicas=num_replicas,
+        args=args,
+        model=model,
+        stages=stages,
+    )
+    shapes, counts = {}, {}
+    for sample in samples:
+        key = latent_shape_key(sample, model)
+        t = sample.target
+        shapes[key] = (t.num_frames, t.height, t.width)
+        counts[key] = counts.get(key, 0) + 1
+    budget = getattr(sampler, "memory_budget", None)
+    if budget:
+        report.memory = {"budget_bytes": budget["bytes"], "margin": budget["margin"]}
+    if sampler is not None and hasattr(sampler, "buckets"):
+        rows = [(b.key, b.clips, b.batch_size, b.batches, getattr(b, "stage", None)) for b in sampler.buckets]
+        report.batches_per_epoch = len(sampler)
+    else:
+        # The script's own DataLoader: shuffled, batches of --train_batch_size, the last one short.
+        rows = [(key, n, batch_size, math.ceil(n / batch_size), None) for key, n in counts.items()]
+        report.batches_per_epoch = len(sampler) if sampler is not None else sum(r[3] for r in rows)
+    for key, n, size, batches, stage in rows:
+        frames, height, width = shapes[key]
+        report.buckets.append(
+            BucketRow(width, height, frames, key, n, model.tokens(key), size, batches, stage)
+        )
+    report.buckets.sort(key=lambda row: (row.stage or 0, -row.clips, -row.frames, -row.width * row.height))
+    per_process = math.ceil(report.batches_per_epoch / num_replicas)
+    report.steps_per_epoch = math.ceil(per_process / accumulation)
+    report.text_tokens = model.text_tokens
+    report.plugins = [name for name, _ in hook_plugin_names(hook)]
+    max_steps = getattr(args, "max_train_steps", None)
+    report.total_steps = (
+        int(max_steps)
+        if max_steps
+        else int(getattr(args, "num_train_epochs", 1) or 1) * report.steps_per_epoch
+    )
+    if stages:
+        report.stages = _stage_rows(stages, report, num_replicas * accumulation)
+    return report
+
+
+def _stage_rows(stages: Sequence[Any], report: PlanReport, batches_per_step: int) -> list[StageRow]:
+    rows = []
+    for i, stage in enumerate(stages):
+        mine = [b for b in report.buckets if (b.stage or 0) == i]
+        samples = sum(b.batches * b.batch_size for b in mine)
+        batches = sum(b.batches for b in mine)
+        video = sum(b.batches * b.batch_size * b.tokens for b in mine)
+        end = stages[i + 1].start_step if i + 1 < len(stages) else report.total_steps
+        steps = max(0, min(end, report.total_steps) - stage.start_step)
+        per_batch = (video + samples * report.text_tokens) / batches if batches else 0
+        rows.append(
+            StageRow(
+                index=i,
+                label=stage.label,
+                area=stage.area,
+                start_step=stage.start_step,
+                steps=steps,
+                shapes=len(mine),
+                tokens_per_sample=round(video / samples) if samples else 0,
+                tokens_per_step=round(per_batch * batches_per_step),
+                compute_share=None,
+            )
+        )
+    total = sum(r.steps * r.tokens_per_step for r in rows)
+    return [
+        StageRow(**{**r.__dict__, "compute_share": (r.steps * r.tokens_per_step / total) if total else None})
+        for r in rows
+    ]
+
+
+def hook_plugin_names(hook: Any) -> list[tuple[str, Any]]:
+    """The chosen plugins behind a hook relay, for the report's header (core defaults left out)."""
+    names = {}
+    for caller_name in dir(hook):
+        caller = getattr(hook, caller_name)
+        if caller_name.startswith("cogvx_") and hasattr(caller, "get_hookimpls"):
+            for impl in caller.get_hookimpls():
+                if not impl.plugin_name.startswith("cogvx_ext."):
+                    names[impl.plugin_name] = impl.plugin
+    return sorted(names.items())
+
+
+def add_memory(report: PlanReport, setup: Any) -> None:
+    """Each bucket row's estimated peak at its batch size (``cogvx_ext.model.memory.estimate``)."""
+    from dataclasses import replace
+
+    from cogvx_ext.model.memory.estimate import estimate
+
+    rows, peaks, validation = [], [], None
+    for row in report.buckets:
+        found = estimate(setup, row.latent, row.batch_size)
+        rows.append(replace(row, memory_bytes=found.peak))
+        peaks.append(found.peak)
+        validation = found.validation_peak
+    report.buckets = rows
+    report.memory = {
+        **(report.memory or {}),
+        "setup": setup.describe(),
+        "peak_bytes": max(peaks, default=None),
+        "validation_peak_bytes": validation,
+        "stage_peak_bytes": {
+            str(stage): max(r.memory_bytes for r in rows if (r.stage or 0) == stage)
+            for stage in sorted({r.stage or 0 for r in rows})
+        },
+    }

@@ -1,0 +1,37 @@
+"""The memory estimate as the chosen plugins change it, and ``cogvx_memory_check`` before models load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cogvx_ext.base.errors import UsageError
+from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.model.memory.setup import TrainingSetup, setup_from_args
+from cogvx_ext.plugin.manager import chosen_hooks
+
+
+def setup_for_plugins(pm: Any, args: Any, model: str | None = None, **overrides: Any) -> TrainingSetup:
+    """The run's setup, with what the chosen plugins change: a plugin answering
+    ``cogvx_prompt_embeddings`` takes the text encoder off the device (the core moves it to the CPU
+    once every prompt is answered, before the first step). ``overrides`` go to ``setup_from_args``."""
+    return setup_from_args(
+        args, model, text_encoder_on_device="cogvx_prompt_embeddings" not in chosen_hooks(pm), **overrides
+    )
+
+
+def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model: str | None = None) -> None:
+    """Fire ``cogvx_memory_check`` when a chosen plugin implements it (before any model loads)."""
+    if "cogvx_memory_check" not in chosen_hooks(pm):
+        return
+    try:
+        setup = setup_for_plugins(pm, args, model)
+    except UsageError:
+        # The configs cannot be had without a download: a plugin that needs them says so itself
+        # (setup_from_args gives the reason); the others go on.
+        setup = None
+    pm.hook.cogvx_memory_check(
+        setup=setup,
+        args=args,
+        model=model_info or (setup.model if setup else None),
+        stages=pm.hook.cogvx_stages(args=args),
+    )
