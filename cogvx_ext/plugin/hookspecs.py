@@ -111,7 +111,7 @@ def cogvx_memory_check(
     VAE live: the text encoder leaves the device when a chosen plugin implements
     ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without a download
     (``cogvx_ext.model.memory.setup_from_args(args)`` raises the reason);
-    ``cogvx_ext.model.memory.estimate(setup, latent_shape, batch_size)``
+    ``cogvx_ext.model.memory.estimate.estimate(setup, latent_shape, batch_size)``
     gives a step's peak. Raise ``UsageError`` for a run that cannot fit. Not firstresult.
     Built-in: ``aspect_bucket`` (``--bucket_memory_budget``).
 
