@@ -477,7 +477,7 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
 
     Fires from the script's ``accelerator.log(logs, step=...)`` call: once per loop iteration (per
     micro-batch under gradient accumulation), on every rank. Add entries to ``logs`` to send them
-    to the script's trackers (and its progress bar) with the loss.
+    to the script's trackers with the loss (the progress bar shows the script's own entries).
 
     :param step: the script's ``global_step`` (optimizer steps so far).
     :param logs: the dict the script is about to log (``loss``, ``lr``); add entries in place.

@@ -1,5 +1,5 @@
-"""Logs the seconds each loop iteration took, with the loss (the script's progress bar shows it,
-its trackers record it)."""
+"""Logs the seconds each loop iteration took, with the loss, to the script's trackers
+(`--report_to`)."""
 
 import time
 
