@@ -109,6 +109,7 @@ class MultiScale:
 
     @hookimpl
     def cogvx_requires(self, model: ModelInfo) -> list[tuple[str, str]]:
+        """``batch_rope`` on RoPE models, ``learned_posemb`` on 5b-I2V, and ``shape_batches``."""
         needs = [
             ("shape_batches", "multi_scale trains several sizes per clip: add aspect_bucket to --plugins")
         ]
@@ -120,6 +121,7 @@ class MultiScale:
 
     @hookimpl(wrapper=True)
     def cogvx_clip_targets(self, args: argparse.Namespace):
+        """Adds copies of each target at smaller areas, tagged ``("scale", "0.5")``."""
         targets = yield
         if not targets:
             return targets
@@ -128,4 +130,5 @@ class MultiScale:
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
+        """``multi_scale_areas``."""
         return {"multi_scale_areas": self.scales}

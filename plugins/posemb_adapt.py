@@ -153,18 +153,22 @@ class PosembAdapt:
 
     @hookimpl
     def cogvx_provides(self) -> list[str]:
+        """``learned_posemb``."""
         return ["learned_posemb"]
 
     @hookimpl
     def cogvx_transformer_loaded(self, transformer: torch.nn.Module) -> None:
+        """Keeps the learned positional table, to adapt it to each batch's shape."""
         install(transformer, self.mode)
 
     @hookimpl
     def cogvx_pipeline_loaded(self, pipe: Any, args: argparse.Namespace) -> None:
+        """The learned table at other sizes in the pipeline too."""
         # At inference (cogvx_ext.inference) no cogvx_configure fires: the recorded settings arrive here.
         self._read_args(args)
         install(pipe.transformer, self.mode)
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
+        """``posemb_mode``."""
         return {"posemb_mode": self.mode}

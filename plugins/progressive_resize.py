@@ -222,6 +222,8 @@ class ProgressiveResize:
 
     @hookimpl
     def cogvx_requires(self, args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
+        """``batch_rope`` on RoPE models, ``learned_posemb`` on 5b-I2V (the stages change the
+        latent shape)."""
         if not self.stages:
             return []
         for i, stage in enumerate(self.stages):
@@ -239,6 +241,7 @@ class ProgressiveResize:
 
     @hookimpl
     def cogvx_stages(self, args: argparse.Namespace) -> list[Stage] | None:
+        """The schedule of ``--progressive_stages`` (``512x288:0,1024x576:1200``)."""
         stages = self.stages if self.stages is not None else self._read(args)
         return list(stages) if stages else None
 
@@ -246,6 +249,7 @@ class ProgressiveResize:
 
     @hookimpl(wrapper=True, tryfirst=True)  # outermost: counts what other wrappers (multi_scale) add
     def cogvx_clip_targets(self, stages):
+        """Counts each stage's samples (outermost, so it counts what other wrappers add)."""
         targets = yield
         if stages and targets:
             for target in targets:
@@ -255,6 +259,7 @@ class ProgressiveResize:
 
     @hookimpl(wrapper=True)
     def cogvx_encode_sample(self, sample: Sample):
+        """Reports each stage's encoding."""
         # Samples come stage by stage (the core orders them so): one line per stage.
         if self.stages:
             index = stage_of(sample)
@@ -359,15 +364,18 @@ class ProgressiveResize:
 
     @hookimpl
     def cogvx_accelerator_ready(self, accelerator: Any) -> None:
+        """Keeps the accelerator, to re-warm the learning rate at each stage."""
         self.accelerator = accelerator
 
     @hookimpl
     def cogvx_transformer_forward(self, latent_shape: tuple[int, int, int], model: ModelInfo) -> None:
+        """Notes the tokens of each training batch."""
         if torch.is_grad_enabled():
             self._tokens = model.tokens(latent_shape)
 
     @hookimpl
     def cogvx_step_end(self, step: int, logs: dict[str, Any], accelerator: Any) -> None:
+        """Logs ``stage`` and ``tokens_per_sample``, announces stage changes, re-warms the learning rate."""
         self.resume.last_step = int(step)
         if not self.stages:
             return
@@ -432,14 +440,17 @@ class ProgressiveResize:
 
     @hookimpl
     def cogvx_state_dict(self, step: int | None) -> dict[str, Any] | None:
+        """The stage sampler's epoch and position."""
         return self.resume.state(step)  # None when another plugin's sampler keeps the position
 
     @hookimpl
     def cogvx_load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues at the exact batch."""
         self.resume.restore(state)
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
+        """The schedule."""
         if not self.stages:
             return {}
         return {

@@ -99,6 +99,7 @@ class RopeRescale:
 
     @hookimpl
     def cogvx_provides(self) -> list[str]:
+        """``batch_rope`` and ``frame_padding``."""
         # frame_padding: odd 1.5 latent frame counts are padded in cogvx_transformer_forward.
         return ["batch_rope", "frame_padding"]
 
@@ -110,6 +111,7 @@ class RopeRescale:
 
     @hookimpl
     def cogvx_vae_loaded(self, vae: torch.nn.Module) -> None:
+        """Reads the VAE's scaling factor (CogVideoX 1.5 I2V image latents)."""
         self.vae_scaling_factor = float(vae.config.scaling_factor)
         self.invert_scale_latents = bool(getattr(vae.config, "invert_scale_latents", False))
 
@@ -119,6 +121,7 @@ class RopeRescale:
     def cogvx_transformer_forward(
         self, transformer: torch.nn.Module, inputs: dict[str, Any], model: ModelInfo
     ) -> None:
+        """CogVideoX 1.5: pads an odd latent frame count, passes ``ofs``, scales I2V image latents."""
         if not model.patch_size_t:
             return  # 1.0 models take any frame count and have no ofs
         hidden_states = inputs["hidden_states"]
@@ -171,6 +174,8 @@ class RopeRescale:
     def cogvx_rotary_embedding(
         self, model: ModelInfo, latent_shape: tuple[int, int, int], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The embedding of ``--rope_mode`` at each batch's shape (equal to the pipeline's by default),
+        cached per shape."""
         if not model.rotary:
             return None
         return rope.rotary_embedding(model, latent_shape, device, mode=self.mode)
@@ -179,6 +184,7 @@ class RopeRescale:
     def cogvx_transformer_output(
         self, transformer: torch.nn.Module, inputs: dict[str, Any], output: Any
     ) -> Any:
+        """Cuts off the frame it padded, so the padded frame stays out of the loss."""
         padded = self._padded.pop(id(transformer), None)
         if padded is None or padded[0] is not inputs.get("hidden_states"):
             return None
@@ -192,6 +198,7 @@ class RopeRescale:
 
     @hookimpl
     def cogvx_pipeline_loaded(self, pipe: Any, args: argparse.Namespace) -> None:
+        """Its RoPE mode in the pipeline's own RoPE step."""
         # At inference (cogvx_ext.inference) no cogvx_configure fires: the recorded settings arrive here.
         self._read_args(args)
         # The pipeline computes its own RoPE before denoising, and the forward hook replaces it. In
@@ -214,6 +221,7 @@ class RopeRescale:
 
     @hookimpl
     def cogvx_validation_args(self, variants: list[dict[str, Any]], samples: list[Any] | None) -> None:
+        """``--validation_resolutions``: by default the largest trained size of each orientation present."""
         sizes = self.validation_sizes or trained_validation_sizes(samples)
         if sizes:
             variants[:] = [
@@ -222,4 +230,5 @@ class RopeRescale:
 
     @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
+        """``rope_mode``."""
         return {"rope_mode": self.mode}

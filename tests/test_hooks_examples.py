@@ -1,127 +1,64 @@
-"""hooks.md cannot drift: every code example in it runs in a training run of the tiny trainer (or
-of the script in COGVX_EXT_TRAINER), every hook it implements fires, and every "Built-in" list
-names exactly the built-in plugins that implement the hook.
+"""Every hook's example plugin (``examples/hooks/``, shown in hooks.md) runs and does what it says.
 
-Each example becomes a plugin file (with the ``hookimpl`` and ``torch`` imports hooks.md says the
-examples assume) whose hook implementations note when they run; a few runs load them side by side
-the way a user would.
+The examples are loaded with ``--plugins FILE`` as a user would, in a few runs: the echo trainer
+for the set-up hooks (a second each), two training runs of the tiny trainer (or of the script in
+COGVX_EXT_TRAINER: a bucketed run with validation and a checkpoint per step, then its resume),
+one on clips saved as NumPy arrays, ``cogvx-ext plan`` for a stage schedule and ``cogvx-ext cache
+prune``. ``tests/plugins/recorder.py`` rides along to report what the run did. Each hook has a
+check in ``CHECKS`` of its example's effect in those runs; a hook without one fails
+``test_every_hook_has_an_example_and_a_check``. A run is made when a check first needs it.
 """
 
 from __future__ import annotations
 
-import os
+import functools
+import importlib.util
+import json
 import re
-import textwrap
-from importlib import metadata
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests_support import HERE
+import safetensors.torch
+import torch
+from conftest import _run_trainer
+from tests_support import HERE, read_events
 
-from cogvx_ext.plugin.manager import make_plugin_manager
+from cogvx_ext.plugin import hookdoc
 from cogvx_ext.testing import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-HOOKS_MD = ROOT / "hooks.md"
-FIRED_ENV = "HOOKS_MD_FIRED"  # not COGVX_EXT_*: the train fixture drops those
+ROOT = HERE.parent
+EXAMPLES = hookdoc.read_examples(ROOT / hookdoc.EXAMPLES)
+ECHO = HERE / "trainers" / "echo_trainer.py"
 RECORDER = f"{HERE / 'plugins' / 'recorder.py'}:Recorder"
-
-INSTRUMENT = """
-
-# ---- added by tests/test_hooks_examples.py: note every hook implementation that runs ----
-import functools as _functools
-import inspect as _inspect
-import os as _os
+LOG_SHAPES_EVERY = 3  # the flag of the cogvx_add_arguments example, as the general run sets it
 
 
-def _note(name):
-    with open(_os.environ["HOOKS_MD_FIRED"], "a", encoding="utf-8") as _f:
-        _f.write(f"{__name__} {name}\\n")
-
-
-def _noting(function):
-    options = getattr(function, "cogvx_ext_impl")
-    name = options.get("specname") or function.__name__
-    if _inspect.isgeneratorfunction(function):
-
-        @_functools.wraps(function)
-        def wrapped(*args, **kwargs):
-            _note(name)
-            return (yield from function(*args, **kwargs))
-    else:
-
-        @_functools.wraps(function)
-        def wrapped(*args, **kwargs):
-            _note(name)
-            return function(*args, **kwargs)
-
-    return wrapped
-
-
-for _name, _value in list(globals().items()):
-    if _inspect.isfunction(_value) and hasattr(_value, "cogvx_ext_impl"):
-        globals()[_name] = _noting(_value)
-    elif _inspect.isclass(_value) and _value.__module__ == __name__:
-        for _attribute, _member in list(vars(_value).items()):
-            if _inspect.isfunction(_member) and hasattr(_member, "cogvx_ext_impl"):
-                setattr(_value, _attribute, _noting(_member))
-"""
-
-
-def sections() -> list[tuple[str, str]]:
-    """``(hook or "intro", section text)`` for hooks.md's introduction and each hook section."""
-    text = HOOKS_MD.read_text(encoding="utf-8")
-    parts = re.split(r"^### (cogvx_\w+)\(.*\)$", text, flags=re.M)
-    found = [("intro", parts[0])]
-    for i in range(1, len(parts), 2):
-        body = re.split(r"^## ", parts[i + 1], flags=re.M)[0]
-        found.append((parts[i], body))
+def example(hook: str) -> hookdoc.Example:
+    found = hookdoc.example_for(hook, EXAMPLES) if hook.startswith("cogvx_") else EXAMPLES[hook]
+    assert found is not None, f"no example implements {hook}"
     return found
 
 
-def examples() -> dict[str, str]:
-    """``{name: code}`` of every python block, named after its section (``cogvx_x`` / ``intro``)."""
-    found = {}
-    for hook, body in sections():
-        blocks = re.findall(r"^```python\n(.*?)^```", body, flags=re.M | re.S)
-        for i, code in enumerate(blocks):
-            found[hook if i == 0 else f"{hook}_{i}"] = code
-    return found
+def plugins(*hooks: str, builtins: str = "aspect_bucket,rope_rescale", recorder: bool = False) -> str:
+    items = [*filter(None, builtins.split(",")), *([RECORDER] if recorder else [])]
+    for hook in hooks:
+        if example(hook).plugin_item not in items:
+            items.append(example(hook).plugin_item)
+    return ",".join(items)
 
 
-def implemented_hooks(code: str) -> set[str]:
-    """The hooks an example implements (function names, or ``specname``)."""
-    names = set()
-    for match in re.finditer(r"@hookimpl(\((?P<opts>[^)]*)\))?\s*\n\s*def (?P<name>\w+)", code):
-        spec = re.search(r'specname="(\w+)"', match.group("opts") or "")
-        names.add(spec.group(1) if spec else match.group("name"))
-    return names
+def example_module(hook: str):
+    """The example file imported on its own, to ask it what it does."""
+    path = example(hook).path
+    spec = importlib.util.spec_from_file_location(f"hooks_example_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.fixture(scope="module")
-def example_plugins(tmp_path_factory) -> dict[str, str]:
-    """``{example name: --plugins item}``: each example written as a plugin file."""
-    folder = tmp_path_factory.mktemp("hooks_md_examples")
-    items = {}
-    for name, code in examples().items():
-        path = folder / f"hooks_md_{name}.py"
-        path.write_text("import torch\n\nfrom cogvx_ext import hookimpl\n\n" + code + INSTRUMENT)
-        classes = re.findall(r"^class (\w+)", code, flags=re.M)
-        items[name] = f"{path}:{classes[0]}" if classes else str(path)
-    return items
-
-
-def fired(path: Path) -> dict[str, set[str]]:
-    """``{example name: hooks that ran}`` from the notes the instrumented examples wrote."""
-    out: dict[str, set[str]] = {}
-    for line in path.read_text().splitlines() if path.exists() else ():
-        module, hook = line.split()
-        out.setdefault(module.removeprefix("hooks_md_"), set()).add(hook)
-    return out
-
-
-def args_for(model, data, out, *extra, height=96, width=160, frames=9, steps=2):
+def train_args(model, data, out, *extra, height=96, width=160, frames=9, steps=2):
     return [
         "--pretrained_model_name_or_path", model, "--instance_data_root", data,
         "--caption_column", "prompts.txt", "--video_column", "videos.txt",
@@ -131,119 +68,421 @@ def args_for(model, data, out, *extra, height=96, width=160, frames=9, steps=2):
     ]  # fmt: skip
 
 
-def write_npy_dataset(root: Path) -> Path:
-    """Clips saved as ``[F, 3, H, W]`` float arrays in [-1, 1] (the cogvx_probe example's format),
-    and one listed file that does not exist (so cogvx_clips_skipped fires)."""
-    (root / "videos").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = []
-    for i, (height, width) in enumerate([(96, 160), (160, 96)]):
-        name = f"videos/clip{i}.npy"
-        np.save(root / name, rng.uniform(-1, 1, size=(9, 3, height, width)).astype(np.float32))
-        names.append(name)
-    names.append("videos/missing.npy")
-    (root / "videos.txt").write_text("\n".join(names) + "\n")
-    (root / "prompts.txt").write_text("\n".join(f"clip {i}" for i in range(len(names))) + "\n")
-    return root
+def ok(result):
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    return result
 
 
-@pytest.mark.slow
-def test_every_hooks_md_example_runs_and_its_hooks_fire(
-    tiny_models, t2v_trainer, train, tmp_path, example_plugins, monkeypatch
-):
-    notes = tmp_path / "fired.txt"
-    env = {FIRED_ENV: str(notes)}
-    monkeypatch.setenv(FIRED_ENV, str(notes))
-    model = tiny_models["5b"]
+def latent_shape(target: list[int]) -> list[int]:
+    width, height, frames = target
+    return [(frames - 1) // 4 + 1, height // 8, width // 8]
 
-    def plugins(*names, extra=()):
-        return ",".join(["aspect_bucket", "rope_rescale", *extra, *(example_plugins[n] for n in names)])
 
-    def ok(result):
-        assert result.returncode == 0, result.stderr[-5000:]
-        return result
+class Runs:
+    """The runs the checks look at, each made once, when first asked for."""
 
-    # 1. A bucketed run: set-up, models, encoding, batches, prompts, forwards, state, validation, LoRA.
-    general = [
-        "intro", "cogvx_add_arguments", "cogvx_configure", "cogvx_provides", "cogvx_requires",
+    def __init__(self, root: Path, models: dict[str, Path], trainer: Path):
+        self.root = root
+        self.model = models["5b"]
+        self.trainer = trainer
+
+    def echo(self, *args, env=None):
+        return _run_trainer(ECHO, [*map(str, args)], env=env, timeout=120)
+
+    # -- set-up hooks, on the echo trainer ---------------------------------------------------
+
+    @functools.cached_property
+    def help(self):
+        return self.echo("--plugins", plugins("cogvx_add_arguments", builtins=""), "--help")
+
+    @functools.cached_property
+    def bad_flag(self):
+        hooks = ("cogvx_add_arguments", "cogvx_configure")
+        return self.echo("--plugins", plugins(*hooks, builtins=""), "--log_shapes_every", 0)
+
+    @functools.cached_property
+    def rope_needed(self):
+        return self.echo(
+            "--pretrained_model_name_or_path", self.model, "--plugins", plugins("cogvx_requires", builtins="")
+        )
+
+    @functools.cached_property
+    def rope_provided(self):
+        hooks = ("cogvx_requires", "cogvx_provides")
+        return self.echo(
+            "--pretrained_model_name_or_path", self.model, "--plugins", plugins(*hooks, builtins="")
+        )
+
+    @functools.cached_property
+    def unknown_model(self):
+        # No config on this machine and no download: setup (and model) come as None.
+        env = {"HF_HOME": str(self.root / "empty_hf_home")}
+        items = plugins("cogvx_memory_check", builtins="")
+        return self.echo(
+            "--pretrained_model_name_or_path", "someone/unknown-model", "--plugins", items, env=env
+        )
+
+    @functools.cached_property
+    def too_big(self):
+        # The released 5b's config ships with cogvx-ext: estimated before anything downloads or loads.
+        data = write_dataset(self.root / "too_big_data", [(64, 48, 9)], prompts=["a"])
+        args = train_args("THUDM/CogVideoX-5b", data, self.root / "too_big", height=480, width=720, frames=49)
+        items = plugins("cogvx_memory_check", builtins="")
+        env = {"HF_HOME": str(self.root / "empty_hf_home")}
+        return _run_trainer(self.trainer, [*args, "--plugins", items], env=env)
+
+    @functools.cached_property
+    def failing(self):
+        return self.echo("--plugins", plugins("cogvx_exception", builtins=""), "--fail")
+
+    # -- training ----------------------------------------------------------------------------
+
+    GENERAL = [
+        "first_plugin.py", "cogvx_add_arguments", "cogvx_configure", "cogvx_memory_check",
         "cogvx_accelerator_ready", "cogvx_transformer_loaded", "cogvx_vae_loaded", "cogvx_encode_sample",
         "cogvx_batch_sampler", "cogvx_prompt_embeddings", "cogvx_transformer_forward",
         "cogvx_rotary_embedding", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
-        "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata", "cogvx_memory_check",
+        "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata",
     ]  # fmt: skip
-    data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)], prompts=["a", "b"])
-    out = tmp_path / "out"
-    run = ["--plugins", plugins(*general), "--validation_prompt", "a test", "--num_validation_videos", 1]
-    ok(train(t2v_trainer, args_for(model, data, out, *run, "--checkpointing_steps", 1), env=env))
-    # ... resumed, so the state example gets its state back.
-    ok(
-        train(
-            t2v_trainer,
-            args_for(model, data, out, *run, "--resume_from_checkpoint", "latest", steps=3),
-            env=env,
+
+    @functools.cached_property
+    def general_data(self) -> Path:
+        # Two clips of 9 frames (landscape, portrait) and a shorter one: three sizes of sample.
+        clips = [(256, 144, 17), (144, 256, 17), (256, 144, 5)]
+        return write_dataset(self.root / "data", clips, prompts=["a", "b", "c"])
+
+    def general_args(self, steps, *extra):
+        out = self.root / "out"
+        flags = ["--plugins", plugins(*self.GENERAL, recorder=True), "--recorder_out", out / f"events{steps}",
+                 "--log_shapes_every", LOG_SHAPES_EVERY, "--checkpointing_steps", 1]  # fmt: skip
+        return train_args(self.model, self.general_data, out, *flags, *extra, steps=steps)
+
+    @functools.cached_property
+    def general(self):
+        validation = ["--validation_prompt", "a test", "--num_validation_videos", 1]
+        return ok(_run_trainer(self.trainer, self.general_args(3, *validation)))
+
+    @functools.cached_property
+    def resumed(self):
+        assert self.general.returncode == 0
+        # Zero every latent the cogvx_encode_sample example kept: what the resumed run trains on
+        # then says whether it read them.
+        for path in self.latent_files():
+            parameters = safetensors.torch.load_file(path)["parameters"]
+            safetensors.torch.save_file({"parameters": torch.zeros_like(parameters)}, path)
+        return ok(_run_trainer(self.trainer, self.general_args(4, "--resume_from_checkpoint", "latest")))
+
+    def latent_files(self) -> list[Path]:
+        return sorted((self.root / "out" / "latents").glob("*.safetensors"))
+
+    def events(self, steps: int) -> list[dict]:
+        (events,) = read_events(self.root / "out" / f"events{steps}").values()
+        return events
+
+    @functools.cached_property
+    def npy(self):
+        """Clips saved as ``[F, 3, H, W]`` arrays in [-1, 1], and one listed file that is missing."""
+        data = self.root / "npy"
+        (data / "videos").mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        names = []
+        for i, (height, width) in enumerate([(112, 208), (208, 112)]):
+            names.append(f"videos/clip{i}.npy")
+            np.save(data / names[-1], rng.uniform(-1, 1, size=(9, 3, height, width)).astype(np.float32))
+        names.append("videos/missing.npy")
+        (data / "videos.txt").write_text("\n".join(names) + "\n")
+        (data / "prompts.txt").write_text("\n".join(f"clip {i}" for i in range(len(names))) + "\n")
+        hooks = ("cogvx_probe", "cogvx_clip_targets", "cogvx_load_pixels", "cogvx_clips_skipped")
+        out = self.root / "out_npy"
+        flags = ["--plugins", plugins(*hooks, recorder=True), "--recorder_out", out / "events"]
+        return ok(
+            _run_trainer(self.trainer, train_args(self.model, data, out, *flags, height=128, width=128))
         )
+
+    def npy_events(self) -> list[dict]:
+        assert self.npy.returncode == 0
+        (events,) = read_events(self.root / "out_npy" / "events").values()
+        return events
+
+    # -- the commands ------------------------------------------------------------------------
+
+    def command(self, *args):
+        import subprocess
+
+        return subprocess.run(
+            [sys.executable, "-m", "cogvx_ext", *map(str, args)], capture_output=True, text=True, timeout=300
+        )
+
+    @functools.cached_property
+    def plan(self):
+        data = write_dataset(self.root / "big", [(1024, 576, 9)], prompts=["a"])
+        result = ok(self.command(
+            "plan", "--instance_data_root", data, "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+            "--height", 96, "--width", 160, "--max_num_frames", 9, "--pretrained_model_name_or_path", self.model,
+            "--plugins", plugins("cogvx_stages"), "--json", "-",
+        ))  # fmt: skip
+        return json.loads(result.stdout[result.stdout.index("{") :])
+
+    def prune(self, *hooks):
+        return self.command(
+            "cache", "prune", "--instance_data_root", self.general_data, "--caption_column", "prompts.txt",
+            "--video_column", "videos.txt", "--height", 96, "--width", 160, "--max_num_frames", 9,
+            "--plugins", plugins(*hooks),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_models, t2v_trainer) -> Runs:
+    return Runs(tmp_path_factory.mktemp("hook_examples"), tiny_models, t2v_trainer)
+
+
+# ---------------------------------------------------------------------------------------------
+# What each example does, seen in the runs
+
+
+CHECKS = {}
+
+
+def check(name):
+    def register(function):
+        CHECKS[name] = function
+        return function
+
+    return register
+
+
+@check("first_plugin.py")
+def _(runs):
+    assert "training at 160x96" in runs.general.stdout
+
+
+@check("cogvx_add_arguments")
+def _(runs):
+    assert runs.help.returncode == 0
+    assert "shape_logger:" in runs.help.stdout and "--log_shapes_every" in runs.help.stdout
+
+
+@check("cogvx_configure")
+def _(runs):
+    assert runs.bad_flag.returncode == 2
+    assert runs.bad_flag.stderr.strip() == "cogvx-ext: --log_shapes_every must be at least 1"
+
+
+@check("cogvx_provides")
+def _(runs):
+    assert runs.rope_needed.returncode == 2  # the requires example alone, on a RoPE model
+    assert runs.rope_provided.returncode == 0, runs.rope_provided.stderr
+
+
+@check("cogvx_requires")
+def _(runs):
+    assert runs.rope_needed.stderr.strip() == "cogvx-ext: 5b model: add rope_rescale to --plugins"
+
+
+@check("cogvx_memory_check")
+def _(runs):
+    assert re.search(r"^estimated peak at 160x96: (\d+\.\d\d) GiB$", runs.general.stdout, flags=re.M)
+    assert runs.unknown_model.returncode == 0, runs.unknown_model.stderr  # setup None is allowed
+    assert runs.too_big.returncode == 2, runs.too_big.stderr[-3000:]
+    last = runs.too_big.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"cogvx-ext: 720x480 needs about \d+\.\d GiB, more than 24 GiB: .*", last), last
+
+
+@check("cogvx_accelerator_ready")
+def _(runs):
+    assert "training on 1 process(es)" in runs.general.stdout.splitlines()
+
+
+@check("cogvx_transformer_loaded")
+def _(runs):
+    from diffusers import CogVideoXTransformer3DModel
+
+    transformer = CogVideoXTransformer3DModel.from_pretrained(runs.model, subfolder="transformer")
+    count = sum(p.numel() for p in transformer.parameters())  # without LoRA: it is not added yet
+    line = f"transformer: {transformer.config.num_layers} layers, {count} parameters"
+    assert line in runs.general.stdout.splitlines()
+
+
+@check("cogvx_vae_loaded")
+def _(runs):
+    config = json.loads((runs.model / "vae" / "config.json").read_text())
+    assert f"VAE scaling factor {config['scaling_factor']}" in runs.general.stdout.splitlines()
+
+
+@check("cogvx_stages")
+def _(runs):
+    schedule = example_module("cogvx_stages").cogvx_stages(args=None)
+    planned = [(stage["start_step"], stage["area"]) for stage in runs.plan["stages"]]
+    assert planned == [(stage.start_step, stage.area) for stage in schedule]
+    assert {bucket["stage"] for bucket in runs.plan["buckets"]} == set(range(len(schedule)))
+
+
+@check("cogvx_probe")
+def _(runs):
+    sources = {e["path"]: e["source"] for e in runs.npy_events() if e["event"] == "clip_targets"}
+    assert sources == {"clip0.npy": [208, 112], "clip1.npy": [112, 208]}  # the arrays' sizes
+
+
+@check("cogvx_clip_targets")
+def _(runs):
+    targets = {e["path"]: e["targets"] for e in runs.npy_events() if e["event"] == "clip_targets"}
+    assert targets == {"clip0.npy": [[160, 96, 9]], "clip1.npy": [[96, 160, 9]]}
+
+
+@check("cogvx_load_pixels")
+def _(runs):
+    pixels = {e["path"]: e for e in runs.npy_events() if e["event"] == "load_pixels"}
+    assert {path: e["shape"] for path, e in pixels.items()} == {
+        "clip0.npy": [9, 3, 96, 160],
+        "clip1.npy": [9, 3, 160, 96],
+    }
+    assert all(-1.05 <= e["low"] < e["high"] <= 1.05 for e in pixels.values())
+    assert not (runs.root / "out_npy" / "skipped-decode.txt").exists()
+
+
+@check("cogvx_clips_skipped")
+def _(runs):
+    assert runs.npy.returncode == 0
+    lines = (runs.root / "out_npy" / "skipped-plan.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].split("\t")[0].endswith("videos/missing.npy"), lines
+    assert lines[0].split("\t")[1]  # with its reason
+
+
+@check("cogvx_encode_sample")
+def _(runs):
+    assert runs.resumed.returncode == 0
+    encoded = [e for e in runs.events(3) if e["event"] == "encode_sample"]
+    stored = runs.latent_files()
+    assert len(stored) == len(encoded) == 3
+    assert sorted(list(safetensors.torch.load_file(p)["parameters"].shape) for p in stored) == sorted(
+        e["shapes"][0] for e in encoded
+    )
+    # The resumed run was given the (zeroed) stored latents, not freshly encoded ones.
+    resumed = [e for e in runs.events(4) if e["event"] == "encode_sample"]
+    assert len(resumed) == 3 and all(e["checksum"][0][:2] == [0.0, 0.0] for e in resumed)
+
+
+@check("cogvx_batch_sampler")
+def _(runs):
+    events = runs.events(3)
+    targets = [e["targets"][0] for e in events if e["event"] == "clip_targets"]  # in dataset order
+    largest_first = sorted(targets, key=lambda t: t[0] * t[1] * t[2], reverse=True)
+    trained = [e["latent_shape"] for e in events if e["event"] == "transformer_forward" and e["grad"]]
+    assert trained == [latent_shape(t) for t in largest_first]
+
+
+@check("cogvx_prompt_embeddings")
+def _(runs):
+    line = "cogvx-ext: all 3 prompt embeddings are at hand; the text encoder stays on the CPU"
+    assert line in runs.general.stderr
+
+
+@check("cogvx_transformer_forward")
+def _(runs):
+    events = runs.events(3)
+    trained = [tuple(e["latent_shape"]) for e in events if e["event"] == "transformer_forward" and e["grad"]]
+    printed = re.findall(r"^training on (\(\d+, \d+, \d+\))$", runs.general.stdout, flags=re.M)
+    assert printed == [str(shape) for shape in trained] and len(trained) == 3
+    assert "generating at" in runs.general.stdout
+
+
+@check("cogvx_rotary_embedding")
+def _(runs):
+    outputs = [e for e in runs.events(3) if e["event"] == "transformer_output"]
+    assert outputs and all(e["rope_equals_pipeline"] is False for e in outputs)
+
+
+def logged(runs, key: str) -> list:
+    """What the trackers were given under ``key`` at each loop iteration of the general run."""
+    return [e["logs"].get(key) for e in runs.events(3) if e["event"] == "step_end"]
+
+
+@check("cogvx_transformer_output")
+def _(runs):
+    values = logged(runs, "prediction_rms")
+    assert len(values) == 3 and all(isinstance(v, float) and v > 0 for v in values)
+
+
+@check("cogvx_step_end")
+def _(runs):
+    values = logged(runs, "seconds_per_step")
+    assert len(values) == 3 and values[0] is None and all(v > 0 for v in values[1:])
+
+
+def saved_state(runs, step: int) -> dict:
+    states = json.loads((runs.root / "out" / f"checkpoint-{step}" / "cogvx_ext_state.json").read_text())
+    (state,) = (value for key, value in states["plugins"].items() if key.startswith("cogvx_state_dict:"))
+    return state
+
+
+@check("cogvx_state_dict")
+def _(runs):
+    assert runs.general.returncode == 0
+    assert [saved_state(runs, step) for step in (1, 2)] == [{"forwards": 1}, {"forwards": 2}]
+
+
+@check("cogvx_load_state_dict")
+def _(runs):
+    assert runs.resumed.returncode == 0  # from checkpoint-3, which held 3 forwards
+    assert saved_state(runs, 4) == {"forwards": 4}
+
+
+@check("cogvx_pipeline_loaded")
+def _(runs):
+    assert "CogVideoXPipeline: VAE tiling on" in runs.general.stdout.splitlines()
+
+
+@check("cogvx_validation_args")
+def _(runs):
+    variant = {}
+    example_module("cogvx_validation_args").cogvx_validation_args(variants=[variant])
+    frames = (variant["num_frames"] - 1) // 4 + 1
+    generated = re.findall(r"^generating at \((\d+), \d+, \d+\)$", runs.general.stdout, flags=re.M)
+    assert generated and len(generated) % variant["num_inference_steps"] == 0
+    assert set(generated) == {str(frames)}
+
+
+@check("cogvx_lora_metadata")
+def _(runs):
+    record = json.loads((runs.root / "out" / "cogvx_ext.json").read_text())
+    assert record["settings"]["log_shapes_every"] == LOG_SHAPES_EVERY
+
+
+@check("cogvx_exception")
+def _(runs):
+    assert runs.failing.returncode == 1
+    assert "training failed: RuntimeError" in runs.failing.stdout.splitlines()
+
+
+@check("cogvx_cache_summary")
+def _(runs):
+    assert runs.prune("cogvx_cache_prune").returncode == 2  # no plugin answers for a cache
+    assert runs.prune("cogvx_cache_summary", "cogvx_cache_prune").returncode == 0
+
+
+@check("cogvx_cache_prune")
+def _(runs):
+    result = runs.prune("cogvx_cache_summary", "cogvx_cache_prune")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "3 clips still in use; dry run: False" in lines
+    assert lines[-1] == (
+        "cogvx-ext cache prune: 3 entries kept, removed 0 (0.0 MiB) and 0 temporary file(s); cache /tmp/my-cache"
     )
 
-    # 2. Files of one's own format: probed, targeted and decoded by the examples; a missing one skipped.
-    own = ["cogvx_probe", "cogvx_clip_targets", "cogvx_load_pixels", "cogvx_clips_skipped"]
-    npy = write_npy_dataset(tmp_path / "npy")
-    ok(train(t2v_trainer, args_for(model, npy, tmp_path / "out_npy", "--plugins", plugins(*own)), env=env))
 
-    # 3. A schedule of areas.
-    big = write_dataset(tmp_path / "big", [(512, 288, 17)], prompts=["a"])
-    staged = args_for(model, big, tmp_path / "out_staged", "--plugins", plugins("cogvx_stages"),
-                      height=288, width=512, steps=1)  # fmt: skip
-    ok(train(t2v_trainer, staged, env=env))
-
-    # 4. A run that fails.
-    failing = args_for(model, data, tmp_path / "out_fail", "--plugins",
-                       plugins("cogvx_exception", extra=[RECORDER]), "--recorder_fail_at_step", 1)  # fmt: skip
-    result = train(t2v_trainer, failing, env=env)
-    assert result.returncode != 0 and "training failed: RuntimeError" in result.stdout
-
-    # 5. The cache command's hooks, answered by the examples.
-    from cogvx_ext.cli.cache import run_cache
-
-    prune = ["prune", "--instance_data_root", str(data), "--caption_column", "prompts.txt",
-             "--video_column", "videos.txt", "--height", "96", "--width", "160", "--max_num_frames", "9",
-             "--plugins", plugins("cogvx_cache_summary", "cogvx_cache_prune")]  # fmt: skip
-    assert run_cache(prune) == 0
-
-    seen = fired(notes)
-    for name, code in examples().items():
-        assert implemented_hooks(code) <= seen.get(name, set()), f"hooks.md example of {name} did not run"
-    assert set(examples()) >= {"intro", *general, *own, "cogvx_stages", "cogvx_exception"}
+# ---------------------------------------------------------------------------------------------
 
 
-def builtin_implementations() -> dict[str, set[str]]:
-    pm = make_plugin_manager()
-    for ep in metadata.entry_points(group="cogvx_ext"):
-        if ep.value.startswith("cogvx_ext_plugins."):
-            pm.register(ep.load()(), name=ep.name)
-    return {
-        name: {i.plugin_name for i in getattr(pm.hook, name).get_hookimpls()} - {"cogvx_ext.defaults"}
-        for name in dir(pm.hook)
-        if name.startswith("cogvx_") and getattr(pm.hook, name).spec is not None
-    }
+def test_every_hook_has_an_example_and_a_check():
+    hooks = set(hookdoc.specs())
+    assert {name for name in CHECKS if name.startswith("cogvx_")} == hooks
+    assert all(hookdoc.example_for(hook, EXAMPLES) is not None for hook in hooks)
+    intro_examples = {name for name, e in EXAMPLES.items() if not e.path.stem.startswith("cogvx_")}
+    assert intro_examples <= set(CHECKS)
 
 
-def test_builtin_lists_name_exactly_the_builtins_that_implement_each_hook():
-    actual = builtin_implementations()
-    builtins = {name for names in actual.values() for name in names}
-    listed = {}
-    for hook, body in sections()[1:]:
-        bullets = re.findall(r"^- Built-ins?: (.*?)(?=^- |^\s*$|^```)", body, flags=re.M | re.S)
-        assert len(bullets) == 1, f"hooks.md: the section of {hook} needs one '- Built-in(s): ...' line"
-        listed[hook] = set(re.findall(r"`(\w+)`", bullets[0])) & builtins
-    assert listed == {hook: actual[hook] for hook in listed}
-    assert set(listed) == set(actual)
-
-
-def test_every_example_is_valid_python():
-    for name, code in examples().items():
-        compile(textwrap.dedent(code), f"hooks.md:{name}", "exec")
-
-
-def test_the_examples_are_found():
-    assert len(examples()) >= 25
-    assert os.path.isfile(HOOKS_MD)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_example_does_what_it_says(name, runs):
+    CHECKS[name](runs)

@@ -73,9 +73,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    p = commands.add_parser(
+        "plugins",
+        help="list installed plugins, their versions and hooks; --check a plugin file, module or package",
+        description="Lists the installed plugins. With --check (or plugins named after the command), "
+        "loads each as training would and reports its hooks, flags and defects; exit status 2 when "
+        "one has a defect.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--check",
+        metavar="PLUGIN",
+        action="append",
+        default=[],
+        help="a plugin as --plugins names it (installed name, dotted module, ./file.py, with :Name); "
+        "a comma list or repeated",
+    )
+    p.add_argument("named", nargs="*", metavar="PLUGIN", help="the same as --check PLUGIN")
     p.set_defaults(command="plugins", handler=_plugins)
+
+    p = commands.add_parser(
+        "new-plugin",
+        help="write a plugin package to start from: pip install it, pytest it, --plugins NAME",
+        description="Writes a plugin package: pyproject.toml with the entry point (group cogvx_ext), "
+        "the plugin with one flag and one hook, a README and a test that trains a tiny model with it.",
+    )
+    p.add_argument(
+        "name", metavar="NAME", help="the plugin's name, as --plugins will take it (e.g. shape_logger)"
+    )
+    p.add_argument("--dir", help="where to write the package (default: ./cogvx-ext-NAME)")
+    p.set_defaults(command="new-plugin", handler=_new_plugin)
 
     commands.add_parser(
         "run",
@@ -115,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plugins(args) -> int:
+    items = [
+        item.strip() for value in [*args.check, *args.named] for item in value.split(",") if item.strip()
+    ]
+    if items:
+        return _check_plugins(items, as_json=args.json)
     from cogvx_ext.plugin.manager import describe_installed
 
     rows = describe_installed()
@@ -135,6 +167,42 @@ def _plugins(args) -> int:
     for row in broken:
         sys.stderr.write(f"cogvx-ext: {row['error']}\n")
     return 1 if broken else 0
+
+
+def _check_plugins(items: list[str], as_json: bool) -> int:
+    from cogvx_ext.plugin.manager import check_plugin
+
+    reports = [check_plugin(item) for item in items]
+    if as_json:
+        import json
+
+        print(json.dumps(reports, indent=2))
+    for report in [] if as_json else reports:
+        state = f"{len(report['defects'])} defect(s)" if report["defects"] else "ok"
+        print(f"{report['name']}  ({report['item']}): {state}")
+        if report.get("purpose"):
+            print(f"    {report['purpose']}")
+        print(f"    hooks: {', '.join(report['hooks']) or '-'}")
+        print(f"    flags: {', '.join(report['flags']) or '-'}")
+    for report in reports:
+        for defect in report["defects"]:
+            line = (
+                defect
+                if defect.startswith(("plugin ", "unknown plugin "))
+                else f"plugin '{report['name']}': {defect}"
+            )
+            sys.stderr.write(f"cogvx-ext: {line}\n")
+    return 2 if any(report["defects"] for report in reports) else 0
+
+
+def _new_plugin(args) -> int:
+    from cogvx_ext.cli.new_plugin import write_plugin_package
+
+    folder = str(write_plugin_package(args.name, args.dir))
+    if not folder.startswith(("/", ".")):
+        folder = f"./{folder}"  # pip takes a bare name for a package on PyPI
+    print(f"wrote {folder}: pip install {folder}; pytest {folder}; then train with --plugins {args.name}")
+    return 0
 
 
 def _demo(args) -> int:

@@ -1,30 +1,17 @@
 """Every hook a cogvx-ext plugin can implement, in the order they fire in a training run.
 
 A plugin is any module or object with functions decorated by ``cogvx_ext.hookimpl`` whose names
-are listed here. Implementations may take any subset of a hook's arguments, by name. hooks.md
-documents each hook with an example; ``tests/test_hooks_documented.py`` keeps the two in step.
+are listed here. Implementations may take any subset of a hook's arguments, by name.
 
-Life of a run (T2V and I2V scripts alike)::
-
-    get_args()  ── cogvx_add_arguments ─ parse ─ cogvx_configure ─ cogvx_provides/cogvx_requires
-                ─ cogvx_memory_check (only when a chosen plugin implements it)
-    main(args)
-      Accelerator(...)                      ── cogvx_accelerator_ready
-      CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
-      AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
-      VideoDataset(...)                     ── cogvx_stages, then cogvx_probe and
-                                               cogvx_clip_targets per clip, cogvx_clips_skipped
-                                                                               (data plugins only)
-      encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
-      DataLoader(...)                       ── cogvx_batch_sampler
-      compute_prompt_embeddings(...)        ── cogvx_prompt_embeddings
-      every transformer forward             ── cogvx_transformer_forward, cogvx_rotary_embedding,
-                                               cogvx_transformer_output
-      every loop iteration (accelerator.log)── cogvx_step_end
-      accelerator.save_state / load_state   ── cogvx_state_dict / cogvx_load_state_dict
-      validation pipeline                   ── cogvx_pipeline_loaded, cogvx_validation_args
-      LoRA saved                            ── cogvx_lora_metadata
-      an exception escapes main             ── cogvx_exception
+These docstrings are the hook reference: ``python -m cogvx_ext.plugin.hookdoc`` writes hooks.md
+from them, from ``docs/hooks_template.md`` (the introduction and the timeline) and from the
+example plugins in ``examples/hooks/`` (which ``tests/test_hooks_examples.py`` runs);
+``tests/test_hooks_reference.py`` fails when hooks.md is not what it writes. Write a docstring
+as: a summary line; paragraphs on when it fires, what to return and what the core does with it
+(reST ``literals`` become Markdown code); "Stops at first non-None result." on every
+firstresult hook; one ``:param name:`` line per argument, in the signature's order. The
+generator adds which built-in plugins implement the hook (from the installed entry points and
+the implementations' own docstrings) and the example.
 """
 
 from __future__ import annotations
@@ -57,9 +44,10 @@ def cogvx_add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the plugin's flags to the training script's own argument parser.
 
     Fires inside the script's ``get_args()``, just before it parses, so the script's ``--help``
-    lists the flags. Put them in an argument group named after the plugin.
+    lists the flags (``cogvx-ext run SCRIPT --plugins LIST --help``). Put them in an argument group
+    named after the plugin.
 
-    :param parser: the script's ``argparse.ArgumentParser``.
+    :param parser: the training script's own ``argparse.ArgumentParser``.
     """
 
 
@@ -67,10 +55,10 @@ def cogvx_add_arguments(parser: argparse.ArgumentParser) -> None:
 def cogvx_configure(args: argparse.Namespace) -> None:
     """Check and complete the parsed arguments, after parsing and before ``main(args)`` runs.
 
-    Raise ``cogvx_ext.UsageError`` for a bad flag: the run stops with that one line and exit
-    status 2, before anything is loaded.
+    Raise ``UsageError("...")`` for a bad flag: the run stops with that one line and exit status
+    2, before anything loads.
 
-    :param args: the script's parsed arguments; may be modified in place.
+    :param args: the parsed ``argparse.Namespace``; change it in place.
     """
 
 
@@ -78,8 +66,11 @@ def cogvx_configure(args: argparse.Namespace) -> None:
 def cogvx_provides(args: argparse.Namespace) -> list[str]:
     """Name the capabilities this plugin provides to other plugins.
 
-    Built-in capability names: ``"batch_rope"`` (the rotary embedding follows each batch's latent
-    shape), ``"learned_posemb"`` (a learned positional table adapted to each batch's shape).
+    Fires once after ``cogvx_configure``; the lists of all plugins are merged. Built-in capability
+    names: ``"batch_rope"`` (the rotary embedding follows each batch's latent shape),
+    ``"frame_padding"`` (CogVideoX 1.5 targets with an odd latent frame count are padded),
+    ``"learned_posemb"`` (a learned positional table adapted to each batch's shape),
+    ``"shape_batches"`` (batches of one shape from samples of several).
 
     :param args: the parsed arguments.
     """
@@ -89,12 +80,17 @@ def cogvx_provides(args: argparse.Namespace) -> list[str]:
 def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
     """Name the capabilities this plugin needs, each with the advice shown when it is missing.
 
-    Fires once after ``cogvx_configure``, with the model's positional settings read from its
-    config, so a missing plugin stops the run at start rather than with a shape error later.
-    Return ``[("batch_rope", "add rope_rescale to --plugins")]``, or ``[]``.
+    Return a list of ``(capability, advice)`` pairs, or ``[]``. Fires once after
+    ``cogvx_configure``, with the model's positional facts read from its
+    ``transformer/config.json`` (a local folder or the Hugging Face cache) before anything loads:
+    when a capability no chosen plugin provides is needed, the run stops at start with the advice
+    (``cogvx-ext: 5b model: add rope_rescale to --plugins``) rather than with a shape error later.
+    When the config cannot be read at start, it fires when the transformer has loaded, still
+    before any data or training. Whatever plugins declare, the core adds what the targets' shapes
+    need (see ``cogvx_clip_targets``).
 
     :param args: the parsed arguments.
-    :param model: positional facts of the model being trained.
+    :param model: the ``ModelInfo`` of the model being trained.
     """
 
 
@@ -104,21 +100,26 @@ def cogvx_memory_check(
 ) -> None:
     """Check, or plan by, the run's accelerator memory before any model is loaded.
 
-    Fires once after ``cogvx_requires`` (training) or ``cogvx_configure`` (``cogvx-ext plan``),
-    and only when a chosen plugin implements it: building ``setup`` reads the model's configs.
-    ``setup`` is a ``cogvx_ext.model.memory.TrainingSetup`` (the transformer config, LoRA rank,
-    optimizer, precision, gradient checkpointing, validation, and where the text encoder and the
-    VAE live: the text encoder leaves the device when a chosen plugin implements
-    ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without a download
-    (``cogvx_ext.model.memory.setup_from_args(args)`` raises the reason);
-    ``cogvx_ext.model.memory.estimate.estimate(setup, latent_shape, batch_size)``
-    gives a step's peak. Raise ``UsageError`` for a run that cannot fit. Not firstresult.
-    Built-in: ``aspect_bucket`` (``--bucket_memory_budget``).
+    Fires once, before any model loads (training: after ``cogvx_requires``; ``cogvx-ext plan``:
+    after ``cogvx_configure``), and only when a chosen plugin implements it: building ``setup``
+    reads the model's configs. ``cogvx_ext.model.memory.estimate.estimate(setup, latent_shape,
+    batch_size).peak`` is a step's estimated peak allocated memory in bytes;
+    ``largest_batch(setup, latent_shape, budget, margin)`` and ``advice(setup, latent_shape,
+    budget, margin)`` (same module) help plan by a budget. Raise ``UsageError`` for a run that
+    cannot fit: it stops with that one line. ``setup`` and ``model`` are ``None`` when the
+    model's configs cannot be had without a download: an implementation must allow that.
 
-    :param setup: the memory-relevant settings of the run.
+    :param setup: a ``cogvx_ext.model.memory.setup.TrainingSetup``: the transformer's config
+        (``--pretrained_model_name_or_path``'s ``transformer/config.json``, a Hub model in the
+        local cache, or the released model its name says; ``--model`` in ``cogvx-ext plan``), LoRA
+        rank, optimizer, mixed precision, gradient checkpointing, validation, and where the text
+        encoder and the VAE live (the text encoder is off the device when a chosen plugin
+        implements ``cogvx_prompt_embeddings``: the core moves it to the CPU once every prompt is
+        answered); ``None`` when the configs cannot be had without a download
+        (``setup_from_args(args)`` raises the reason).
     :param args: the parsed arguments.
-    :param model: positional facts of the model (from its config).
-    :param stages: the stage schedule (``cogvx_stages``), or ``None``.
+    :param model: the ``ModelInfo`` (from the config), or ``None`` with ``setup``.
+    :param stages: the schedule of ``cogvx_stages``, or ``None``.
     """
 
 
@@ -130,7 +131,9 @@ def cogvx_memory_check(
 def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace) -> None:
     """The script has created its ``accelerate.Accelerator``.
 
-    :param accelerator: the script's accelerator (trackers are not initialised yet).
+    Fires once, before the models load; trackers are not initialised yet.
+
+    :param accelerator: the script's ``accelerate.Accelerator``, just created.
     :param args: the parsed arguments.
     """
 
@@ -139,9 +142,10 @@ def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace) -> None:
 def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namespace) -> None:
     """The script has loaded its ``CogVideoXTransformer3DModel``; LoRA adapters are not added yet.
 
-    Modify the model in place (buffers, attention processors, hooks).
+    Fires right after ``from_pretrained``, before ``add_adapter`` (LoRA) and before dtype and
+    device moves. Modify the model in place (buffers, attention processors, hooks).
 
-    :param transformer: the loaded transformer.
+    :param transformer: the ``CogVideoXTransformer3DModel`` the script just loaded.
     :param args: the parsed arguments.
     """
 
@@ -150,7 +154,9 @@ def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namesp
 def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace) -> None:
     """The script has loaded its ``AutoencoderKLCogVideoX``.
 
-    :param vae: the loaded VAE.
+    Fires right after the VAE loads.
+
+    :param vae: the script's ``AutoencoderKLCogVideoX``.
     :param args: the parsed arguments.
     """
 
@@ -165,11 +171,18 @@ def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace) -> None:
 def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
     """Return the run's stage schedule (progressive resolution), or ``None`` for one stage.
 
-    A list of ``cogvx_ext.Stage``, the first starting at optimizer step 0, start steps increasing.
-    The core asks once when it plans the dataset and passes the answer as ``stages`` to
-    ``cogvx_clip_targets`` (one target per stage, tagged ``("stage", "<index>")``) and to
-    ``cogvx_batch_sampler`` (which draws each optimizer step's batches from its stage only).
-    Stops at first non-None result.
+    A list of ``Stage(start_step, area, height, width, frames, batch_size, token_budget,
+    warmup_steps)`` (only the first two are required; the first stage starts at step 0, start
+    steps increase). A stage runs from its optimizer step (counting ``global_step``, gradient
+    accumulation included) to the next one's. The answer goes as ``stages`` to
+    ``cogvx_clip_targets`` (the targets of every stage, each tagged ``("stage", "<index>")``) and
+    to ``cogvx_batch_sampler`` (each optimizer step's batches come from its stage only); samples
+    are ordered stage by stage, so the stages are encoded one after the other.
+
+    The core asks more than once per run: when it plans the dataset, again when the script's
+    ``DataLoader`` is built, and, when a chosen plugin implements ``cogvx_memory_check``, once
+    more before the models load (``cogvx-ext plan`` asks when it plans, and for the memory
+    check). Answer from ``args`` alone, the same every time. Stops at first non-None result.
 
     :param args: the parsed arguments.
     """
@@ -179,13 +192,15 @@ def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
 def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
     """Read one clip's metadata (size, frame count, frame rate) without decoding it.
 
-    Fires once per listed clip when the core plans the dataset, before ``cogvx_clip_targets``.
-    Return a ``cogvx_ext.VideoInfo`` (a frozen dataclass: build it with every field), or raise
-    ``cogvx_ext.SkipClip(reason)`` for a file that cannot be used. The built-in default (trylast)
-    reads the container's header with PyAV and rejects what is not a video. Answer for files of
-    your own format (with ``cogvx_load_pixels``), or from a cache. Stops at first non-None result.
+    Return a ``VideoInfo(width, height, num_frames, fps)`` (a frozen dataclass; give every field),
+    or raise ``SkipClip("reason")`` for a file that cannot be used. Fires once per listed clip
+    when the core plans the dataset, before ``cogvx_clip_targets``. The core's default (trylast):
+    PyAV reads the container's header (no frame decoded) and rejects what is not a video. Answer
+    for files of your own format (with ``cogvx_load_pixels``), or from a cache. Stops at first
+    non-None result.
 
-    :param path: the clip's path, as listed under ``--instance_data_root``.
+    :param path: the clip's path as listed (``--instance_data_root`` joined with a line of
+        ``--video_column``).
     :param args: the parsed arguments.
     """
 
@@ -196,31 +211,62 @@ def cogvx_clip_targets(
 ) -> list[Target] | None:
     """Decide the training sample(s) made from one clip: size, crop and frame indices.
 
-    Return a list of ``cogvx_ext.Target`` (several for multi-scale or staged training), or raise
-    ``cogvx_ext.SkipClip(reason)`` to leave the clip out; skipped clips are reported by name,
-    never dropped silently. With ``stages``, return the targets of every stage, each tagged
-    ``("stage", "<index>")``. The built-in default (trylast) does what the stock script does:
-    cover ``--height × --width`` (or each stage's size) and centre-crop. Stops at first non-None
-    result.
+    Return a list of ``Target(height, width, frame_indices, crop, tags)``: ``crop`` is ``(top,
+    left, height, width)`` in display pixels, resized to ``height x width``; ``frame_indices``
+    index the shown frames; several targets make several samples (scales, stages). With
+    ``stages``, return every stage's targets, each tagged ``("stage", "<index>")``
+    (``cogvx_ext.data.clips.STAGE_TAG``). Raise ``SkipClip("reason")`` to leave the clip out: it
+    is reported by path and reason, never dropped silently. The core's default (trylast): the
+    stock rule, one target at ``--height x --width`` (with stages: at each stage's size, an area
+    keeping the ``--height x --width`` aspect, and its frame count), cover and centre crop (never a
+    stretch), the script's frame selection. Stops at first non-None result.
 
-    :param clip: the clip's path, prompt and probed metadata.
+    Rules the core checks on every target, whoever returned it, before anything is decoded (in
+    training and in ``cogvx-ext plan`` alike); a broken rule stops the run with one line naming
+    the plugin, the clip and the rule (``cogvx_ext.data.contracts``):
+
+    - ``width`` and ``height`` are positive multiples of 16 (``model.pixel_multiple``: VAE 8 x
+      patch 2);
+    - the frame count is 4k+1 (``model.valid_frame_count`` also says which counts 1.5 takes
+      without padding); frame indices are whole numbers from 0;
+    - ``crop`` lies inside the source (``clip.info.width x clip.info.height``).
+
+    Requirements follow the data: when a target's latent size differs from the one
+    ``--height/--width`` give, a RoPE model needs a ``batch_rope`` provider (``rope_rescale``) and
+    5b-I2V a ``learned_posemb`` one (``posemb_adapt``); a CogVideoX 1.5 target with an odd latent
+    frame count needs ``frame_padding`` (``rope_rescale``). Whoever produced the targets.
+
+    ``tags`` name what made a target (a stage, a scale, an augmentation); ``latent_cache``'s key
+    includes them, so a plugin that changes the pixels beyond size, crop and frames must say so
+    in a tag, or cached latents of the plain target would be used. ``Target`` and ``Clip`` are
+    frozen dataclasses: make new ones (``dataclasses.replace(target, ...)``), never change one
+    in place. Helpers: ``cogvx_ext.plugin.defaults.cover_crop_box(src_width, src_height, width,
+    height)`` (the centred crop with the target's aspect: no stretch),
+    ``cogvx_ext.data.video.stock_frame_indices(num_frames, max_frames, skip_start, skip_end)``
+    (the script's 4k+1 frame choice).
+
+    :param clip: a ``Clip`` (``index``, ``path``, ``prompt``, ``info``: a ``VideoInfo`` with
+        ``width``, ``height`` (the display size: upright, square pixels), ``num_frames`` (frames
+        shown), ``fps``, ``stored_width``, ``stored_height``, ``rotation`` (clockwise degrees),
+        ``sample_aspect`` (``"N:D"``), ``frame_times`` (presentation seconds of each shown frame;
+        ``info.times()`` counts from the first) and ``decoder`` (``decord`` or ``pyav``)).
     :param args: the parsed arguments.
-    :param model: positional facts of the model (frame rules, compression factors).
-    :param stages: the schedule from ``cogvx_stages``, or ``None``.
+    :param model: the ``ModelInfo`` (frame rules, compression factors).
+    :param stages: the list from ``cogvx_stages``, or ``None``.
     """
 
 
 @hookspec
 def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace) -> None:
-    """Clips are being left out of training; raise ``cogvx_ext.UsageError`` to stop instead.
+    """Clips are being left out of training; raise ``UsageError`` to stop the run instead.
 
-    Fires only with a non-empty list, with the same list on every rank: after planning
-    (``when == "plan"``: listing problems, failed probes, ``SkipClip`` from ``cogvx_clip_targets``;
-    ``cogvx-ext plan`` fires it too, after its report) and after the encoding pass
-    (``when == "decode"``: clips that passed the probe and failed to decode). The core has already
-    named each clip with its reason.
+    Fires only with a non-empty list, with the same list on every rank, after the core has named
+    each clip with its reason: after planning (``when == "plan"``: listing problems, failed
+    probes, ``SkipClip`` from ``cogvx_clip_targets``; ``cogvx-ext plan`` fires it after its
+    report) and after the encoding pass (``when == "decode"``: clips that passed the probe and
+    failed to decode).
 
-    :param skipped: the clips left out, each with ``path`` and ``reason``.
+    :param skipped: the clips left out, each with ``path`` and ``reason`` (never empty).
     :param when: ``"plan"`` or ``"decode"``.
     :param args: the parsed arguments.
     """
@@ -230,25 +276,31 @@ def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace)
 def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor | None:
     """Decode one sample's frames, cropped and resized to its target.
 
-    Return a float tensor ``[F, 3, H, W]`` in ``[-1, 1]``. The built-in default (trylast)
-    decodes with decord, resizing while decoding. Stops at first non-None result.
+    Return a float tensor ``[F, 3, H, W]`` in ``[-1, 1]`` at the target size. The core's default
+    (trylast): ``cogvx_ext.data.video.read_frames`` decodes the target's frames upright at display
+    aspect, resizing while decoding, and crops: with decord, or PyAV for the files the probe gave
+    to it (and for any file decord fails on while training). For files of your own format,
+    answer ``cogvx_probe`` too (the default probe rejects what is not a video). Stops at first
+    non-None result.
 
-    :param sample: the clip and its target.
+    :param sample: a ``Sample`` (``clip``, ``target``).
     :param args: the parsed arguments.
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace) -> Any:
-    """Produce one sample's VAE posterior (a ``DiagonalGaussianDistribution``).
+    """Produce one sample's VAE posterior.
 
-    For the I2V script (``kind == "i2v"``) return a pair ``(video_posterior, image_posterior)``,
-    where the image is the noised first frame, as the script does. The built-in default (trylast)
-    calls ``cogvx_load_pixels`` and encodes. To cache, answer hits from a ``tryfirst``
-    implementation (returning skips the decoding below it) and store misses from a
-    ``wrapper=True`` one. Stops at first non-None result.
+    Return a ``DiagonalGaussianDistribution`` (or anything with ``.parameters`` ``[1, 2C, F, H,
+    W]``); for the I2V script (``kind == "i2v"``) a pair ``(video, image)`` where the image is the
+    noised first frame as the script makes it. Runs under ``torch.no_grad()``, once per sample
+    when the script first reaches its encoding loop (each rank its share, then shared). The
+    core's default (trylast): the script's own recipe on ``cogvx_load_pixels``' frames. To cache,
+    answer hits from a ``tryfirst`` implementation (its answer stops the call before anything
+    decodes) and store misses from a ``wrapper=True`` one. Stops at first non-None result.
 
-    :param sample: the clip and its target.
+    :param sample: a ``Sample``: the clip and its target.
     :param vae: the script's VAE, on its device and dtype.
     :param kind: ``"t2v"`` or ``"i2v"``: which script is running.
     :param args: the parsed arguments.
@@ -266,20 +318,30 @@ def cogvx_batch_sampler(
 ) -> Any:
     """Return the batch sampler the script's ``DataLoader`` should use, or ``None``.
 
-    It yields lists of sample indices. Every batch must hold one latent shape (the script
-    concatenates latents). ``len()`` must be exact, constant and equal on every rank; the number
-    of batches per epoch should be a multiple of ``num_replicas`` so accelerate adds no padding.
-    With ``stages``, every batch of an optimizer step comes from that step's stage
-    (``cogvx_ext.data.stages.StagedBatchSampler`` does the arithmetic). Samples of one clip and stage
-    tagged ``("scale", ...)`` are alternatives: each epoch trains one of them. Stops at first
+    It yields lists of dataset indices. Every batch must hold one latent shape (the script
+    concatenates latents). Its ``len()`` must be exact, constant and equal on every rank (the
+    script's step count comes from it, once), and the number of batches should be a multiple of
+    ``num_replicas`` so accelerate adds none. With ``stages``, the batches of every optimizer step
+    must come from that step's stage, computed from the sampler's own position (accelerate
+    fetches ahead): ``cogvx_ext.data.stages.StagedBatchSampler`` does that arithmetic around a
+    function that batches one pass over one stage. Samples of one clip and stage tagged
+    ``("scale", ...)`` are alternatives (``cogvx_ext.data.stages.alternative_groups``): each pass
+    trains one of them. ``cogvx_ext.data.sampling.EpochBatchSampler`` (fixed length, epochs
+    counted by the sampler, exact (epoch, batch) state) and ``SamplerResume`` (a checkpoint's step
+    to consumed batches, with the script's arithmetic) give a sampler of your own what the
+    built-ins have.
+
+    The core's default (trylast): ``None`` (the script's shuffled ``DataLoader``) when all samples
+    share a shape, otherwise a ``UsageError`` asking for a plugin that batches by shape; ``None``
+    with stages (the plugin that sets a schedule makes sure a sampler follows it). Stops at first
     non-None result.
 
-    :param samples: the dataset's samples, in dataset order.
+    :param samples: the dataset's ``Sample``s, in dataset order.
     :param batch_size: the script's ``--train_batch_size``.
     :param num_replicas: the number of training processes.
     :param args: the parsed arguments.
-    :param model: positional facts of the model.
-    :param stages: the schedule from ``cogvx_stages``, or ``None``.
+    :param model: the ``ModelInfo``.
+    :param stages: the list from ``cogvx_stages``, or ``None``.
     """
 
 
@@ -295,13 +357,13 @@ def cogvx_prompt_embeddings(
 ) -> torch.Tensor | None:
     """Return the text embeddings of ``prompts``: ``[len(prompts), max_sequence_length, D]``.
 
-    Replaces the scripts' ``compute_prompt_embeddings`` (T2V: every step; I2V: once per sample
-    at start). Before the first answer the core asks for every prompt of the dataset once, then
+    Replaces the scripts' ``compute_prompt_embeddings`` (T2V: every step; I2V: once per sample at
+    start). Before the first answer the core asks for every prompt of the dataset once, then
     again with ``cached_only``: answer only from what you have, without the text encoder, or
-    ``None``; when every prompt is answered that way the text encoder leaves the accelerator.
-    The built-in default (trylast) runs the script's own function where the text encoder is.
-    Calls that need gradients go to the script's function directly. Stops at first non-None
-    result.
+    ``None``; when every prompt is answered that way the text encoder moves to the CPU for the
+    rest of the run (validation moves it back to the CPU afterwards). Calls that need gradients
+    go to the script's function directly. The core's default (trylast): the script's own
+    function, run where the text encoder is. Stops at first non-None result.
 
     :param prompts: the texts as the script encodes them (id token included).
     :param tokenizer: the script's tokenizer.
@@ -323,8 +385,8 @@ def cogvx_cache_summary() -> dict[str, Any] | None:
 
     Return ``{"root": str, "hits": int, "misses": int, "recomputed": int, "store_errors": int}``
     (entries read, encoded, bad entries encoded again, entries that could not be written), or
-    ``None`` when the plugin keeps no cache. The cache commands need a plugin that answers. Stops
-    at first non-None result.
+    ``None`` when the plugin keeps no cache. The cache commands stop with one line when no plugin
+    answers. Stops at first non-None result.
     """
 
 
@@ -339,8 +401,8 @@ def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: 
 
     :param samples: every planned sample of the dataset (their clips, targets and prompts).
     :param args: the parsed arguments (the script's data flags and the plugins' own).
-    :param dry_run: list, do not remove.
-    :param temp_age: the age in seconds from which a temporary file is a killed writer's.
+    :param dry_run: name what would go, remove nothing.
+    :param temp_age: seconds after which a temporary file is a killed writer's.
     """
 
 
@@ -355,15 +417,15 @@ def cogvx_transformer_forward(
     """Adjust the keyword arguments of one transformer forward, in place.
 
     Fires before every forward (training, validation, and inference set up by
-    ``cogvx_ext.inference``), before ``cogvx_rotary_embedding``. ``inputs`` holds
-    ``hidden_states`` ``[B, F, C, H, W]``, ``encoder_hidden_states``, ``timestep``,
-    ``image_rotary_emb`` and whatever else the caller passed (``ofs``). A training forward runs
-    with gradients enabled; the pipelines run under ``torch.no_grad()``.
+    ``cogvx_ext.inference``), before ``cogvx_rotary_embedding``. Training forwards run with
+    gradients enabled, the pipelines under ``torch.no_grad()``.
 
     :param transformer: the model being called.
-    :param inputs: the forward's keyword arguments; modify in place.
+    :param inputs: the forward's keyword arguments (``hidden_states`` ``[B, F, C, H, W]``,
+        ``encoder_hidden_states``, ``timestep``, ``image_rotary_emb``, ``ofs``, ...): change them
+        in place.
     :param latent_shape: ``(frames, height, width)`` of ``hidden_states`` as it arrived.
-    :param model: positional facts of the model.
+    :param model: the ``ModelInfo``.
     """
 
 
@@ -375,14 +437,16 @@ def cogvx_rotary_embedding(
 
     Fires before every forward of a model that uses RoPE, after ``cogvx_transformer_forward``,
     with the shape of the tensor that actually reaches the transformer (accelerate fetches
-    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``. Return
-    ``None`` when your option is off: the core's default (trylast) then answers with the diffusers
-    pipeline's embedding at this latent shape, so a forward never goes without RoPE (the script's
-    own embedding, from ``--height/--width``, was skipped). Stops at first non-None result.
+    batches ahead, so no sampler state is trusted). The result replaces ``image_rotary_emb``.
+    When a chosen plugin implements it, the script's own per-step embedding (computed from
+    ``--height/--width``) is skipped. Return ``None`` when your option is off: when every plugin
+    does, the core's default (trylast) answers with what the diffusers pipeline computes at this
+    latent shape (``cogvx_ext.model.rope.default_rotary_embedding``), so a forward never goes
+    without RoPE. Stops at first non-None result.
 
-    :param model: positional facts of the model.
+    :param model: the ``ModelInfo``.
     :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.
-    :param device: where the embedding must live.
+    :param device: where the tensors must live.
     """
 
 
@@ -398,8 +462,8 @@ def cogvx_transformer_output(
 
     :param transformer: the model that was called.
     :param inputs: the keyword arguments the forward received.
-    :param output: what the forward returned (a tuple, or an output object).
-    :param model: positional facts of the model.
+    :param output: what it returned (a tuple, or an output object).
+    :param model: the ``ModelInfo``.
     """
 
 
@@ -411,27 +475,31 @@ def cogvx_transformer_output(
 def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
     """One iteration of the script's training loop has finished.
 
-    Fires from the script's ``accelerator.log(logs, step=...)`` call, once per loop iteration
-    (per micro-batch under gradient accumulation). Add entries to ``logs`` to send them to the
-    script's trackers with the loss.
+    Fires from the script's ``accelerator.log(logs, step=...)`` call: once per loop iteration (per
+    micro-batch under gradient accumulation), on every rank. Add entries to ``logs`` to send them
+    to the script's trackers with the loss (the progress bar shows the script's own entries).
 
     :param step: the script's ``global_step`` (optimizer steps so far).
-    :param logs: what the script is about to log (``loss``, ``lr``); add to it in place.
+    :param logs: the dict the script is about to log (``loss``, ``lr``); add entries in place.
     :param accelerator: the script's accelerator.
     """
 
 
 @hookspec
 def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
-    """Return this plugin's state to save with the script's checkpoint (JSON-serialisable).
+    """Return this plugin's state to save with the script's checkpoint (JSON-serialisable), or ``None``.
 
-    Fires when the script calls ``accelerator.save_state``. The core asks one plugin at a time
-    through the plugin manager (a ``wrapper=True`` implementation receives the list holding that
-    plugin's state) and writes every answer to ``cogvx_ext_state.json`` in the checkpoint folder,
-    atomically, keyed by what the plugin is (``module:Class``), not by its name on the command line.
+    Fires when the script calls ``accelerator.save_state(dir)`` (its checkpoints). The core asks
+    each plugin in turn through the plugin manager and writes the answers to
+    ``dir/cogvx_ext_state.json``, atomically, keyed by what the plugin is (``module:Class``, or
+    the module's name for a module plugin; ``cogvx_ext.plugin.state.plugin_identity``), not by the
+    name it got on the command line: resuming with ``--plugins
+    cogvx_ext_plugins.aspect_bucket:AspectBucket`` finds what ``aspect_bucket`` saved. A
+    ``wrapper=True`` implementation receives the list holding the state of the one plugin being
+    asked (``[]`` when it has none) and returns such a list.
 
-    :param step: the optimizer step being saved (from the script's ``checkpoint-<step>`` folder
-        name), or ``None`` when the folder is named otherwise.
+    :param step: the optimizer step being saved, read from the script's ``checkpoint-<step>``
+        folder name (``None`` for a folder named otherwise).
     """
 
 
@@ -439,8 +507,9 @@ def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
 def cogvx_load_state_dict(state: dict[str, Any]) -> None:
     """Restore this plugin's state from a checkpoint (``--resume_from_checkpoint``).
 
-    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state,
-    one plugin at a time through the plugin manager.
+    Fires when the script calls ``accelerator.load_state(dir)``, only for plugins with saved
+    state, each with the state saved under its identity, one plugin at a time through the plugin
+    manager (wrappers see each call).
 
     :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
     """
@@ -454,10 +523,13 @@ def cogvx_load_state_dict(state: dict[str, Any]) -> None:
 def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace) -> None:
     """The script has built a CogVideoX pipeline (validation, final test, or ``cogvx_ext.inference``).
 
-    Adapt it in place so inference sees what training saw (positional embeddings, RoPE).
+    Fires once per pipeline: the ones the script builds (validation, the final test) and the one
+    ``cogvx_ext.inference.prepare_pipeline`` prepares. Adapt it in place so inference sees what
+    training saw (positional embeddings, RoPE).
 
     :param pipe: a ``CogVideoXPipeline`` or ``CogVideoXImageToVideoPipeline``.
-    :param args: the parsed arguments, or the recorded training settings at inference.
+    :param args: the parsed arguments, or at inference a namespace of the settings recorded with
+        the LoRA.
     """
 
 
@@ -467,23 +539,27 @@ def cogvx_validation_args(
 ) -> None:
     """Change, in place, the list of pipeline calls one validation prompt makes.
 
-    ``variants`` starts as ``[pipeline_args]``, what the script passes to the pipeline (prompt,
-    height, width, ...); the script's ``log_validation`` then runs once per entry. Replace it to
-    validate at other sizes, edit the entries to change other settings.
+    ``variants`` starts as ``[pipeline_args]``, what the script passes to the pipeline for one
+    validation prompt (``prompt``, ``height``, ``width``, ...); the script's ``log_validation`` then
+    runs once per entry. Replace it to validate at other sizes, edit the entries to change other
+    settings. Plugins run in turn on the same list (use ``trylast=True`` to see what the others
+    chose).
 
-    :param variants: the pipeline arguments of each validation call; modify in place.
+    :param variants: the pipeline arguments of each validation call; change the list in place.
     :param args: the parsed arguments.
-    :param samples: the training samples (their targets are the trained shapes), or ``None``
+    :param samples: the training ``Sample``s (their targets are the trained shapes), or ``None``
         when the script's own dataset is in use.
     """
 
 
 @hookspec
 def cogvx_lora_metadata(args: argparse.Namespace) -> dict[str, Any]:
-    """Return settings to record with the saved LoRA (JSON-serialisable).
+    """Return settings to record with the saved LoRA (a JSON-serialisable dict).
 
-    The core writes every plugin's contribution to ``cogvx_ext.json`` next to the LoRA weights,
-    so ``cogvx_ext.inference.prepare_pipeline`` can set inference up the same way.
+    Fires at every LoRA save (checkpoints and the end). The core merges all plugins' dicts into
+    the ``settings`` of ``cogvx_ext.json`` next to ``pytorch_lora_weights.safetensors``, with the
+    plugin list, so ``cogvx_ext.inference.prepare_pipeline(pipe, lora_dir)`` can set inference up
+    the same way.
 
     :param args: the parsed arguments.
     """
@@ -493,6 +569,8 @@ def cogvx_lora_metadata(args: argparse.Namespace) -> dict[str, Any]:
 def cogvx_exception(exc: BaseException, args: argparse.Namespace) -> None:
     """An exception is escaping the script's ``main``; it propagates unchanged afterwards.
 
-    :param exc: the exception.
+    Fires once (``SystemExit`` is not reported).
+
+    :param exc: the exception escaping the script's ``main``.
     :param args: the parsed arguments.
     """

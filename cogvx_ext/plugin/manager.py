@@ -301,3 +301,140 @@ def chosen_hooks(pm: pluggy.PluginManager) -> set[str]:
 def implemented_by_plugins(caller: Any) -> bool:
     """Whether a plugin other than the core's defaults implements this hook (a hook caller)."""
     return any(impl.plugin_name != CORE_PLUGIN_NAME for impl in caller.get_hookimpls())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking one plugin without a run (`cogvx-ext plugins --check`)
+
+
+def plugin_defects(plugin: Any) -> list[str]:
+    """What is wrong with one loaded plugin (a module, a class, or an instance), one line each.
+
+    Finds what a run would stop at (a hook that does not exist, an argument the hook does not
+    have, a wrapper that does not yield) and what no run notices: a ``cogvx_*`` function without
+    ``@hookimpl`` (pluggy ignores it), an argument with a default (pluggy never passes it), no
+    hook implementation at all. ``[]`` when there is nothing to say.
+    """
+    if inspect.isclass(plugin):
+        plugin = plugin()
+    specs = {name: list(inspect.signature(fn).parameters) for name, fn in _spec_functions().items()}
+    defects: list[str] = []
+    implemented = 0
+    for attribute, function in _plugin_routines(plugin):
+        options = getattr(function, f"{hookspecs.PROJECT}_impl", None)
+        if options is None:
+            if attribute.startswith("cogvx_"):
+                defects.append(
+                    f"{attribute} has no @hookimpl, so it is never called (decorate it with cogvx_ext.hookimpl)"
+                )
+            continue
+        implemented += 1
+        hook = options.get("specname") or attribute
+        label = hook if hook == attribute else f"{attribute} (for {hook})"
+        if hook not in specs:
+            close = difflib.get_close_matches(hook, list(specs), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "hook names are listed in hooks.md"
+            defects.append(f"{label} is not a hook ({hint})")
+            continue
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                defects.append(
+                    f"{label} takes *{name}: name the arguments it needs ({', '.join(specs[hook])})"
+                )
+            elif name not in specs[hook]:
+                close = difflib.get_close_matches(name, specs[hook], n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                defects.append(
+                    f"{label} takes '{name}', which {hook} does not have ({hint}it has: {', '.join(specs[hook])})"
+                )
+            elif parameter.default is not parameter.empty:
+                defects.append(
+                    f"{label} gives '{name}' a default: pluggy never passes such an argument (remove the default)"
+                )
+        wrapper = options.get("wrapper") or options.get("hookwrapper")
+        if wrapper and not inspect.isgeneratorfunction(function):
+            defects.append(
+                f"{label} is a wrapper but does not yield (a wrapper is `result = yield`, then `return result`)"
+            )
+    if not implemented:
+        defects.append(
+            "it implements no hook (decorate its functions with cogvx_ext.hookimpl and name them after hooks in hooks.md)"
+        )
+    return defects
+
+
+def _spec_functions() -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in vars(hookspecs).items()
+        if name.startswith("cogvx_") and hasattr(value, f"{hookspecs.PROJECT}_spec")
+    }
+
+
+def _plugin_routines(plugin: Any):
+    """``(attribute, function)`` pairs pluggy would look at; for a module, only the functions it defines."""
+    is_module = inspect.ismodule(plugin)
+    for attribute in dir(plugin):
+        if attribute.startswith("__"):
+            continue
+        try:
+            value = getattr(plugin, attribute)
+        except Exception:  # a property that fails is not a hook
+            continue
+        if not inspect.isroutine(value):
+            continue
+        marked = hasattr(value, f"{hookspecs.PROJECT}_impl")
+        if is_module and not marked and getattr(value, "__module__", None) != plugin.__name__:
+            continue  # imported from elsewhere
+        yield attribute, value
+
+
+def check_plugin(item: str) -> dict[str, Any]:
+    """Load one ``--plugins`` item as a run would and say what it is: its name, purpose, hooks,
+    flags and defects (``defects`` empty when it is fine). A plugin that cannot be imported or
+    instantiated comes back with that as its one defect."""
+    report: dict[str, Any] = {
+        "item": item,
+        "name": plugin_name(item),
+        "hooks": [],
+        "flags": [],
+        "defects": [],
+    }
+    try:
+        name, plugin = _import_plugin(item)
+    except UsageError as exc:
+        report["defects"].append(str(exc))
+        return report
+    report["name"] = name
+    module = (
+        sys.modules.get(getattr(plugin, "__module__", None) or "") if not inspect.ismodule(plugin) else plugin
+    )
+    report["purpose"] = _purpose(module, plugin)
+    try:
+        instance = plugin() if inspect.isclass(plugin) else plugin
+    except Exception as exc:
+        report["defects"].append(f"creating it failed: {type(exc).__name__}: {exc}")
+        return report
+    report["defects"] = plugin_defects(instance)
+    report["hooks"] = sorted(
+        {
+            getattr(function, f"{hookspecs.PROJECT}_impl").get("specname") or attribute
+            for attribute, function in _plugin_routines(instance)
+            if hasattr(function, f"{hookspecs.PROJECT}_impl")
+        }
+    )
+    if report["defects"]:
+        return report
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    try:
+        register_plugin(pm, instance, name)
+        check_hooks(pm)
+        parser = argparse.ArgumentParser(add_help=False)
+        pm.hook.cogvx_add_arguments(parser=parser)
+        report["flags"] = [option for action in parser._actions for option in action.option_strings[:1]]
+    except UsageError as exc:
+        report["defects"].append(str(exc))
+    except Exception as exc:
+        report["defects"].append(f"its cogvx_add_arguments failed: {type(exc).__name__}: {exc}")
+    return report

@@ -89,6 +89,7 @@ class AspectBucket:
 
     @hookimpl
     def cogvx_configure(self, args: argparse.Namespace) -> None:
+        """Checks and completes its flags."""
         self.settings = configure(args)
 
     def _setup(self, args: argparse.Namespace, model: ModelInfo) -> BucketSettings:
@@ -171,6 +172,7 @@ class AspectBucket:
 
     @hookimpl
     def cogvx_clips_skipped(self, skipped: list[Any], when: str, args: argparse.Namespace) -> None:
+        """With ``--bucket_strict``: a clip left out stops the run."""
         if not getattr(args, "bucket_strict", False):
             return
         if when == "decode":
@@ -182,11 +184,14 @@ class AspectBucket:
 
     @hookimpl
     def cogvx_provides(self) -> list[str]:
+        """``shape_batches``: batches of one shape from samples of several."""
         # Batches of one latent shape however many shapes the targets have (multi_scale needs it).
         return ["shape_batches"]
 
     @hookimpl
     def cogvx_requires(self, args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
+        """``batch_rope`` on RoPE models, ``learned_posemb`` on 5b-I2V (its buckets change the
+        latent shape)."""
         self._setup(args, model)
         needs = []
         if model.rotary:
@@ -258,6 +263,7 @@ class AspectBucket:
     def cogvx_clip_targets(
         self, clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
     ) -> list[Target]:
+        """Each clip at the bucket of its aspect, a bucket being a size of each stage's area."""
         settings = self._setup(args, model)
         if not stages:
             return [self._target(clip, args, settings.buckets, self.frame_counts, ())]
@@ -333,6 +339,7 @@ class AspectBucket:
         model: ModelInfo,
         stages: list[Stage] | None,
     ) -> BucketBatchSampler | StagedBatchSampler:
+        """Batches of one bucket, stages and scales included, resumable at the exact batch."""
         settings = self._setup(args, model)
         if not samples:
             raise UsageError(
@@ -492,14 +499,17 @@ class AspectBucket:
 
     @hookimpl
     def cogvx_step_end(self, step: int) -> None:
+        """Counts the consumed batches, for an exact resume."""
         self.resume.last_step = int(step)
 
     @hookimpl
     def cogvx_state_dict(self, step: int | None) -> dict[str, Any] | None:
+        """The sampler's epoch and position."""
         return self.resume.state(step)
 
     @hookimpl
     def cogvx_load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues at the exact batch."""
         self.resume.restore(state)
 
     @hookimpl

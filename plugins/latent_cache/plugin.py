@@ -203,6 +203,8 @@ class LatentCache:
 
     @hookimpl(tryfirst=True, specname="cogvx_probe")
     def load_cached_probe(self, path: str):
+        """Answers from ``DIR/probes/`` (JSON keyed by the path, size and modification time), so a warm
+        launch opens no clip."""
         if self.root is None:
             return None
         try:
@@ -223,6 +225,8 @@ class LatentCache:
 
     @hookimpl(wrapper=True)
     def cogvx_probe(self, path: str):
+        """Stores what the probe below answered (``dataclasses.asdict`` of the ``VideoInfo``, so new fields
+        are kept too)."""
         info = yield
         if path in self._probes_served:
             self._probes_served.discard(path)
@@ -247,6 +251,8 @@ class LatentCache:
 
     @hookimpl(wrapper=True)
     def cogvx_encode_sample(self, sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace):
+        """Stores what was encoded below, as safetensors keyed by the clip's identity, the target (tags
+        included), the VAE and the dtype."""
         try:
             lookup = self.lookup(sample, vae, kind, args)
         except OSError:
@@ -309,6 +315,7 @@ class LatentCache:
 
     @hookimpl(wrapper=True)
     def cogvx_batch_sampler(self):
+        """Reports the cache's use after the encoding pass."""
         # Fires once, right after the encoding pass (before the DataLoader is made): the summary
         # goes before `yield` so a failing sampler does not hide it.
         if self.stats.hits or self.stats.misses:
@@ -373,6 +380,7 @@ class LatentCache:
         max_sequence_length: int,
         dtype: torch.dtype,
     ):
+        """Stores the prompts encoded below, one safetensors entry per prompt, kept in memory for the run."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if text_encoder is None or tokenizer is None:
             return (yield)
@@ -451,6 +459,7 @@ class LatentCache:
 
     @hookimpl
     def cogvx_cache_summary(self) -> dict[str, Any]:
+        """Hits, misses, entries encoded again and entries not written, with the cache's folder."""
         s = self.stats
         return {
             "root": str(self.root),
@@ -464,6 +473,8 @@ class LatentCache:
     def cogvx_cache_prune(
         self, samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float
     ) -> dict[str, Any]:
+        """Removes the entries no planned sample reaches, reading entry headers only; entries for another
+        VAE or dtype stay."""
         return prune(self.root, samples, args, dry_run, temp_age)
 
 

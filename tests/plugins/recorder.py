@@ -175,11 +175,12 @@ class Recorder:
         self.record("transformer_output", **fields)
         return None
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def cogvx_step_end(self, step, logs):
+        # Last, so it records what the other plugins added to the logs.
         self.steps_seen += 1
         logs["recorder_steps_seen"] = self.steps_seen
-        self.record("step_end", step=step, loss=float(logs["loss"]))
+        self.record("step_end", step=step, loss=float(logs["loss"]), logs=logs)
         if self.fail_at_step is not None and step >= self.fail_at_step:
             raise RuntimeError(f"recorder: failing on purpose at step {step}")
 

@@ -1,0 +1,6 @@
+from cogvx_ext import hookimpl
+
+
+@hookimpl
+def cogvx_accelerator_ready(accelerator):
+    accelerator.print(f"training on {accelerator.num_processes} process(es)")

@@ -1,0 +1,6 @@
+from cogvx_ext import hookimpl
+
+
+@hookimpl
+def cogvx_exception(exc):
+    print("training failed:", type(exc).__name__)

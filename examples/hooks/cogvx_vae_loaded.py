@@ -1,0 +1,6 @@
+from cogvx_ext import hookimpl
+
+
+@hookimpl
+def cogvx_vae_loaded(vae):
+    print(f"VAE scaling factor {vae.config.scaling_factor}")
