@@ -89,7 +89,7 @@ def needed_globals(run) -> dict[str, list[str]]:
         },
     }
     needed: dict[str, list[str]] = {"get_args": ["cogvx-ext itself"], "main": ["cogvx-ext itself"]}
-    for hook in run.chosen:
+    for hook in sorted(run.chosen):  # the same first missing seam on every rank
         for name in by_hook.get(hook, ()):
             needed.setdefault(name, []).append(hook)
     return needed
