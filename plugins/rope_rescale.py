@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import UsageError
+from cogvx_ext.base.errors import UsageError, report_warning
 from cogvx_ext.model import rope
 from cogvx_ext.model.facts import ModelInfo
 
@@ -102,6 +102,18 @@ class RopeRescale:
         """``batch_rope`` and ``frame_padding``."""
         # frame_padding: odd 1.5 latent frame counts are padded in cogvx_transformer_forward.
         return ["batch_rope", "frame_padding"]
+
+    @hookimpl
+    def cogvx_requires(self, model: ModelInfo) -> list[tuple[str, str]]:
+        """Nothing; on a model without RoPE (2b) it warns once that it does nothing in training."""
+        if not model.rotary and not model.patch_size_t:
+            # Not a stop: a fixed plugin list (the plan's default) may meet a 2b model.
+            report_warning(
+                f"rope_rescale does nothing in training for the {model.name} model (no RoPE: its sin-cos "
+                "positions follow every batch's size by themselves); only its validation sizes apply "
+                "(--validation_resolutions)"
+            )
+        return []
 
     def _read_args(self, args: argparse.Namespace) -> None:
         self.mode = getattr(args, "rope_mode", None) or "pipeline"

@@ -18,6 +18,7 @@ from cogvx_ext.plugin.manager import (
     load_plugins,
     make_plugin_manager,
     parse_plugin_list,
+    plugin_defects,
 )
 
 HERE = Path(__file__).parent
@@ -178,3 +179,51 @@ def test_module_attribute_picks_a_class_instantiated_per_run():
         load_plugins(
             make_plugin_manager(), parse_plugin_list([str(HERE / "plugins" / "recorder.py") + ":Nope"])
         )
+
+
+NEVER_CALLED = {
+    "undecorated": (
+        "def cogvx_clip_targets(clip, args):\n    return []\n",
+        "",
+        "has cogvx_clip_targets without @hookimpl: decorate it with cogvx_ext.hookimpl",
+    ),
+    "undecorated method": (
+        "from cogvx_ext import hookimpl\n\nclass Half:\n    @hookimpl\n    def cogvx_configure(self, args):\n"
+        "        pass\n\n    def cogvx_add_arguments(self, parser):\n        pass\n\n"
+        "    def cogvx_clip_target(self, clip):\n        pass\n",
+        ":Half",
+        "has cogvx_add_arguments without @hookimpl: decorate it with cogvx_ext.hookimpl; has "
+        "cogvx_clip_target without @hookimpl, and no hook has that name (did you mean 'cogvx_clip_targets'?)",
+    ),
+    "class not chosen": (
+        "from cogvx_ext import hookimpl\n\nclass ShapeLogger:\n    @hookimpl\n    def cogvx_configure(self, args):\n"
+        "        pass\n",
+        "",
+        "implements no hook itself; its class ShapeLogger does: use --plugins {path}:ShapeLogger",
+    ),
+    "no hook": ("WIDTH = 720\n", "", "implements no hook: hooks are functions or methods named after a hook"),
+    "chosen class without hooks": (
+        "class Empty:\n    pass\n",
+        ":Empty",
+        "implements no hook: hooks are functions or methods named after a hook",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NEVER_CALLED))
+def test_a_plugin_that_would_never_be_called_is_refused_naming_why(pm, tmp_path, case):
+    source, suffix, expected = NEVER_CALLED[case]
+    path = tmp_path / f"never_called_{case.replace(' ', '_')}.py"
+    path.write_text(source)
+    item = f"{path}{suffix}"
+    with pytest.raises(UsageError) as info:
+        load_plugins(pm, parse_plugin_list([item]))
+    message = str(info.value)
+    assert message.startswith(f"plugin '{item}' " + expected.format(path=path)), message
+    assert "\n" not in message
+    assert plugin_defects(pm.get_plugin(CORE_PLUGIN_NAME)) == []  # the core's defaults are sound
+
+
+def test_every_installed_plugin_is_free_of_defects():
+    for name, entry_point in installed_plugins().items():
+        assert plugin_defects(entry_point.load(), name) == [], name

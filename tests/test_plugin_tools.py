@@ -77,7 +77,7 @@ DEFECTS = {
         def cogvx_add_arguments(parser):
             parser.add_argument("--never_added")
         """,
-        ["cogvx_add_arguments has no @hookimpl, so it is never called (decorate it with cogvx_ext.hookimpl)"],
+        ["has cogvx_add_arguments without @hookimpl: decorate it with cogvx_ext.hookimpl"],
     ),
     "default_argument": (
         """
@@ -112,8 +112,8 @@ DEFECTS = {
             pass
         """,
         [
-            "it implements no hook (decorate its functions with cogvx_ext.hookimpl and name them after "
-            "hooks in hooks.md)"
+            "implements no hook: hooks are functions or methods named after a hook in hooks.md and "
+            "decorated with cogvx_ext.hookimpl"
         ],
     ),
 }
@@ -135,8 +135,10 @@ def test_imported_helpers_are_not_the_plugins_defects(tmp_path, monkeypatch):
         tmp_path, "imports_a_helper", "from cogvx_ext.plugin.hookspecs import cogvx_configure as cogvx_x\n"
     )
     module = __import__("imports_a_helper")
-    assert plugin_defects(module) == ["it implements no hook (decorate its functions with cogvx_ext.hookimpl "
-                                      "and name them after hooks in hooks.md)"]  # fmt: skip
+    assert plugin_defects(module) == [
+        "implements no hook: hooks are functions or methods named after a hook in hooks.md and "
+        "decorated with cogvx_ext.hookimpl"
+    ]
 
 
 def test_the_built_ins_and_the_hook_examples_have_no_defect():
@@ -184,8 +186,8 @@ def test_check_reports_every_defect_with_exit_status_2(tmp_path, capsys):
     assert status == 2
     assert "2 defect(s)" in out.splitlines()[0]
     assert err.splitlines() == [
-        "cogvx-ext: plugin 'two_defects_for_check': cogvx_add_arguments has no @hookimpl, so it is never called "
-        "(decorate it with cogvx_ext.hookimpl)",
+        "cogvx-ext: plugin 'two_defects_for_check': has cogvx_add_arguments without @hookimpl: "
+        "decorate it with cogvx_ext.hookimpl",
         "cogvx-ext: plugin 'two_defects_for_check': cogvx_configur is not a hook (did you mean 'cogvx_configure'?)",
     ]
 

@@ -34,10 +34,25 @@ def tracing() -> bool:
 
 def report_usage_error(exc: UsageError) -> None:
     """Write ``cogvx-ext: <message>`` on one line; with ``COGVX_EXT_TRACE`` set, the traceback of
-    what caused it first (a plugin author needs it, a user does not)."""
+    what caused it first (a plugin author needs it, a user does not). Under a launcher the line
+    goes to the launcher, which prints it once for all ranks (cogvx_ext.base.launchers)."""
+    from cogvx_ext.base.launchers import hand_to_launcher
+
     if tracing() and exc.__cause__ is not None:
         traceback.print_exception(exc.__cause__, file=sys.stderr)
-    sys.stderr.write(f"cogvx-ext: {exc}\n")
+    line = f"cogvx-ext: {exc}"
+    if hand_to_launcher(line):  # accelerate launch or torchrun prints it, once, last
+        return
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def report_warning(message: str) -> None:
+    """Write ``cogvx-ext: warning: <message>`` on one line, once per launch: on the first process
+    (``RANK`` 0 or unset), as every rank reaches the same verdict."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    sys.stderr.write(f"cogvx-ext: warning: {message}\n")
     sys.stderr.flush()
 
 

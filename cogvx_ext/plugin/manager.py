@@ -119,10 +119,110 @@ def load_plugins(pm: pluggy.PluginManager, choice: PluginChoice) -> list[str]:
         name, plugin = _import_plugin(item)
         if pm.is_registered(plugin) or pm.has_plugin(name):
             continue
+        defects = never_called_defects(plugin, item)
+        if defects:
+            raise UsageError(f"plugin '{item}' " + "; ".join(defects))
         register_plugin(pm, plugin, name)
         names.append(name)
     check_hooks(pm)
     return names
+
+
+def never_called_defects(plugin: Any, item: str | None = None) -> list[str]:
+    """What keeps a loaded plugin (a module, a class or an instance) from ever being called, each
+    in words that follow ``plugin 'NAME' ``; ``[]`` for a sound plugin. ``item`` is how the user
+    named it (for the ``:Name`` advice).
+
+    pluggy registers only what carries ``@hookimpl`` and accepts a plugin with no hook at all, so
+    a forgotten decorator or a ``.py`` file whose hooks sit in a class nobody chose would be loaded
+    and never called. As in pytest, where every ``pytest_*`` function is a hook, a ``cogvx_*``
+    function or method is taken as meant to be one.
+    """
+    hooks = _spec_names()
+    implemented, undecorated = [], []
+    for attribute in _hook_like_names(plugin):
+        if _is_hookimpl(plugin, attribute):
+            implemented.append(attribute)
+        else:
+            undecorated.append(attribute)
+    defects = []
+    meant = [a for a in undecorated if a in hooks]
+    if meant:
+        them = "it" if len(meant) == 1 else "them"
+        defects.append(f"has {_and(meant)} without @hookimpl: decorate {them} with cogvx_ext.hookimpl")
+    for attribute in (a for a in undecorated if a not in hooks):
+        close = difflib.get_close_matches(attribute, sorted(hooks), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "hook names are listed in hooks.md"
+        defects.append(
+            f"has {attribute} without @hookimpl, and no hook has that name ({hint}): name it after a "
+            "hook and decorate it with cogvx_ext.hookimpl, or drop the cogvx_ prefix from a helper"
+        )
+    if implemented or undecorated:
+        return defects
+    classes = _classes_with_hooks(plugin) if inspect.ismodule(plugin) else []
+    if classes:
+        base = _split_attribute(item)[0] if item else None
+        choices = " or ".join(f"{base}:{c}" if base else f":{c}" for c in classes)
+        where = f"its class {classes[0]} does" if len(classes) == 1 else f"its classes {_and(classes)} do"
+        return [f"implements no hook itself; {where}: use --plugins {choices}"]
+    return [
+        "implements no hook: hooks are functions or methods named after a hook in hooks.md and "
+        "decorated with cogvx_ext.hookimpl"
+    ]
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _spec_names() -> set[str]:
+    return {name for name in dir(hookspecs) if name.startswith("cogvx_")}
+
+
+def _hook_like_names(plugin: Any) -> list[str]:
+    """Names of the plugin's functions and methods that are hooks or look like one."""
+    names = []
+    is_module = inspect.ismodule(plugin)
+    for attribute in dir(plugin):
+        marked = _is_hookimpl(plugin, attribute)  # any name, with @hookimpl(specname=...)
+        if not attribute.startswith("cogvx_") and not marked:
+            continue
+        try:
+            value = getattr(plugin, attribute)
+        except Exception:  # a property that needs state the plugin does not have yet
+            continue
+        if is_module and not marked and getattr(value, "__module__", None) != plugin.__name__:
+            continue  # imported from elsewhere (a hook spec imported as a helper is not the plugin's)
+        if inspect.isroutine(value) or marked:
+            names.append(attribute)
+    return names
+
+
+def _is_hookimpl(plugin: Any, attribute: str) -> bool:
+    try:
+        return _MARKS.parse_hookimpl_opts(plugin, attribute) is not None
+    except Exception:
+        return False
+
+
+# Reads @hookimpl marks only (parse_hookimpl_opts); nothing is registered with it.
+_MARKS = pluggy.PluginManager(hookspecs.PROJECT)
+
+
+def _classes_with_hooks(module: Any) -> list[str]:
+    """Public classes a module holds whose methods carry @hookimpl (cogvx-ext's own left out)."""
+    found = []
+    for attribute in dir(module):
+        value = getattr(module, attribute, None)
+        if (
+            attribute.startswith("_")
+            or not inspect.isclass(value)
+            or (getattr(value, "__module__", "") or "").startswith("cogvx_ext")
+        ):
+            continue
+        if any(_is_hookimpl(value, name) for name in _hook_like_names(value)):
+            found.append(attribute)
+    return found
 
 
 def register_plugin(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
@@ -243,6 +343,77 @@ def _import_file(item: str) -> Any:
         sys.path.remove(str(path.parent))
 
 
+def parse_args_naming_flag_owners(
+    parser: argparse.ArgumentParser, argv: list[str], namespace: argparse.Namespace | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, except that a flag of an installed plugin that is not loaded
+    stops with one line naming the plugin to add, not the usage block and ``unrecognized
+    arguments``."""
+    args, extras = parser.parse_known_args(argv, namespace)
+    if not extras:
+        return args
+    owners = plugin_flag_owners(extras)
+    if owners:
+        by_plugin: dict[str, list[str]] = {}
+        for flag, plugin in owners.items():
+            by_plugin.setdefault(plugin, []).append(flag)
+        parts = [
+            f"{_and(flags)} {'belongs' if len(flags) == 1 else 'belong'} to plugin {plugin}"
+            for plugin, flags in by_plugin.items()
+        ]
+        them = "it" if len(by_plugin) == 1 else "them"
+        raise UsageError(f"{'; '.join(parts)}: add {them} to --plugins")
+    # What argparse's parse_args does with leftovers.
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    if getattr(parser, "exit_on_error", True):
+        parser.error(message)
+    raise argparse.ArgumentError(None, message)
+
+
+def plugin_flag_owners(arguments: Iterable[str]) -> dict[str, str]:
+    """``{flag: installed plugin that adds it}`` for the flags among ``arguments``.
+
+    Imports every installed plugin: only for flags a parser did not know, so that a run that
+    starts right never pays for it. A plugin that fails to load owns nothing here.
+    """
+    flags = []
+    for argument in arguments:
+        flag = argument.split("=", 1)[0]
+        if flag.startswith("--") and flag not in flags:
+            flags.append(flag)
+    if not flags:
+        return {}
+    owners: dict[str, str] = {}
+    for name, ep in sorted(installed_plugins().items()):
+        try:
+            options = _options_of(_alone(name, ep))
+        except Exception:
+            continue
+        for flag in flags:
+            if flag in options and flag not in owners:
+                owners[flag] = name
+    return {flag: owners[flag] for flag in flags if flag in owners}
+
+
+def _alone(name: str, ep: metadata.EntryPoint) -> pluggy.PluginManager:
+    """An installed plugin in a manager of its own, so that its flags are its alone."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    try:
+        plugin = ep.load()
+    except Exception as exc:
+        raise _import_failed(name, exc) from exc
+    register_plugin(pm, plugin, name)
+    check_hooks(pm)
+    return pm
+
+
+def _options_of(pm: pluggy.PluginManager) -> list[str]:
+    parser = argparse.ArgumentParser(add_help=False)
+    pm.hook.cogvx_add_arguments(parser=parser)
+    return [option for action in parser._actions for option in action.option_strings]
+
+
 def describe_installed() -> list[dict[str, Any]]:
     """Installed plugins: distribution version, one-line purpose, flags and hooks, or the error
     that keeps a plugin from loading."""
@@ -307,28 +478,21 @@ def implemented_by_plugins(caller: Any) -> bool:
 # Checking one plugin without a run (`cogvx-ext plugins --check`)
 
 
-def plugin_defects(plugin: Any) -> list[str]:
-    """What is wrong with one loaded plugin (a module, a class, or an instance), one line each.
+def plugin_defects(plugin: Any, item: str | None = None) -> list[str]:
+    """Everything wrong with one loaded plugin (a module, a class, or an instance), one line each
+    in words that follow ``plugin 'NAME': ``; ``[]`` when there is nothing to say.
 
-    Finds what a run would stop at (a hook that does not exist, an argument the hook does not
-    have, a wrapper that does not yield) and what no run notices: a ``cogvx_*`` function without
-    ``@hookimpl`` (pluggy ignores it), an argument with a default (pluggy never passes it), no
-    hook implementation at all. ``[]`` when there is nothing to say.
+    What would keep it from ever being called (``never_called_defects``: a ``cogvx_*`` function
+    without ``@hookimpl``, no hook at all, hooks only in a class nobody chose), and what a run
+    stops at when it registers it (a hook that does not exist, an argument the hook does not
+    have, an argument with a default — pluggy never passes it —, a wrapper that does not yield).
     """
-    if inspect.isclass(plugin):
-        plugin = plugin()
+    defects = never_called_defects(plugin, item)
     specs = {name: list(inspect.signature(fn).parameters) for name, fn in _spec_functions().items()}
-    defects: list[str] = []
-    implemented = 0
     for attribute, function in _plugin_routines(plugin):
         options = getattr(function, f"{hookspecs.PROJECT}_impl", None)
         if options is None:
-            if attribute.startswith("cogvx_"):
-                defects.append(
-                    f"{attribute} has no @hookimpl, so it is never called (decorate it with cogvx_ext.hookimpl)"
-                )
-            continue
-        implemented += 1
+            continue  # a cogvx_* one is named by never_called_defects
         hook = options.get("specname") or attribute
         label = hook if hook == attribute else f"{attribute} (for {hook})"
         if hook not in specs:
@@ -336,7 +500,10 @@ def plugin_defects(plugin: Any) -> list[str]:
             hint = f"did you mean '{close[0]}'?" if close else "hook names are listed in hooks.md"
             defects.append(f"{label} is not a hook ({hint})")
             continue
-        for name, parameter in inspect.signature(function).parameters.items():
+        parameters = list(inspect.signature(function).parameters.items())
+        if parameters and parameters[0][0] == "self" and inspect.isclass(plugin):
+            parameters = parameters[1:]  # a method read from its class
+        for name, parameter in parameters:
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 defects.append(
                     f"{label} takes *{name}: name the arguments it needs ({', '.join(specs[hook])})"
@@ -356,10 +523,6 @@ def plugin_defects(plugin: Any) -> list[str]:
             defects.append(
                 f"{label} is a wrapper but does not yield (a wrapper is `result = yield`, then `return result`)"
             )
-    if not implemented:
-        defects.append(
-            "it implements no hook (decorate its functions with cogvx_ext.hookimpl and name them after hooks in hooks.md)"
-        )
     return defects
 
 
@@ -415,7 +578,7 @@ def check_plugin(item: str) -> dict[str, Any]:
     except Exception as exc:
         report["defects"].append(f"creating it failed: {type(exc).__name__}: {exc}")
         return report
-    report["defects"] = plugin_defects(instance)
+    report["defects"] = plugin_defects(instance, item)
     report["hooks"] = sorted(
         {
             getattr(function, f"{hookspecs.PROJECT}_impl").get("specname") or attribute

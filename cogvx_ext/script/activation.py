@@ -150,6 +150,7 @@ def start_run(
         ENV_PLUGINS,
         load_plugins,
         make_plugin_manager,
+        parse_args_naming_flag_owners,
         parse_plugin_list,
         plugins_flag_values,
     )
@@ -171,7 +172,7 @@ def start_run(
             f"(also ${ENV_PLUGINS}). Loaded: {', '.join(run.plugin_names) or 'none'}.",
         )
     run.hook.cogvx_add_arguments(parser=parser)
-    run.args = _original_parse_args(parser, argv, namespace)
+    run.args = parse_args_naming_flag_owners(parser, argv, namespace)
     run.hook.cogvx_configure(args=run.args)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()

@@ -99,6 +99,7 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
         ENV_PLUGINS,
         load_plugins,
         make_plugin_manager,
+        parse_args_naming_flag_owners,
         parse_plugin_list,
         plugins_flag_values,
     )
@@ -112,7 +113,7 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
     if trainer:
         parser = with_script_flags(parser, trainer)
     pm.hook.cogvx_add_arguments(parser=parser)
-    args = parser.parse_args(argv)
+    args = parse_args_naming_flag_owners(parser, argv)
     pm.hook.cogvx_configure(args=args)
     model = None
     if args.pretrained_model_name_or_path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cogvx_ext.cli.plan.report import add_memory, build_report
+from cogvx_ext.cli.plan.report import add_memory, build_report, script_reads_the_data
 from cogvx_ext.cli.plan.text import format_report
 from cogvx_ext.cli.plan.to_json import report_to_json
 
@@ -13,8 +13,11 @@ from cogvx_ext.cli.plan.to_json import report_to_json
 def run_plan(argv: list[str]) -> int:
     """``cogvx-ext plan [the script's data flags] [plugin flags] [--json PATH]``."""
     from cogvx_ext.data.planning import plan_samples
+    from cogvx_ext.plugin.manager import chosen_hooks
     from cogvx_ext.script.data_formats import read_script_data
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
+    from cogvx_ext.script.seams.kinds import plugins_read_the_data
+    from cogvx_ext.script.stock_data import script_reading
 
     parser = script_data_parser("cogvx-ext plan", "The bucket plan of a dataset, from clip headers only.")
     parser.add_argument(
@@ -48,6 +51,8 @@ def run_plan(argv: list[str]) -> int:
     entries, skipped = read_script_data(args)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
+    if not plugins_read_the_data(chosen_hooks(run.pm)):  # training leaves the script's VideoDataset alone
+        script_reads_the_data(report, script_reading(args, run.model, run.plugin_names))
     if args.memory and report.buckets:
         from cogvx_ext.plugin.memory_check import setup_for_plugins
 
@@ -68,4 +73,5 @@ def run_plan(argv: list[str]) -> int:
         print(f"chart drawn in {args.chart}", file=sys.stderr if args.json == "-" else sys.stdout)
     if report.skipped:  # a plugin may stop here, as it stops training (aspect_bucket's --bucket_strict)
         run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args)
-    return 0 if report.ok else 1
+    # 1: training would not go through: nothing to train on, or a clip the script's own data path stops on
+    return 0 if report.ok and not report.unusable else 1

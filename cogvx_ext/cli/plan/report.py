@@ -19,7 +19,7 @@ class ClipPlan:
     of the source picture cut away; ``upscale`` > 1 means the clip is enlarged."""
 
     path: str
-    status: str  # "ok" or "skipped"
+    status: str  # "ok", "skipped", or "unusable" (a clip the script's own data path would get as it is)
     reason: str | None = None
     source: VideoInfo | None = None
     width: int | None = None
@@ -79,6 +79,10 @@ class PlanReport:
     stages: list[StageRow] = field(default_factory=list)
     total_steps: int | None = None  # optimizer steps of the run (--max_train_steps, or epochs)
     memory: dict[str, Any] | None = None  # plan --memory: the setup, and the sampler's budget if any
+    # "plugins": a chosen plugin reads the data (cogvx_ext.data); "script": the script's own
+    # VideoDataset does, and data_path_note says what that means.
+    data_path: str = "plugins"
+    data_path_note: str | None = None
 
     @property
     def ok(self) -> list[ClipPlan]:
@@ -87,6 +91,19 @@ class PlanReport:
     @property
     def skipped(self) -> list[ClipPlan]:
         return [c for c in self.clips if c.status == "skipped"]
+
+    @property
+    def unusable(self) -> list[ClipPlan]:
+        return [c for c in self.clips if c.status == "unusable"]
+
+
+def script_reads_the_data(report: PlanReport, note: str) -> None:
+    """No chosen plugin reads the data: the script's own ``VideoDataset`` skips nothing, so a clip
+    cogvx-ext would skip is one the script stops on (or trains as it is): not skipped, unusable."""
+    from dataclasses import replace
+
+    report.data_path, report.data_path_note = "script", note
+    report.clips = [replace(c, status="unusable") if c.status == "skipped" else c for c in report.clips]
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

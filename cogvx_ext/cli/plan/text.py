@@ -24,14 +24,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def format_report(report: PlanReport) -> str:
     """The plan as text: the bucket table, crop and upscale statistics, every skipped clip."""
-    ok, skipped = report.ok, report.skipped
+    ok, skipped, unusable = report.ok, report.skipped, report.unusable
+    by_script = report.data_path == "script"
     used = len({c.path for c in ok})
     # Stages and scales make several samples of one clip: count clips, and say how many samples.
     samples = f"{len(ok)} samples in " if len(ok) > used else ""
-    lines = [
-        f"cogvx-ext plan ({', '.join(report.plugins) or 'stock sizes'}): {used + len(skipped)} clips, {used} used, {len(skipped)} skipped; "
+    left_out = f"{len(unusable)} unusable" if by_script else f"{len(skipped)} skipped"
+    lines = [f"data: {report.data_path_note}"] if by_script else []
+    lines.append(
+        f"cogvx-ext plan ({', '.join(report.plugins) or 'stock sizes'}): {used + len(skipped) + len(unusable)} "
+        f"clips, {used} used, {left_out}; "
         f"{samples}{len({b.latent for b in report.buckets})} shapes; {report.num_replicas} process(es)"
-    ]
+    )
     if report.stages:
         lines.append(
             f"schedule: {len(report.stages)} stages over {report.total_steps} optimizer steps "
@@ -126,21 +130,35 @@ def format_report(report: PlanReport) -> str:
         )
     turned = {c.path: c.source for c in ok if c.source and _display_differs(c.source)}
     if turned:
-        lines.append(
-            f"display geometry ({len(turned)} clips shown otherwise than stored; bucketed as shown):"
+        treated = (
+            "the script reads them as stored: they train sideways or stretched"
+            if by_script
+            else "bucketed as shown"
         )
+        lines.append(f"display geometry ({len(turned)} clips shown otherwise than stored; {treated}):")
         lines.extend(
             f"  {path}: stored {info.stored_size}, rotation {info.rotation}, sample aspect {info.sample_aspect}"
             f" -> display {info.display_size}"
             for path, info in turned.items()
         )
     read_by_pyav = sorted({c.path for c in ok if c.source and c.source.decoder == "pyav"})
-    if read_by_pyav:
+    if read_by_pyav and by_script:
+        lines.append(
+            f"decord cannot read these, or reads them wrongly ({len(read_by_pyav)} clips; the script reads "
+            "them with decord all the same):"
+        )
+    elif read_by_pyav:
         lines.append(f"read with PyAV ({len(read_by_pyav)} clips decord cannot read, or reads wrongly):")
         lines.extend(f"  {path}" for path in read_by_pyav)
     if skipped:
         lines.append(f"skipped ({len(skipped)}):")
         lines.extend(f"  {c.path}: {c.reason}" for c in skipped)
+    if unusable:
+        lines.append(
+            f"unusable ({len(unusable)}; the script's own data path skips nothing: it stops on a clip it "
+            "cannot read):"
+        )
+        lines.extend(f"  {c.path}: {c.reason}" for c in unusable)
     return "\n".join(lines)
 
 

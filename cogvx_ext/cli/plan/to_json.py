@@ -37,6 +37,10 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             }
         clips.append(entry)
     return {
+        # "plugins": cogvx-ext reads the data (skips, display geometry, the plugins' sizes);
+        # "script": the training script's own VideoDataset does, as data_path_note says.
+        "data_path": report.data_path,
+        "data_path_note": report.data_path_note,
         "clips": clips,
         "buckets": [
             {
@@ -72,6 +76,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             "clips": len(report.clips),
             "used": len(report.ok),
             "skipped": len(report.skipped),
+            "unusable": len(report.unusable),
             "batches_per_epoch": report.batches_per_epoch,
             "steps_per_epoch": report.steps_per_epoch,
             "num_replicas": report.num_replicas,

@@ -42,7 +42,13 @@ from cogvx_ext.script.seams.accelerator import _accelerator_factory
 from cogvx_ext.script.seams.checkpoints import _ShutilAcrossRanks
 from cogvx_ext.script.seams.dataloader import _make_dataloader
 from cogvx_ext.script.seams.dataset import ScriptDataset, ScriptEncoding
-from cogvx_ext.script.seams.kinds import DATA_HOOKS, I2V_PIPELINE, T2V_PIPELINE, script_kind
+from cogvx_ext.script.seams.kinds import (
+    DATA_HOOKS,
+    I2V_PIPELINE,
+    T2V_PIPELINE,
+    plugins_read_the_data,
+    script_kind,
+)
 from cogvx_ext.script.seams.main import _report_uncaught, _wrap_main
 from cogvx_ext.script.seams.models import (
     _LoaderProxy,
@@ -83,7 +89,7 @@ def needed_globals(run) -> dict[str, list[str]]:
         },
     }
     needed: dict[str, list[str]] = {"get_args": ["cogvx-ext itself"], "main": ["cogvx-ext itself"]}
-    for hook in run.chosen:
+    for hook in sorted(run.chosen):  # the same first missing seam on every rank
         for name in by_hook.get(hook, ()):
             needed.setdefault(name, []).append(hook)
     return needed
@@ -141,7 +147,7 @@ def install(run) -> None:
         )
     if "cogvx_rotary_embedding" in run.chosen and "prepare_rotary_positional_embeddings" in g:
         g["prepare_rotary_positional_embeddings"] = _rope_from_forward_hook
-    if any(h in run.chosen for h in DATA_HOOKS):
+    if plugins_read_the_data(run.chosen):
         run.pm.register(ScriptEncoding(run), name="cogvx_ext.script_encoding")
         g["VideoDataset"] = functools.partial(ScriptDataset, run)
         g["DataLoader"] = functools.partial(_make_dataloader, run, g["DataLoader"])
