@@ -81,7 +81,7 @@ def configured(argv, *plugins):
 
 def test_requires_a_sampler_that_batches_by_shape():
     pm, args = configured([], MultiScale())
-    (needs,) = pm.hook.cogvx_requires(args=args, model=V10)
+    needs = [need for answer in pm.hook.cogvx_requires(args=args, model=V10) for need in answer]
     assert (
         "shape_batches",
         "multi_scale trains several sizes per clip: add aspect_bucket to --plugins",
