@@ -127,5 +127,9 @@ class MultiScale:
         return [copy for target in targets for copy in scaled_targets(target, scales)]
 
     @hookimpl
+    def cogvx_training_settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"multi_scale_areas": self.scales or parse_scales(args.multi_scale_areas)}
+
+    @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
         return {"multi_scale_areas": self.scales}

@@ -8,6 +8,7 @@ Life of a run (T2V and I2V scripts alike)::
 
     get_args()  ── cogvx_add_arguments ─ parse ─ cogvx_configure ─ cogvx_provides/cogvx_requires
                 ─ cogvx_memory_check (only when a chosen plugin implements it)
+                ─ cogvx_training_settings (with --resume_from_checkpoint: compared with the checkpoint's)
     main(args)
       Accelerator(...)                      ── cogvx_accelerator_ready
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
@@ -21,7 +22,8 @@ Life of a run (T2V and I2V scripts alike)::
       every transformer forward             ── cogvx_transformer_forward, cogvx_rotary_embedding,
                                                cogvx_transformer_output
       every loop iteration (accelerator.log)── cogvx_step_end
-      accelerator.save_state / load_state   ── cogvx_state_dict / cogvx_load_state_dict
+      accelerator.save_state / load_state   ── cogvx_state_dict, cogvx_training_settings /
+                                               cogvx_load_state_dict
       validation pipeline                   ── cogvx_pipeline_loaded, cogvx_validation_args
       LoRA saved                            ── cogvx_lora_metadata
       an exception escapes main             ── cogvx_exception
@@ -443,6 +445,27 @@ def cogvx_load_state_dict(state: dict[str, Any]) -> None:
     one plugin at a time through the plugin manager.
 
     :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
+    """
+
+
+@hookspec
+def cogvx_training_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Return this plugin's settings that change what is trained, the data or the model (JSON-serialisable).
+
+    The core records every chosen plugin's answer in each checkpoint (``cogvx_ext_state.json``,
+    keyed by what the plugin is, ``module:Class``), with the plugin set. On
+    ``--resume_from_checkpoint`` it compares the checkpoint's record with the resuming run's, at
+    start, before any model loads: a plugin with settings that is left out or added, or a setting
+    of another value, stops the run with one line listing the differences
+    (``--allow_changed_plugins_on_resume`` continues with one warning line). Name each setting
+    after its flag (without the dashes) and give the value the run uses, defaults resolved.
+    Return ``None``, or leave the hook out, when nothing the plugin does changes the data or the
+    model (logging, a cache under content keys): such a plugin may come and go between a
+    checkpoint and its resume. ``{}`` means the plugin's presence alone changes the training.
+    Not firstresult: each plugin is asked on its own (a ``wrapper=True`` implementation receives
+    the list holding that plugin's answer).
+
+    :param args: the parsed arguments, after ``cogvx_configure``.
     """
 
 
