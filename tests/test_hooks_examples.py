@@ -170,6 +170,7 @@ def test_every_hooks_md_example_runs_and_its_hooks_fire(
         "cogvx_batch_sampler", "cogvx_prompt_embeddings", "cogvx_transformer_forward",
         "cogvx_rotary_embedding", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
         "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata", "cogvx_memory_check",
+        "cogvx_training_settings",
     ]  # fmt: skip
     data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)], prompts=["a", "b"])
     out = tmp_path / "out"
