@@ -129,6 +129,10 @@ class MultiScale:
         return [copy for target in targets for copy in scaled_targets(target, scales)]
 
     @hookimpl
+    def cogvx_training_settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"multi_scale_areas": self.scales or parse_scales(args.multi_scale_areas)}
+
+    @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
         """``multi_scale_areas``."""
         return {"multi_scale_areas": self.scales}

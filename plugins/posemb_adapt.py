@@ -169,6 +169,10 @@ class PosembAdapt:
         install(pipe.transformer, self.mode)
 
     @hookimpl
+    def cogvx_training_settings(self) -> dict[str, Any]:
+        return {"posemb_mode": self.mode}  # the positional table the model trains with
+
+    @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
         """``posemb_mode``."""
         return {"posemb_mode": self.mode}

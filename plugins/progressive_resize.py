@@ -449,6 +449,18 @@ class ProgressiveResize:
         self.resume.restore(state)
 
     @hookimpl
+    def cogvx_training_settings(self, args: argparse.Namespace) -> dict[str, Any] | None:
+        # The schedule as given: stages past --max_train_steps are left out of this run's, and a
+        # resume that trains longer reaches them as planned.
+        text = getattr(args, "progressive_stages", None)
+        if text is None:
+            return None  # no schedule: the plugin changes nothing
+        return {
+            "progressive_stages": "".join(text.split()),
+            "progressive_warmup_steps": int(getattr(args, "progressive_warmup_steps", 0) or 0),
+        }
+
+    @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
         """The schedule."""
         if not self.stages:

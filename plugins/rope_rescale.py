@@ -241,6 +241,10 @@ class RopeRescale:
             ]
 
     @hookimpl
+    def cogvx_training_settings(self) -> dict[str, Any]:
+        return {"rope_mode": self.mode}  # the positions the model learns
+
+    @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
         """``rope_mode``."""
         return {"rope_mode": self.mode}

@@ -368,8 +368,9 @@ def test_a_rope_plugin_answering_none_leaves_the_default_rope(tiny_models, t2v_t
 
 
 def test_files_the_run_writes_are_readable_by_teammates(tiny_models, t2v_trainer, train, tmp_path):
-    # umask 022: a shared latent cache, the LoRA folder's record and the checkpoint's plugin state
-    # must be 0644 like every other file the run writes, not mkstemp's private 0600.
+    # umask 022: a shared latent cache, the LoRA and its record, and every file of a checkpoint
+    # must be 0644 like every other file the run writes, not the private 0600 of mkstemp or of
+    # safetensors (which saves through a private temporary file: the LoRA weights, model weights).
     data = mixed_dataset(tmp_path / "data", MIXED[:2])
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = script_args(tiny_models["5b"], data, out, "--plugins", "aspect_bucket,rope_rescale,latent_cache",
@@ -380,9 +381,13 @@ def test_files_the_run_writes_are_readable_by_teammates(tiny_models, t2v_trainer
     finally:
         os.umask(previous)
     entries = [p for p in cache.rglob("*") if p.is_file()]
-    written = [*entries, out / "cogvx_ext.json", out / "checkpoint-2" / "cogvx_ext_state.json"]
+    checkpoint = [p for p in (out / "checkpoint-2").rglob("*") if p.is_file()]
+    lora = [out / "pytorch_lora_weights.safetensors", out / "cogvx_ext.json"]
+    written = [*entries, *checkpoint, *lora]
     assert entries and all(p.is_file() for p in written)
-    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+    assert {"cogvx_ext_state.json", "pytorch_lora_weights.safetensors"} <= {p.name for p in checkpoint}
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert modes == {name: "0o644" for name in modes}
 
 
 BAD_TARGETS = f"{HERE / 'plugins' / 'bad_targets.py'}:BadTargets"

@@ -142,7 +142,7 @@ class Runs:
         "cogvx_accelerator_ready", "cogvx_transformer_loaded", "cogvx_vae_loaded", "cogvx_encode_sample",
         "cogvx_batch_sampler", "cogvx_prompt_embeddings", "cogvx_transformer_forward",
         "cogvx_rotary_embedding", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
-        "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata",
+        "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata", "cogvx_training_settings",
     ]  # fmt: skip
 
     @functools.cached_property
@@ -171,6 +171,13 @@ class Runs:
             parameters = safetensors.torch.load_file(path)["parameters"]
             safetensors.torch.save_file({"parameters": torch.zeros_like(parameters)}, path)
         return ok(_run_trainer(self.trainer, self.general_args(4, "--resume_from_checkpoint", "latest")))
+
+    @functools.cached_property
+    def resumed_with_other_settings(self):
+        assert self.general.returncode == 0
+        return _run_trainer(
+            self.trainer, self.general_args(4, "--resume_from_checkpoint", "checkpoint-2", "--caption_dropout", "0.5")
+        )
 
     def latent_files(self) -> list[Path]:
         return sorted((self.root / "out" / "latents").glob("*.safetensors"))
@@ -425,6 +432,16 @@ def _(runs):
 def _(runs):
     assert runs.resumed.returncode == 0  # from checkpoint-3, which held 3 forwards
     assert saved_state(runs, 4) == {"forwards": 4}
+
+
+@check("cogvx_training_settings")
+def _(runs):
+    assert runs.general.returncode == 0
+    record = json.loads((runs.root / "out" / "checkpoint-1" / "cogvx_ext_state.json").read_text())
+    assert {"caption_dropout": 0.0} in [entry.get("settings") for entry in record["plugin_settings"]], record
+    assert runs.resumed_with_other_settings.returncode == 2
+    last = runs.resumed_with_other_settings.stderr.strip().splitlines()[-1]
+    assert last.startswith("cogvx-ext: --resume_from_checkpoint: ") and "caption_dropout" in last, last
 
 
 @check("cogvx_pipeline_loaded")

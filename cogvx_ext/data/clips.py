@@ -162,7 +162,9 @@ class ListingEntry:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A clip left out of training, with the reason; always reported."""
+    """A clip left out of training, with the reason; always reported. ``prompt``: its caption,
+    where the listing gave one (the plan shows it, so the pairing can be checked)."""
 
     path: str
     reason: str
+    prompt: str | None = None

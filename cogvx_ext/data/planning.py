@@ -42,10 +42,10 @@ def plan_samples(
             asked = dict(clip=clip, args=args, model=model, stages=stages)
             targets = hook.cogvx_clip_targets(**asked)
         except SkipClip as exc:
-            skipped.append(Skipped(entry.path, str(exc)))
+            skipped.append(Skipped(entry.path, str(exc), entry.prompt))
             continue
         if not targets:
-            skipped.append(Skipped(entry.path, "no plugin produced a training target for it"))
+            skipped.append(Skipped(entry.path, "no plugin produced a training target for it", entry.prompt))
             continue
         check_clip_targets(hook.cogvx_clip_targets, asked, targets, clip, model)
         samples.extend(Sample(clip, target) for target in targets)

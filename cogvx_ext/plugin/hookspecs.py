@@ -515,6 +515,27 @@ def cogvx_load_state_dict(state: dict[str, Any]) -> None:
     """
 
 
+@hookspec
+def cogvx_training_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Return this plugin's settings that change what is trained, the data or the model (JSON-serialisable).
+
+    The core records every chosen plugin's answer in each checkpoint (``cogvx_ext_state.json``,
+    keyed by what the plugin is, ``module:Class``), with the plugin set. On
+    ``--resume_from_checkpoint`` it compares the checkpoint's record with the resuming run's, at
+    start, before any model loads: a plugin with settings that is left out or added, or a setting
+    of another value, stops the run with one line listing the differences
+    (``--allow_changed_plugins_on_resume`` continues with one warning line). Name each setting
+    after its flag (without the dashes) and give the value the run uses, defaults resolved.
+    Return ``None``, or leave the hook out, when nothing the plugin does changes the data or the
+    model (logging, a cache under content keys): such a plugin may come and go between a
+    checkpoint and its resume. ``{}`` means the plugin's presence alone changes the training.
+    Not firstresult: each plugin is asked on its own (a ``wrapper=True`` implementation receives
+    the list holding that plugin's answer).
+
+    :param args: the parsed arguments, after ``cogvx_configure``.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation, inference and the saved LoRA
 

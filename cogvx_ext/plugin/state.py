@@ -1,4 +1,5 @@
-"""Plugin state in a checkpoint: asked for and handed back through the plugin manager.
+"""Plugin state in a checkpoint: asked for and handed back through the plugin manager; and the
+plugins' training settings (``cogvx_training_settings``) recorded with it and compared on resume.
 
 Each plugin's state is kept under the plugin's identity, what the plugin *is* (its class or
 module, ``cogvx_ext_plugins.aspect_bucket.plugin:AspectBucket``), not the name it was given on
@@ -15,6 +16,7 @@ other hook, and each answer is known to be that plugin's.
 from __future__ import annotations
 
 import inspect
+import json
 from types import ModuleType
 from typing import Any
 
@@ -77,3 +79,57 @@ def restore_states(pm: pluggy.PluginManager, states: dict[str, Any]) -> list[str
             _one_plugin_caller(pm, "cogvx_load_state_dict", plugin)(state=states[key])
             restored.append(identity)
     return restored
+
+
+def training_settings(pm: pluggy.PluginManager, names: list[str], args: Any) -> list[dict[str, Any]]:
+    """``[{"plugin": identity, "name": name, "settings": dict or None}]`` for every chosen plugin, in
+    load order: what each declares through ``cogvx_training_settings`` (``None``: it declares
+    nothing, so it cannot change what is trained), as JSON would give it back."""
+    record = []
+    for name in names:
+        plugin = pm.get_plugin(name)
+        if plugin is None:
+            continue
+        answers = _one_plugin_caller(pm, "cogvx_training_settings", plugin)(args=args)
+        answers = [a for a in answers or () if a is not None]
+        settings = None
+        if answers:
+            settings = {}
+            for answer in answers:
+                settings.update(answer)
+            settings = json.loads(json.dumps(settings, default=str))
+        record.append({"plugin": plugin_identity(plugin), "name": name, "settings": settings})
+    return record
+
+
+def settings_differences(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[str]:
+    """What differs between two :func:`training_settings` records, one phrase each: a plugin that
+    changes the training left out or added, a setting of another value. Plugins that declare no
+    settings in either record may come and go."""
+    before = {p["plugin"]: p for p in saved if p.get("settings") is not None}
+    now = {p["plugin"]: p for p in current if p.get("settings") is not None}
+    loaded = {p["plugin"] for p in current}
+    differences = []
+    for identity, entry in before.items():
+        if identity not in now:
+            how = "declares no settings now" if identity in loaded else "left out"
+            differences.append(f"{entry['name']} {how}")
+    for identity, entry in now.items():
+        if identity not in before:
+            differences.append(f"{entry['name']} added")
+            continue
+        old, new = before[identity]["settings"], entry["settings"]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, _UNSET) != new.get(key, _UNSET):
+                differences.append(f"{entry['name']} {key} {_shown(old, key)} -> {_shown(new, key)}")
+    return differences
+
+
+_UNSET = object()
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    if key not in settings:
+        return "(unset)"
+    text = json.dumps(settings[key])
+    return text if len(text) <= 60 else text[:57] + "..."

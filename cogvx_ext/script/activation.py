@@ -148,6 +148,7 @@ def start_run(
     from cogvx_ext.model.facts import ModelInfo
     from cogvx_ext.plugin.manager import (
         ENV_PLUGINS,
+        chosen_hooks,
         load_plugins,
         make_plugin_manager,
         parse_args_naming_flag_owners,
@@ -156,7 +157,13 @@ def start_run(
     )
     from cogvx_ext.plugin.memory_check import check_before_loading
     from cogvx_ext.script import seams
-    from cogvx_ext.script.data_formats import check_data_source
+    from cogvx_ext.script.data_formats import (
+        add_data_format_arguments,
+        check_data_source,
+        check_unpaired_flag,
+    )
+    from cogvx_ext.script.resume import add_resume_arguments, check_resume
+    from cogvx_ext.script.seams.kinds import DATA_HOOKS
 
     choice = parse_plugin_list(
         [os.environ.get(ENV_PLUGINS), *registration.plugins, *plugins_flag_values(argv)]
@@ -171,15 +178,36 @@ def start_run(
             help="cogvx-ext plugins to use: comma list of names, no:NAME, dotted modules or .py files "
             f"(also ${ENV_PLUGINS}). Loaded: {', '.join(run.plugin_names) or 'none'}.",
         )
+    add_data_format_arguments(parser)
+    add_resume_arguments(parser)
     run.hook.cogvx_add_arguments(parser=parser)
     run.args = parse_args_naming_flag_owners(parser, argv, namespace)
     run.hook.cogvx_configure(args=run.args)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()
     check_before_loading(pm, run.args, run.model)
-    check_data_source(run.args)  # before the script loads any model (minutes for a real 5b)
+    # What the arguments and files already tell, before the script loads any model (minutes for a
+    # real 5b) rather than at the first checkpoint or the first clip.
+    check_output_dir(run.args)
+    check_resume(pm, run.plugin_names, run.args)
+    check_unpaired_flag(run.args, data_plugin=bool(chosen_hooks(pm) & set(DATA_HOOKS)))
+    check_data_source(run.args)
     seams.install(run)
     return run
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """Stop when ``--output_dir`` cannot take files: found otherwise at the first checkpoint (hours
+    in) or at the final save. A folder that does not exist yet is created by the script."""
+    from cogvx_ext.base.io import folder_write_problem
+
+    output_dir = getattr(args, "output_dir", None)
+    problem = folder_write_problem(output_dir) if output_dir else None
+    if problem:
+        raise UsageError(
+            f"--output_dir {output_dir} {problem}; the checkpoints and the LoRA are saved there: "
+            "give a folder you can write to"
+        )
 
 
 def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 from cogvx_ext.base.errors import OneLineParser, UsageError
 from cogvx_ext.model.facts import RELEASED, ModelInfo, released_model
+from cogvx_ext.script.data_formats import add_data_format_arguments
 
 ENV_TRAINER = "COGVX_EXT_TRAINER"
 _module_counter = itertools.count(1)
@@ -90,6 +91,7 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
         default=None,
         help="plugins, as for training (default: aspect_bucket,rope_rescale)",
     )
+    add_data_format_arguments(t)
     return parser
 
 
@@ -125,6 +127,11 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
             )
     model = model or released_model(args.model or "5b")
     check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
+    from cogvx_ext.plugin.manager import chosen_hooks
+    from cogvx_ext.script.data_formats import check_unpaired_flag
+    from cogvx_ext.script.seams.kinds import DATA_HOOKS
+
+    check_unpaired_flag(args, data_plugin=bool(chosen_hooks(pm) & set(DATA_HOOKS)))
     from cogvx_ext.plugin.memory_check import check_before_loading
 
     check_before_loading(pm, args, model, args.model)

@@ -513,6 +513,30 @@ class AspectBucket:
         self.resume.restore(state)
 
     @hookimpl
+    def cogvx_training_settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Every setting that decides the buckets, the clips kept, the crops, frames and batches:
+        resuming with another would continue on other data (--bucket_strict only stops, so is not one)."""
+        s = self.settings if self.settings is not None else configure(args)
+        return {
+            "bucket_area": s.area,
+            "buckets": getattr(args, "buckets", None),
+            "bucket_min_side": s.min_side,
+            "bucket_max_side": s.max_side,
+            "bucket_max_aspect": s.max_aspect,
+            "bucket_spacing": s.spacing,
+            "bucket_max_crop": s.max_crop,
+            "bucket_upscale_limit": s.upscale_limit,
+            "bucket_crop": s.crop_position,
+            "bucket_frames": s.frames_spec,
+            "bucket_token_budget": s.token_budget,
+            "bucket_memory_budget": s.memory_budget,
+            "bucket_memory_margin": s.memory_margin,
+            "bucket_max_batch": s.max_batch,
+            "bucket_remainder": s.remainder,
+            "bucket_seed": s.seed,
+        }
+
+    @hookimpl
     def cogvx_lora_metadata(self) -> dict[str, Any]:
         """The shapes the LoRA was trained at, for validation and inference at the same sizes."""
         if self.sampler is None:

@@ -14,6 +14,7 @@ import torch
 
 from cogvx_ext import hookimpl
 from cogvx_ext.base.errors import UsageError
+from cogvx_ext.base.io import folder_write_problem
 from cogvx_ext.data.clips import Sample
 
 from . import keys
@@ -152,9 +153,13 @@ class LatentCache:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--latent_cache_dir {self.root} cannot be created: {exc.strerror}") from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
+        # A real file, not the permission bits: root passes those, and a read-only mount or an
+        # immutable folder stop root too; found here, not at the first entry after the models load.
+        problem = folder_write_problem(self.root)
+        if problem:
             raise UsageError(
-                f"--latent_cache_dir {self.root} is not writable (add --latent_cache_readonly to only read it)"
+                f"--latent_cache_dir {self.root} {problem}; give a folder you can write to, or add "
+                "--latent_cache_readonly to only read it"
             )
 
     # ---- latents ---------------------------------------------------------------------------

@@ -95,6 +95,7 @@ class Recorder:
         self.record(
             "clip_targets",
             path=os.path.basename(clip.path),
+            prompt=clip.prompt,
             source=[clip.info.width, clip.info.height],
             targets=[[t.width, t.height, t.num_frames] for t in targets or []],
         )

@@ -28,6 +28,7 @@ class ClipPlan:
     crop: float | None = None
     upscale: float | None = None
     bucket: str | None = None
+    prompt: str | None = None  # the caption it trains with (None: the listing gave none)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def _clip_plan(sample: Sample) -> ClipPlan:
         crop=1.0 - (crop_h * crop_w) / (info.height * info.width),
         upscale=max(target.height / crop_h, target.width / crop_w),
         bucket=target.tag("bucket") or f"{target.width}x{target.height}",
+        prompt=sample.clip.prompt,
     )
 
 
@@ -148,7 +150,14 @@ def build_report(
     """
     clips = [_clip_plan(s) for s in samples]
     for item in skipped:
-        clips.append(ClipPlan(path=str(item.path), status="skipped", reason=str(item.reason)))
+        clips.append(
+            ClipPlan(
+                path=str(item.path),
+                status="skipped",
+                reason=str(item.reason),
+                prompt=getattr(item, "prompt", None),
+            )
+        )
     batch_size = int(getattr(args, "train_batch_size", 1))
     accumulation = max(1, int(getattr(args, "gradient_accumulation_steps", 1)))
     report = PlanReport(

@@ -13,6 +13,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
     for c in report.clips:
         entry: dict[str, Any] = {
             "path": c.path,
+            "prompt": c.prompt,
             "status": c.status,
             "width": c.width,
             "height": c.height,

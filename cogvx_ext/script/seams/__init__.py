@@ -11,7 +11,10 @@ seam (script globals)               what it does
 =================================  ============================================================
 ``main``                            fires ``cogvx_exception``; removes what the run installed
 ``Accelerator``                     fires ``cogvx_accelerator_ready``; plugin state is saved and
-                                    loaded with ``save_state``/``load_state``; ``accelerator.log``
+                                    loaded with ``save_state``/``load_state``, the plugins'
+                                    training settings saved (compared on resume at start,
+                                    cogvx_ext.script.resume), the saved files given the
+                                    umask's modes; ``accelerator.log``
                                     fires ``cogvx_step_end``; under DeepSpeed the script's
                                     save/load hooks get the unwrapped model
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
@@ -24,7 +27,8 @@ seam (script globals)               what it does
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``; a
                                     validation that would wait forever (ZeRO-3) stops
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
-``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save;
+``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save,
+                                    the saved LoRA given the umask's modes;
                                     under ZeRO-3 its frozen models load whole and the LoRA
                                     it saves is whole
 =================================  ============================================================

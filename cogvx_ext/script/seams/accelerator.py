@@ -1,10 +1,15 @@
-"""The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``, and DeepSpeed's state hooks."""
+"""The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``,
+checkpoints (plugin state and settings, file modes), and DeepSpeed's state hooks."""
 
 from __future__ import annotations
 
 import functools
 
-from cogvx_ext.script.seams.checkpoints import _load_plugin_state, _save_plugin_state
+from cogvx_ext.script.seams.checkpoints import (
+    _load_plugin_state,
+    _save_plugin_state,
+    _save_state_with_umask_modes,
+)
 from cogvx_ext.script.zero3 import (
     gathered,
     snapshot_lora,
@@ -18,9 +23,11 @@ def _accelerator_factory(run, real_accelerator):
     def make_accelerator(*args, **kwargs):
         accelerator = real_accelerator(*args, **kwargs)
         run.accelerator = accelerator
+        # Every checkpoint records the plugins and their training settings (compared on resume).
+        accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
         if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
-            accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
+        accelerator.save_state = _save_state_with_umask_modes(accelerator.save_state)
         _hand_state_hooks_unwrapped_models(accelerator)  # the script's hooks, registered after ours
         if zero3_plugin(accelerator) is not None:
             _on_every_logged_step(accelerator, functools.partial(_snapshot_lora_after_last_step, run))

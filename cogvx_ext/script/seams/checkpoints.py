@@ -1,7 +1,9 @@
-"""Checkpoints: plugin state saved and loaded beside accelerate's, and the scripts' ``shutil`` across ranks."""
+"""Checkpoints: plugin state and the plugins' training settings saved beside accelerate's, state
+loaded on resume, files given the modes the umask asks for, and the scripts' ``shutil`` across ranks."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -9,6 +11,7 @@ import shutil
 import sys
 
 STATE_FILE = "cogvx_ext_state.json"
+SETTINGS_KEY = "plugin_settings"  # in STATE_FILE: cogvx_ext.plugin.state.training_settings, for resume
 
 
 class _ShutilAcrossRanks:
@@ -40,12 +43,12 @@ class _ShutilAcrossRanks:
 
 def _save_plugin_state(run, models, weights, output_dir):
     from cogvx_ext.base.io import write_json_atomic
-    from cogvx_ext.plugin.state import collect_states
+    from cogvx_ext.plugin.state import collect_states, training_settings
 
     match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
     states = collect_states(run.pm, int(match.group(1)) if match else None)
-    if states:
-        write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states})
+    settings = training_settings(run.pm, run.plugin_names, run.args)  # compared on resume
+    write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states, SETTINGS_KEY: settings})
 
 
 def _load_plugin_state(run, models, input_dir):
@@ -56,3 +59,25 @@ def _load_plugin_state(run, models, input_dir):
         return
     with open(path, encoding="utf-8") as f:
         restore_states(run.pm, json.load(f).get("plugins", {}))
+
+
+def _save_state_with_umask_modes(real_save_state):
+    """``accelerator.save_state`` whose files get the modes the umask asks for.
+
+    accelerate saves model weights with safetensors, which writes every file 0600 (through a
+    private temporary file), and the scripts' hook saves the LoRA the same way: under umask 022 a
+    teammate could not read the checkpoint.
+    """
+
+    @functools.wraps(real_save_state)
+    def save_state(output_dir=None, *args, **kwargs):
+        from cogvx_ext.base.io import files_under, give_umask_modes
+
+        before = files_under(output_dir) if output_dir is not None else {}
+        location = real_save_state(output_dir, *args, **kwargs)
+        folder = location if isinstance(location, (str, os.PathLike)) else output_dir
+        if folder is not None:
+            give_umask_modes(folder, before)
+        return location
+
+    return save_state

@@ -42,7 +42,12 @@ class ScriptDataset(torch.utils.data.Dataset):
             "video_column",
             "cache_dir",
         )
-        entries, skipped = read_script_data(argparse.Namespace(**{k: kwargs.get(k) for k in data_flags}))
+        entries, skipped = read_script_data(
+            argparse.Namespace(
+                **{k: kwargs.get(k) for k in data_flags},
+                allow_unpaired_captions=getattr(run.args, "allow_unpaired_captions", False),
+            )
+        )
         samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
         check_ranks_agree(
             samples, kwargs.get("instance_data_root"), vae_device(run.vae) if run.vae is not None else "cpu"

@@ -16,7 +16,8 @@ from cogvx_ext.script.zero3 import (
 
 
 class _PipelineProxy:
-    """Stands in for the script's pipeline class: adapts loaded pipelines, records LoRA metadata."""
+    """Stands in for the script's pipeline class: adapts loaded pipelines, records LoRA metadata,
+    gives the saved LoRA the modes the umask asks for."""
 
     def __init__(self, run, real_class):
         self._run = run
@@ -34,10 +35,16 @@ class _PipelineProxy:
             kwargs["transformer_lora_layers"] = fill_empty_lora(
                 kwargs["transformer_lora_layers"], self._run.zero3_lora
             )
-        result = self._real_class.save_lora_weights(*args, **kwargs)
+        from cogvx_ext.base.io import files_under, give_umask_modes
+
         directory = kwargs.get("save_directory", args[0] if args else None)
-        if directory is not None and "cogvx_lora_metadata" in self._run.chosen:
-            write_lora_metadata(self._run, directory)
+        before = files_under(directory, recursive=False) if directory is not None else {}
+        result = self._real_class.save_lora_weights(*args, **kwargs)
+        if directory is not None:
+            # safetensors writes the weights 0600 whatever the umask: a teammate could not read the LoRA.
+            give_umask_modes(directory, before, recursive=False)
+            if "cogvx_lora_metadata" in self._run.chosen:
+                write_lora_metadata(self._run, directory)
         return result
 
     def __getattr__(self, name):
