@@ -176,7 +176,8 @@ class Runs:
     def resumed_with_other_settings(self):
         assert self.general.returncode == 0
         return _run_trainer(
-            self.trainer, self.general_args(4, "--resume_from_checkpoint", "checkpoint-2", "--caption_dropout", "0.5")
+            self.trainer,
+            self.general_args(4, "--resume_from_checkpoint", "checkpoint-2", "--caption_dropout", "0.5"),
         )
 
     def latent_files(self) -> list[Path]:

@@ -56,15 +56,6 @@ def report_warning(message: str) -> None:
     sys.stderr.flush()
 
 
-def report_warning(message: str) -> None:
-    """Write ``cogvx-ext: warning: <message>`` on one line, once per run: on the first process of a
-    multi-process launch (``RANK``, set by accelerate and torchrun before any model loads)."""
-    if os.environ.get("RANK", "0") != "0":
-        return
-    sys.stderr.write(f"cogvx-ext: warning: {message}\n")
-    sys.stderr.flush()
-
-
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose mistakes are usage errors: the line first, no usage block
     (``--help`` still prints it)."""
