@@ -4,6 +4,7 @@ an output or cache folder that takes no file, a resume with other plugins or plu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -129,26 +130,37 @@ def stopped_line() -> str:
 # Folders that take no file
 
 
-@pytest.fixture
-def locked_folder(tmp_path):
-    """A folder in which creating a file fails, for this process too: as root, permission bits stop
-    nothing, so the folder is made immutable (chattr +i) where the file system allows it."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Make ``folder`` refuse new files, for this process too; yields whether that was possible.
+    As root permission bits stop nothing, so the folder is made immutable (chattr +i) where the
+    file system allows it."""
+    folder.mkdir(exist_ok=True)
     if os.geteuid() != 0:
         folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
+        try:
+            yield True
+        finally:
+            folder.chmod(0o755)
         return
     if (
         shutil.which("chattr") is None
         or subprocess.run(["chattr", "+i", folder], capture_output=True).returncode
     ):
-        pytest.skip("running as root where chattr +i does not work: no folder here refuses root's files")
+        yield False  # root where chattr +i does not work: no folder here refuses root's files
+        return
     try:
-        yield folder
+        yield True
     finally:
         subprocess.run(["chattr", "-i", folder], check=True)
+
+
+@pytest.fixture
+def locked_folder(tmp_path):
+    with locked(tmp_path / "locked") as done:
+        if not done:
+            pytest.skip("running as root where chattr +i does not work: no folder here refuses root's files")
+        yield tmp_path / "locked"
 
 
 def test_a_folder_is_judged_by_a_real_file_not_by_its_permission_bits(tmp_path, locked_folder):
@@ -252,29 +264,37 @@ def test_unpaired_listings_stop_training_before_models_load(tiny_models, t2v_tra
 
 @pytest.mark.slow
 def test_folders_that_take_no_file_stop_training_before_models_load(
-    tiny_models, t2v_trainer, train, tmp_path, locked_folder
+    tiny_models, t2v_trainer, train, tmp_path
 ):
     data = write_dataset(tmp_path / "data", CLIPS[:1])
     model, record = tiny_models["5b"], tmp_path / "events"
     plugins = ["--plugins", f"{RECORDER},aspect_bucket,rope_rescale", "--recorder_out", record]
-    (tmp_path / "notes.txt").write_text("not a folder")
-    cases = {
-        tmp_path / "notes.txt": "is a file, not a folder",
-        locked_folder: "is not writable: creating a file there fails (",
-    }
-    for out, problem in cases.items():
-        line = stops_before_models_load(train(t2v_trainer, script_args(model, data, out, *plugins)), record)
-        assert line.startswith(f"cogvx-ext: --output_dir {out} {problem}"), line
-        assert line.endswith("; the checkpoints and the LoRA are saved there: give a folder you can write to")
 
-    cache = [*plugins, "--plugins", "latent_cache", "--latent_cache_dir", locked_folder]
-    line = stops_before_models_load(
-        train(t2v_trainer, script_args(model, data, tmp_path / "out", *cache)), record
+    def one_line(out, *extra):
+        return stops_before_models_load(
+            train(t2v_trainer, script_args(model, data, out, *plugins, *extra)), record
+        )
+
+    (tmp_path / "notes.txt").write_text("not a folder")
+    line = one_line(tmp_path / "notes.txt")
+    assert line == (
+        f"cogvx-ext: --output_dir {tmp_path / 'notes.txt'} is a file, not a folder; the checkpoints and the LoRA "
+        "are saved there: give a folder you can write to"
     )
-    assert line.startswith(
-        f"cogvx-ext: --latent_cache_dir {locked_folder} is not writable: creating a file there"
-    )
-    assert line.endswith("give a folder you can write to, or add --latent_cache_readonly to only read it")
+    folder = tmp_path / "locked"
+    with locked(folder) as done:
+        if not done:
+            pytest.skip("running as root where chattr +i does not work: no folder here refuses root's files")
+        line = one_line(folder)
+        assert line.startswith(
+            f"cogvx-ext: --output_dir {folder} is not writable: creating a file there fails ("
+        )
+        assert line.endswith("; the checkpoints and the LoRA are saved there: give a folder you can write to")
+        line = one_line(tmp_path / "out", "--plugins", "latent_cache", "--latent_cache_dir", folder)
+        assert line.startswith(
+            f"cogvx-ext: --latent_cache_dir {folder} is not writable: creating a file there"
+        )
+        assert line.endswith("give a folder you can write to, or add --latent_cache_readonly to only read it")
 
 
 @pytest.mark.slow
