@@ -73,6 +73,8 @@ RULES = {
     "size": "width 168 is not a multiple of 16 (VAE 8 x patch 2)",
     "frames": "8 frames: the VAE takes 4k+1 frames",
     "crop": "is not inside the 256x144 source",
+    "past_end": "frame index 17 is past the clip's end: it has 17 frames (0 to 16)",
+    "negative_frame": "frame index -1 is negative (frames count from 0)",
 }
 
 
@@ -89,6 +91,13 @@ def target_of(**changes) -> Target:
         ({"width": 100}, "width 100 is not a multiple of 16"),
         ({"frame_indices": tuple(range(8))}, "8 frames: the VAE takes 4k+1 frames"),
         ({"frame_indices": ()}, "0 frames"),
+        ({"frame_indices": tuple(range(8, 17))}, None),  # the clip's last frame is 16
+        (
+            {"frame_indices": tuple(range(9, 18))},
+            "frame index 17 is past the clip's end: it has 17 frames (0 to 16)",
+        ),
+        ({"frame_indices": (-1, *range(8))}, "frame index -1 is negative (frames count from 0)"),
+        ({"frame_indices": (0.5, *range(1, 9))}, "frame index 0.5 is not a whole number"),
         ({"crop": (0, 0, 145, 256)}, "not inside the 256x144 source"),
         ({"crop": (0, -1, 144, 256)}, "not inside the 256x144 source"),
         ({"crop": (0, 0, 144, 0)}, "not inside the 256x144 source"),

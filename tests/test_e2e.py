@@ -397,6 +397,11 @@ BAD_TARGETS = f"{HERE / 'plugins' / 'bad_targets.py'}:BadTargets"
             "a target that cannot train: width 168 is not a multiple of 16",
         ),
         (f"{BAD_TARGETS},rope_rescale", "frames", "a target that cannot train: 8 frames: the VAE takes 4k+1"),
+        (
+            f"{BAD_TARGETS},rope_rescale",
+            "past_end",
+            "a target that cannot train: frame index 17 is past the clip's end: it has 17 frames (0 to 16)",
+        ),
         (BAD_TARGETS, "transposed", "trains at 96x160x9, not --width x --height 160x96: add rope_rescale"),
     ],
 )
