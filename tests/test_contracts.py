@@ -73,6 +73,8 @@ RULES = {
     "size": "width 168 is not a multiple of 16 (VAE 8 x patch 2)",
     "frames": "8 frames: the VAE takes 4k+1 frames",
     "crop": "is not inside the 256x144 source",
+    "past_end": "frame index 17 is past the clip's end: it has 17 frames (0 to 16)",
+    "negative_frame": "frame index -1 is negative (frames count from 0)",
 }
 
 
@@ -89,6 +91,13 @@ def target_of(**changes) -> Target:
         ({"width": 100}, "width 100 is not a multiple of 16"),
         ({"frame_indices": tuple(range(8))}, "8 frames: the VAE takes 4k+1 frames"),
         ({"frame_indices": ()}, "0 frames"),
+        ({"frame_indices": tuple(range(8, 17))}, None),  # the clip's last frame is 16
+        (
+            {"frame_indices": tuple(range(9, 18))},
+            "frame index 17 is past the clip's end: it has 17 frames (0 to 16)",
+        ),
+        ({"frame_indices": (-1, *range(8))}, "frame index -1 is negative (frames count from 0)"),
+        ({"frame_indices": (0.5, *range(1, 9))}, "frame index 0.5 is not a whole number"),
         ({"crop": (0, 0, 145, 256)}, "not inside the 256x144 source"),
         ({"crop": (0, -1, 144, 256)}, "not inside the 256x144 source"),
         ({"crop": (0, 0, 144, 0)}, "not inside the 256x144 source"),
@@ -210,10 +219,11 @@ def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeyp
 # ---- probes: a hook, cached by latent_cache as JSON ----------------------------------------------
 
 
-def test_cogvx_probe_answers_are_cached_as_json_and_read_without_opening_the_clip(tmp_path):
+def test_cogvx_probe_answers_are_cached_as_json_under_the_clip_s_contents(tmp_path):
     import argparse
     import dataclasses
     import json
+    import shutil
 
     from cogvx_ext.testing import write_clip
     from cogvx_ext_plugins.latent_cache import LatentCache
@@ -221,24 +231,32 @@ def test_cogvx_probe_answers_are_cached_as_json_and_read_without_opening_the_cli
     clip = write_clip(tmp_path / "a.mp4", 160, 96, 9, fps=8)
     args = argparse.Namespace(latent_cache_dir=str(tmp_path / "cache"), latent_cache_readonly=False)
 
-    def manager():
+    def probe(path):
+        """A fresh launch's answer, and whether the cache gave it."""
         pm = make_plugin_manager()
         pm.register(LatentCache(), name="latent_cache")
         pm.hook.cogvx_configure(args=args)
-        return pm
+        info = pm.hook.cogvx_probe(path=str(path), args=args)
+        return info, pm.get_plugin("latent_cache").stats.probe_hits == 1
 
-    first = manager().hook.cogvx_probe(path=str(clip), args=args)
+    first, cached = probe(clip)
+    assert not cached
     [entry] = (tmp_path / "cache" / "probes").rglob("*.json")
     stored = json.loads(entry.read_text())
     assert stored["info"] == json.loads(json.dumps(dataclasses.asdict(first)))  # every field
     assert stored["info"]["width"] == 160 and stored["info"]["frame_times"][:2] == [0.0, 0.125]
+    assert probe(clip) == (first, True)
+    copy = tmp_path / "elsewhere" / "b.mp4"  # another node's copy: another path and time
+    copy.parent.mkdir()
+    shutil.copyfile(clip, copy)
+    assert probe(copy) == (first, True)
+    # Replaced by other bytes of the same size and time: probed again (and rejected), never
+    # answered from the old file's entry.
     stat = clip.stat()
-    clip.write_bytes(bytes(stat.st_size))  # blank, same size and time: only the cache can answer
+    clip.write_bytes(bytes(stat.st_size))
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert manager().hook.cogvx_probe(path=str(clip), args=args) == first
-    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: probed again, and rejected
     with pytest.raises(SkipClip):
-        manager().hook.cogvx_probe(path=str(clip), args=args)
+        probe(clip)
 
 
 # ---- the core knows no plugin ------------------------------------------------------------------

@@ -337,12 +337,7 @@ def test_latent_cache_second_launch_decodes_and_encodes_nothing(tiny_models, t2v
         return ok(train(t2v_trainer, args)), events_of(tmp_path / name / "ev")
 
     cold, cold_events = launch("cold")
-    # A warm launch reads no clip at all (no header probe, no identity hash, no decoding): blank
-    # every file, keeping its size and modification time, and the launch must not notice.
-    for clip in (data / "videos").iterdir():
-        stat = clip.stat()
-        clip.write_bytes(bytes(stat.st_size))
-        os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # A warm launch demuxes no clip (headers from the cache) and decodes none.
     warm, warm_events = launch("warm")
     assert "cogvx-ext: skipped" not in warm.stderr
     assert f"{len(MIXED)} clip header(s) from the cache" in warm.stdout + warm.stderr
@@ -352,6 +347,16 @@ def test_latent_cache_second_launch_decodes_and_encodes_nothing(tiny_models, t2v
     for result in (cold, warm):  # every prompt is at hand after the first pass: T5 leaves the device
         assert "prompt embeddings are at hand; the text encoder stays on the CPU" in result.stderr
     assert (tmp_path / "cache" / "prompts").is_dir()
+    # One clip replaced by other bytes of the same size and time: it gets neither the old file's
+    # header nor its latents (blank, it is skipped); the others still come from the cache.
+    replaced = sorted((data / "videos").iterdir())[0]
+    stat = replaced.stat()
+    replaced.write_bytes(bytes(stat.st_size))
+    os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again, again_events = launch("again")
+    assert f"cogvx-ext: skipped {replaced}: " in again.stderr
+    assert f"{len(MIXED) - 1} clip header(s) from the cache" in again.stdout + again.stderr
+    assert by_event(again_events, "load_pixels") == []
 
 
 def test_a_rope_plugin_answering_none_leaves_the_default_rope(tiny_models, t2v_trainer, train, tmp_path):
@@ -402,6 +407,11 @@ BAD_TARGETS = f"{HERE / 'plugins' / 'bad_targets.py'}:BadTargets"
             "a target that cannot train: width 168 is not a multiple of 16",
         ),
         (f"{BAD_TARGETS},rope_rescale", "frames", "a target that cannot train: 8 frames: the VAE takes 4k+1"),
+        (
+            f"{BAD_TARGETS},rope_rescale",
+            "past_end",
+            "a target that cannot train: frame index 17 is past the clip's end: it has 17 frames (0 to 16)",
+        ),
         (BAD_TARGETS, "transposed", "trains at 96x160x9, not --width x --height 160x96: add rope_rescale"),
     ],
 )

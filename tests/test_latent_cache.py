@@ -240,6 +240,58 @@ def test_key_changes_with_each_component(change, tmp_path, vae, monkeypatch):
     assert key_of(sample, vae, args, tmp_path / "cache") != before
 
 
+# Every setting AutoencoderKLCogVideoX keeps on the object (diffusers 0.42), each with another value.
+# From a tiled VAE with small tiles, so that every tile setting is in play.
+VAE_SETTINGS = {
+    "use_slicing": True,
+    "use_tiling": False,
+    "tile_sample_min_height": 56,
+    "tile_sample_min_width": 56,
+    "tile_latent_min_height": 5,
+    "tile_latent_min_width": 5,
+    "tile_overlap_factor_height": 0.25,
+    "tile_overlap_factor_width": 0.25,
+    "num_sample_frames_batch_size": 4,
+    "num_latent_frames_batch_size": 1,
+}
+DECODING_ONLY = {"num_latent_frames_batch_size"}
+SLICES_BATCHES = {"use_slicing"}  # encodes a batch one item at a time; cogvx-ext encodes one clip
+
+
+def tiled(vae):
+    vae.enable_tiling(tile_sample_min_height=48, tile_sample_min_width=48)  # latent tiles of 6
+    return vae
+
+
+def test_every_setting_on_the_vae_is_named_here(vae):
+    plain = {
+        k for k, v in vars(vae).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))
+    }
+    assert plain - {"training"} == set(VAE_SETTINGS)
+
+
+@pytest.mark.parametrize("setting", sorted(VAE_SETTINGS))
+def test_key_changes_with_each_vae_setting(setting, tmp_path, vae):
+    # Fails when `setting` is left out of the key (keys.vae_settings).
+    path = write_clip(tmp_path / "clip.mp4", 64, 64, 9)
+    sample, args = make_sample(path), argparse.Namespace(fps=8)
+    before = key_of(sample, tiled(vae), args, tmp_path / "cache")
+    assert getattr(vae, setting) != VAE_SETTINGS[setting]
+    setattr(vae, setting, VAE_SETTINGS[setting])
+    assert key_of(sample, vae, args, tmp_path / "cache") != before
+
+
+@pytest.mark.parametrize("setting", sorted(set(VAE_SETTINGS) - DECODING_ONLY - SLICES_BATCHES))
+def test_each_vae_setting_changes_the_posterior(setting, vae):
+    # Why each is in the key: the same pixels give other latents.
+    pixels = torch.rand(1, 3, 9, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        before = tiled(vae).encode(pixels).latent_dist.parameters
+        setattr(vae, setting, VAE_SETTINGS[setting])
+        after = vae.encode(pixels).latent_dist.parameters
+    assert before.shape != after.shape or not torch.allclose(before, after)
+
+
 def test_key_changes_with_the_script_kind(tmp_path, vae):
     path = write_clip(tmp_path / "clip.mp4", 64, 64, 9)
     sample, args = make_sample(path), argparse.Namespace(fps=8)
@@ -269,6 +321,24 @@ def test_key_is_stable_across_runs_and_model_loads(tmp_path, model_dir):
     touch(copied, None, None, None)
     keys.add(key_of(make_sample(copied), vae, args, tmp_path / "cache"))
     assert len(keys) == 1
+
+
+def test_a_clip_replaced_with_the_same_size_and_time_gets_neither_its_header_nor_its_latents(tmp_path, vae):
+    path = write_clip(tmp_path / "clip.mp4", 64, 64, 9)
+    pm, cache, encoder, args = start(tmp_path / "cache")
+    info = pm.hook.cogvx_probe(path=str(path), args=args)
+    encode(pm, make_sample(path), vae, args)
+    pm, cache, encoder, args = start(tmp_path / "cache")  # nothing changed: both from the cache
+    assert pm.hook.cogvx_probe(path=str(path), args=args) == info and cache.stats.probe_hits == 1
+    encode(pm, make_sample(path), vae, args)
+    assert encoder.calls == [] and cache.stats.hits == 1
+
+    change_head_keep_size_and_mtime(path, None, None, None)
+    pm, cache, encoder, args = start(tmp_path / "cache")
+    assert pm.hook.cogvx_probe(path=str(path), args=args) == info  # the same header, read again
+    assert cache.stats.probe_hits == 0
+    encode(pm, make_sample(path), vae, args)
+    assert encoder.calls == [str(path)] and cache.stats.hits == 0
 
 
 # ---- hits and misses -------------------------------------------------------------------------

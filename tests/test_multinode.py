@@ -10,11 +10,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from test_e2e import MIXED, RECORDER, by_event, mixed_dataset, ok, script_args, training_shapes
-from tests_support import read_events
+from tests_support import HERE, read_events
 
 from cogvx_ext_plugins.latent_cache import store
 
@@ -68,6 +69,103 @@ def launch_nodes(command_of, timeout=600) -> list[subprocess.CompletedProcess]:
             if proc.poll() is None:
                 proc.kill()
     return results
+
+
+FAIL_ON_RANK = f"{HERE / 'plugins' / 'fail_on_rank.py'}:FailOnRank"
+LINGER = 600  # the failed rank stays alive this long: the others must not wait for it
+
+
+def node_0_then_the_rest(command_of, timeout=300) -> tuple[list[subprocess.CompletedProcess], float]:
+    """Start one torchrun per node, wait for node 0 alone, then end the others (a failed rank that
+    lingers keeps its node up). Returns the results and when node 0 ended (``time.time()``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    port = free_port()
+    procs = []
+    for node in range(NODES):
+        launcher = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", str(NODES), "--node_rank", str(node),
+            "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [*launcher, *map(str, command_of(node))],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        out, err = procs[0].communicate(timeout=timeout)
+        ended = time.time()
+        results.append(subprocess.CompletedProcess(procs[0].args, procs[0].returncode, out, err))
+        for proc in procs[1:]:
+            proc.terminate()
+            out, err = proc.communicate(timeout=60)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:  # a launcher ends its workers on SIGTERM (they have sessions of their own)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return results, ended
+
+
+def assert_stopped_together(results, ended, mark: Path, where: str) -> None:
+    """Node 0 stopped within seconds of rank 1's failure, on its own line; the failure shown once."""
+    node0, node1 = results
+    failure = f"fail_on_rank: injected failure in {where} of "
+    assert node1.stderr.count(failure) == 1, node1.stderr[-3000:]  # shown once, where it happened
+    assert failure not in node0.stderr + node0.stdout
+    lines = [line.split("\r")[-1] for line in node0.stderr.splitlines() if "stops too" in line]
+    assert lines == [
+        "cogvx-ext: rank 1 failed (RuntimeError; its own output says why), so rank 0 stops too"
+    ], node0.stderr[-3000:]
+    assert "exitcode  : 2 " in node0.stderr  # rank 0's own status: a usage line, not a crash
+    assert "Connection closed by peer" not in node0.stderr
+    assert ended - float(mark.read_text()) < 60  # a collective would wait for rank 1 until its timeout
+
+
+@pytest.mark.parametrize("where", ["probe", "load_pixels"])
+def test_a_failure_on_one_rank_stops_every_rank_within_seconds(tiny_models, t2v_trainer, tmp_path, where):
+    # Rank 1 fails while probing (before the ranks compare their plans) or decoding (before the
+    # latents are exchanged), and stays alive as a failed peer does under NCCL.
+    roots = node_copies(tmp_path, MIXED[:3])
+    mark = tmp_path / "failed_at"
+
+    def train_on(node):
+        args = script_args(
+            tiny_models["5b"], roots[node], tmp_path / "out", "--plugins", f"aspect_bucket,rope_rescale,{FAIL_ON_RANK}",
+            "--fail_on_rank", 1, "--fail_in", where, "--fail_linger", LINGER, "--fail_mark", mark, steps=2,
+        )  # fmt: skip
+        return [t2v_trainer, *args]
+
+    results, ended = node_0_then_the_rest(train_on)
+    assert_stopped_together(results, ended, mark, where)
+
+
+def test_a_failure_on_one_process_stops_a_cache_fill_within_seconds(tiny_models, tmp_path):
+    roots = node_copies(tmp_path, [(96, 64, 9), (64, 96, 9), (64, 64, 9), (96, 64, 9)])
+    mark = tmp_path / "failed_at"
+
+    def fill_on(node):
+        return [
+            "-m", "cogvx_ext", "cache", "fill", "--pretrained_model_name_or_path", tiny_models["5b"],
+            "--instance_data_root", roots[node], "--caption_column", "prompts.txt",
+            "--video_column", "videos.txt", "--latent_cache_dir", tmp_path / "cache", "--height", 64,
+            "--width", 96, "--max_num_frames", 9, "--bucket_min_side", 64,
+            "--plugins", f"aspect_bucket,rope_rescale,latent_cache,{FAIL_ON_RANK}", "--fail_on_rank", 1,
+            "--fail_in", "encode", "--fail_linger", LINGER, "--fail_mark", mark,
+        ]  # fmt: skip
+
+    results, ended = node_0_then_the_rest(fill_on)
+    assert_stopped_together(results, ended, mark, "encode")
 
 
 def cache_entries(cache: Path) -> list[Path]:

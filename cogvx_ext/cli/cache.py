@@ -8,7 +8,8 @@ functions as training (cogvx_ext.script.offline, cogvx_ext.data.planning) and ru
 (``latent_cache``). Under ``accelerate launch -m cogvx_ext cache fill ...`` or ``torchrun [--nnodes N
 --node_rank R ...] -m cogvx_ext cache fill ...`` (several nodes, each with its own copy of the data,
 one shared cache directory: tests/test_multinode.py) each process fills its share; nothing is
-exchanged between processes but the final counts, each one only writes its entries.
+exchanged between processes but the final counts, each one only writes its entries. A process that
+fails stops the others within a moment (cogvx_ext.data.ranks), never a wait for its counts.
 
 ``prune`` plans the dataset the same way and asks the cache plugin (``cogvx_cache_prune``) to
 remove what the plan no longer reaches. The command knows no cache plugin: it talks to whichever
@@ -70,6 +71,7 @@ def fill(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
     from cogvx_ext.data.planning import plan_samples, report_skipped
+    from cogvx_ext.data.ranks import RankSync
     from cogvx_ext.script.data_formats import read_script_data
     from cogvx_ext.script.offline import script_data_parser, start_offline_run
     from cogvx_ext.script.seams.dataset import ScriptEncoding
@@ -108,25 +110,33 @@ def fill(argv: list[str]) -> int:
     # process would fill everything (CPU training runs are launched with ACCELERATE_USE_CPU=1 too).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     rank, world, main = state.process_index, state.num_processes, state.is_local_main_process
-    vae = _load_vae(run, state.device)
-
-    entries, skipped = read_script_data(args)
-    samples, more_skipped = plan_samples(run.hook, entries, args, run.model, progress=main)
-    if main:
-        report_skipped(skipped + more_skipped)
-    mine = samples[rank::world]
-    failed = 0
-    with torch.no_grad():
-        bar = tqdm(mine, desc="cogvx-ext cache fill", disable=not main, unit="sample")
-        for sample in bar:
-            try:
-                run.hook.cogvx_encode_sample(sample=sample, vae=vae, kind=run.kind, args=args)
-            except SkipClip as exc:
-                failed += 1
-                tqdm.write(f"cogvx-ext: cannot encode {sample.clip.path}: {exc}")
-            summary = run.hook.cogvx_cache_summary()
-            bar.set_postfix(hits=summary["hits"], encoded=summary["misses"])
-        bar.close()
+    # A process that fails says so to the others, which stop within a moment instead of waiting
+    # for its counts (cogvx_ext.data.ranks); the failure is shown once, by the process it hit.
+    sync = RankSync()
+    try:
+        vae = _load_vae(run, state.device)
+        entries, skipped = read_script_data(args)
+        samples, more_skipped = plan_samples(run.hook, entries, args, run.model, progress=main, sync=sync)
+        if main:
+            report_skipped(skipped + more_skipped)
+        mine = samples[rank::world]
+        failed = 0
+        with torch.no_grad():
+            bar = tqdm(mine, desc="cogvx-ext cache fill", disable=not main, unit="sample")
+            for sample in bar:
+                sync.poll()
+                try:
+                    run.hook.cogvx_encode_sample(sample=sample, vae=vae, kind=run.kind, args=args)
+                except SkipClip as exc:
+                    failed += 1
+                    tqdm.write(f"cogvx-ext: cannot encode {sample.clip.path}: {exc}")
+                summary = run.hook.cogvx_cache_summary()
+                bar.set_postfix(hits=summary["hits"], encoded=summary["misses"])
+            bar.close()
+        sync.meet("the fill's counts")
+    except BaseException as exc:
+        sync.announce(exc)
+        raise
 
     summary = _cache_summary(run)
     counts = [summary["hits"], summary["misses"], summary["recomputed"], failed, summary["store_errors"]]

@@ -3,8 +3,9 @@
 A data plugin's targets decide tensor shapes long after they are made: a side that is not on the
 VAE x patch grid fails at the second step with a tensor-size error, a frame count the VAE does not
 take trains silently, and a transposed size without a RoPE that follows the batch trains silently
-wrong. So every target is checked as soon as a plugin returns it, before anything is decoded, and
-the run's needs follow the shapes the data has, not the names of the plugins that made them.
+wrong; a frame index past the clip's end fails while decoding, on one rank. So every target is
+checked as soon as a plugin returns it, before anything is decoded, and the run's needs follow
+the shapes the data has, not the names of the plugins that made them.
 ``cogvx-ext plan`` and training call the same functions (through ``cogvx_ext.data.planning``), so they
 reach the same verdict.
 """
@@ -46,8 +47,16 @@ def target_problem(target: Any, clip: Clip, model: ModelInfo) -> str | None:
             f"{count} frames: the VAE takes {model.temporal_compression_ratio}k+1 frames "
             "(e.g. 9, 17, 49; cogvx_ext.data.video.stock_frame_indices picks them)"
         )
-    if any(not _whole(i) or i < 0 for i in target.frame_indices):
-        return "frame indices must be whole numbers from 0"
+    frames = clip.info.num_frames
+    for i in target.frame_indices:
+        # Decoding an index past the end fails on one rank only (not as a skip), while the others
+        # wait for its latents: a plugin that makes one is stopped here, before anything decodes.
+        if not _whole(i):
+            return f"frame index {i!r} is not a whole number"
+        if i < 0:
+            return f"frame index {i} is negative (frames count from 0)"
+        if i >= frames:
+            return f"frame index {i} is past the clip's end: it has {frames} frames (0 to {frames - 1})"
     crop = target.crop
     if len(crop) != 4 or not all(_whole(v) for v in crop):
         return f"crop must be (top, left, height, width) in whole source pixels, not {crop!r}"

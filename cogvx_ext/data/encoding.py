@@ -14,6 +14,7 @@ import torch
 
 from cogvx_ext.base.errors import SkipClip
 from cogvx_ext.data.clips import Sample, Skipped
+from cogvx_ext.data.ranks import RankSync
 
 
 class LatentPosterior:
@@ -62,12 +63,15 @@ def encode_samples(
     rank: int,
     world: int,
     progress: bool,
+    sync: RankSync | None = None,
 ) -> tuple[list[Any], list[Skipped]]:
     """Encode this rank's share of the samples (one at a time), then share all of them.
 
     Returns one entry per sample: a LatentPosterior, a tuple of them (I2V: video, image), or None
     for a sample whose clip failed to decode (a file can pass the header probe and still be cut
     short). Every rank gets the same Nones; the failures list (with reasons) is this rank's own.
+    With ``sync`` the ranks meet before sharing, and stop as soon as one has failed (a rank that
+    fails here says so on its way out: cogvx_ext.data.ranks).
     """
     from tqdm.auto import tqdm
 
@@ -76,6 +80,8 @@ def encode_samples(
     mine = range(rank, len(samples), world)
     with torch.no_grad():
         for i in tqdm(mine, desc="cogvx-ext: decoding and encoding clips", disable=not progress):
+            if sync is not None:
+                sync.poll()
             try:
                 encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, kind=kind, args=args)
             except SkipClip as exc:
@@ -85,6 +91,8 @@ def encode_samples(
                 raise RuntimeError(f"no plugin encoded {samples[i].clip.path}")
             results[i] = _to_cpu_posteriors(encoded)
     if world > 1:
+        if sync is not None:
+            sync.meet("the exchange of latents")
         _share(results, world, device=vae_device(vae), dtype=vae.dtype)
     return results, failed
 

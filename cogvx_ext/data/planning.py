@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cogvx_ext.base.errors import SkipClip
 from cogvx_ext.data.clips import Clip, ListingEntry, Sample, Skipped
 from cogvx_ext.model.facts import ModelInfo
 
+if TYPE_CHECKING:
+    from cogvx_ext.data.ranks import RankSync
+
 
 def plan_samples(
-    hook: Any, entries: list[ListingEntry], args: argparse.Namespace, model: ModelInfo, progress: bool = True
+    hook: Any,
+    entries: list[ListingEntry],
+    args: argparse.Namespace,
+    model: ModelInfo,
+    progress: bool = True,
+    sync: RankSync | None = None,
 ) -> tuple[list[Sample], list[Skipped]]:
     """Probe every clip and ask the plugins for its targets; the same plan for training and `plan`.
 
@@ -22,7 +30,8 @@ def plan_samples(
     shapes (cogvx_ext.data.contracts): a violation is a UsageError, before anything is decoded.
 
     With a stage schedule (``cogvx_stages``) the samples are ordered stage by stage, so they are
-    encoded (and their progress shown) one stage after the other.
+    encoded (and their progress shown) one stage after the other. With ``sync`` (several ranks),
+    planning stops as soon as another rank has failed.
     """
     from tqdm.auto import tqdm
 
@@ -34,6 +43,8 @@ def plan_samples(
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
+        if sync is not None:
+            sync.poll()
         try:
             info = hook.cogvx_probe(path=entry.path, args=args)
             if info is None:  # a hook relay made without the core's defaults (cogvx_ext.plugin.defaults)

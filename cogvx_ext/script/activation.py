@@ -60,6 +60,7 @@ class Run:
         self.transformer = None
         self.vae = None
         self.dataset = None
+        self.rank_sync = None  # cogvx_ext.data.ranks.RankSync, from the data preparation on
         self.requirements_checked = False
         self.chosen: set[str] = set()  # hooks implemented by chosen plugins; set by seams.install
         self.kind = "t2v"

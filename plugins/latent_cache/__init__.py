@@ -8,7 +8,8 @@
   file's contents (size, hashes of its first and last MiB; not its path or modification time, so
   a copy of the data on another node, or restored from a backup, reuses the entries), the target (size, crop box, frame indices,
   tags), ``--fps``, the script kind, the VAE's identity (config, a fingerprint of its weights,
-  dtype, slicing and tiling settings, diffusers version) and ``FORMAT_VERSION``. Nothing about
+  dtype, every setting kept on the VAE object: slicing, tiling, tile sizes and overlaps, frames
+  encoded at once; diffusers version) and ``FORMAT_VERSION``. Nothing about
   the process (rank, process count, device) is in it, so an entry written by any launch layout
   is read by any other. Any change makes a new entry; prune drops the old ones.
 * Writes are atomic (a temporary file in the entry's folder, then ``os.replace``): a run killed
@@ -17,6 +18,10 @@
   with a whole entry; the last one stays.
 * Every entry is checked when read: its recorded key, tensor names, shapes (the latent shape of
   the target), dtype and finite values. A bad entry is reported with its clip and encoded again.
+* Clip headers (``cogvx_probe``'s answers): JSON under ``DIR/probes``, keyed by the clip's
+  contents as above, so a warm launch demuxes no clip (it reads two MiB of each, which the
+  latent keys need anyway), and a file replaced by another of the same size and time is probed
+  again instead of being taken for the old one.
 * Prompt embeddings (``cogvx_prompt_embeddings``): one entry per
   prompt under ``DIR/prompts``, keyed by the text, the text encoder's identity, the tokenizer,
   the sequence length and dtype; kept in memory for the run, so a step costs no encoder call.

@@ -16,19 +16,12 @@ from cogvx_ext.data.clips import Sample
 # 2: frame indices count the frames an edit list shows, crops are in display pixels (rotation,
 # sample aspect), so an entry of version 1 can hold other pixels under the same key.
 # 3: a clip is known by its contents (size, first and last MiB), no longer by its modification time.
-FORMAT_VERSION = 3
+# 4: every setting on the VAE object enters the key (version 3 left out the latent tile sizes); a
+# clip's probe entry is found by the clip's contents, no longer by its path, size and time.
+FORMAT_VERSION = 4
 
 
 HEAD_BYTES = 1 << 20  # hashed at each end of a clip; the size covers the rest
-
-
-# Tiling settings of AutoencoderKLCogVideoX that change the numbers when tiling is on.
-_TILE_ATTRIBUTES = (
-    "tile_sample_min_height",
-    "tile_sample_min_width",
-    "tile_overlap_factor_height",
-    "tile_overlap_factor_width",
-)
 
 
 _FINGERPRINT_VALUES = 64  # first values of every weight tensor that enter a model's fingerprint
@@ -103,20 +96,28 @@ def _public_config(config: Any) -> dict[str, Any]:
     return {k: v for k, v in items.items() if not k.startswith("_") and k not in ignored}
 
 
+def vae_settings(vae: torch.nn.Module) -> dict[str, Any]:
+    """Every setting kept on the VAE object besides its config: what ``enable_slicing`` and
+    ``enable_tiling(...)`` set (slicing, tiling, the sample and latent tile sizes, the overlap
+    factors) and the frames encoded at once. All of them, read from the object (plain public
+    values; ``training`` is nn.Module's own), so one that a later diffusers adds enters the key too."""
+    return {
+        name: value
+        for name, value in sorted(vars(vae).items())
+        if not name.startswith("_") and name != "training" and isinstance(value, (bool, int, float, str))
+    }
+
+
 def vae_identity(vae: torch.nn.Module, fingerprint: str | None = None) -> dict[str, Any]:
-    """What decides the posterior besides the pixels: config, weights, dtype, slicing and tiling."""
+    """What decides the posterior besides the pixels: config, weights, dtype and every setting."""
     import diffusers
 
-    tiling = bool(getattr(vae, "use_tiling", False))
     return {
         "class": type(vae).__name__,
         "config_sha256": digest(_public_config(vae.config)),  # scaling_factor included
         "weights": fingerprint or weights_fingerprint(vae),
         "dtype": str(vae.dtype),
-        "slicing": bool(getattr(vae, "use_slicing", False)),
-        "tiling": tiling,
-        "tile": {name: getattr(vae, name, None) for name in _TILE_ATTRIBUTES} if tiling else None,
-        "frame_batch": getattr(vae, "num_sample_frames_batch_size", None),
+        "settings": vae_settings(vae),
         "diffusers": diffusers.__version__,
     }
 

@@ -203,18 +203,19 @@ class LatentCache:
 
     # ---- probes ------------------------------------------------------------------------------
     #
-    # A clip's header answer and its file identity, stored as JSON under its path, size and
-    # modification time: a launch with nothing changed neither demuxes nor reads any clip.
+    # A clip's header answer, stored as JSON under the clip's contents (size, first and last MiB):
+    # a launch with nothing changed demuxes no clip, and the identity it reads serves the latent
+    # keys too. A path, size and time would hand a replaced file the old file's entries.
 
     @hookimpl(tryfirst=True, specname="cogvx_probe")
     def load_cached_probe(self, path: str):
-        """Answers from ``DIR/probes/`` (JSON keyed by the path, size and modification time), so a warm
-        launch opens no clip."""
+        """Answers from ``DIR/probes/``, JSON keyed by the clip's contents (its size and the hashes of its
+        first and last MiB, as its latent keys): a warm launch demuxes no clip, and a file replaced with
+        the same size and time is probed again."""
         if self.root is None:
             return None
         try:
-            stat = os.stat(path)
-            key = probe_key(path, stat)
+            key = probe_key(self._file_identity(path))
             with open(probe_entry_path(self.root, key), encoding="utf-8") as f:
                 entry = json.load(f)
         except (OSError, ValueError):
@@ -222,8 +223,6 @@ class LatentCache:
         info = video_info_from_json(entry.get("info")) if isinstance(entry, dict) else None
         if info is None or entry.get("key") != key:
             return None
-        if isinstance(entry.get("file"), dict):
-            self._file_ids[(path, stat.st_size, stat.st_mtime_ns)] = entry["file"]
         self._probes_served.add(path)
         self.stats.probe_hits += 1
         return info
@@ -241,14 +240,8 @@ class LatentCache:
         from cogvx_ext.base.io import write_json_atomic
 
         try:
-            stat = os.stat(path)
-            key = probe_key(path, stat)
-            entry = {
-                "key": key,
-                "path": path,
-                "info": video_info_to_json(info),
-                "file": self._file_identity(path),
-            }
+            key = probe_key(self._file_identity(path))
+            entry = {"key": key, "path": path, "info": video_info_to_json(info)}
             write_json_atomic(probe_entry_path(self.root, key), entry)
         except (OSError, TypeError, ValueError):
             pass  # not kept: the next launch probes this clip again

@@ -1,4 +1,4 @@
-"""Clip headers (``cogvx_probe``'s answers) kept as JSON, so a warm launch opens no clip."""
+"""Clip headers (``cogvx_probe``'s answers) kept as JSON, so a warm launch demuxes no clip."""
 
 from __future__ import annotations
 
@@ -9,20 +9,15 @@ from typing import Any
 from . import keys
 from .keys import digest
 
-PROBES_DIR = "probes"  # JSON answers of cogvx_probe, so a warm launch opens no clip
+PROBES_DIR = "probes"  # JSON answers of cogvx_probe, so a warm launch demuxes no clip
 
 
-def probe_key(path: str, stat: os.stat_result) -> str:
-    """A clip's probe entry key: the path, size and modification time, so that a warm launch
-    reads no clip at all (a file rewritten in place with the same size and time is not seen)."""
-    return digest(
-        {
-            "format": keys.FORMAT_VERSION,
-            "path": os.path.abspath(path),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-        }
-    )
+def probe_key(identity: dict[str, Any]) -> str:
+    """A clip's probe entry key: the clip's contents as the latent key knows them (its size and the
+    hashes of its first and last MiB, ``keys.file_identity``). A file replaced by another of the
+    same size and time is probed again, and every node's copy finds the same entry; a warm launch
+    reads two MiB of each clip, which its latent keys need anyway."""
+    return digest({"format": keys.FORMAT_VERSION, "file": identity})
 
 
 def probe_entry_path(root: str | os.PathLike, key: str) -> Path:

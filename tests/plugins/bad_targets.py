@@ -13,7 +13,9 @@ class BadTargets:
     @hookimpl
     def cogvx_add_arguments(self, parser):
         parser.add_argument(
-            "--bad_target", default="ok", choices=["ok", "size", "frames", "crop", "transposed"]
+            "--bad_target",
+            default="ok",
+            choices=["ok", "size", "frames", "crop", "transposed", "past_end", "negative_frame"],
         )
 
     @hookimpl
@@ -26,6 +28,10 @@ class BadTargets:
         indices = stock_frame_indices(clip.info.num_frames, args.max_num_frames, 0, 0)
         if args.bad_target == "frames":
             indices = indices[:-1]
+        if args.bad_target == "past_end":  # the same count, one step later: the last is one too far
+            indices = [i + clip.info.num_frames - indices[-1] for i in indices]
+        if args.bad_target == "negative_frame":
+            indices = [i - 1 for i in indices]
         crop = cover_crop_box(clip.info.width, clip.info.height, width, height)
         if args.bad_target == "crop":
             crop = (crop[0] + 1, crop[1], clip.info.height, crop[3])

@@ -23,11 +23,15 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
     _log_memory_estimate(run, sampler, dataset.samples, batch_size)
     _watch_compilations(run, sampler, dataset.samples)
     if sampler is None:
-        return real_dataloader(dataset, *args, **kwargs)
-    for name in ("batch_size", "shuffle", "sampler", "drop_last"):
-        kwargs.pop(name, None)
-    _deepspeed_micro_batch(accelerator, batch_size)
-    return real_dataloader(dataset, batch_sampler=sampler, **kwargs)
+        loader = real_dataloader(dataset, *args, **kwargs)
+    else:
+        for name in ("batch_size", "shuffle", "sampler", "drop_last"):
+            kwargs.pop(name, None)
+        _deepspeed_micro_batch(accelerator, batch_size)
+        loader = real_dataloader(dataset, batch_sampler=sampler, **kwargs)
+    if run.rank_sync is not None:  # accelerator.prepare's collectives come next
+        run.rank_sync.meet("the batch sampler")
+    return loader
 
 
 def _deepspeed_micro_batch(accelerator, batch_size) -> None:

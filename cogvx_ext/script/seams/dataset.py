@@ -25,7 +25,7 @@ class ScriptDataset(torch.utils.data.Dataset):
         from cogvx_ext.data.clips import Skipped
         from cogvx_ext.data.encoding import encode_samples, vae_device
         from cogvx_ext.data.planning import plan_samples, report_skipped
-        from cogvx_ext.data.ranks import check_ranks_agree
+        from cogvx_ext.data.ranks import RankSync, check_ranks_agree
         from cogvx_ext.script.data_formats import read_script_data
 
         self.run = run
@@ -42,13 +42,19 @@ class ScriptDataset(torch.utils.data.Dataset):
             "video_column",
             "cache_dir",
         )
+        # A rank that fails from here to the first step says so on its way out (seams.main); the
+        # others stop at their next meeting point or within a moment in the long loops.
+        sync = run.rank_sync = RankSync()
         entries, skipped = read_script_data(
             argparse.Namespace(
                 **{k: kwargs.get(k) for k in data_flags},
                 allow_unpaired_captions=getattr(run.args, "allow_unpaired_captions", False),
             )
         )
-        samples, more_skipped = plan_samples(run.hook, entries, run.args, run.model, progress=progress)
+        samples, more_skipped = plan_samples(
+            run.hook, entries, run.args, run.model, progress=progress, sync=sync
+        )
+        sync.meet("the comparison of the ranks' plans")
         check_ranks_agree(
             samples, kwargs.get("instance_data_root"), vae_device(run.vae) if run.vae is not None else "cpu"
         )
@@ -60,7 +66,7 @@ class ScriptDataset(torch.utils.data.Dataset):
         if not samples:
             raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
         posteriors, failed = encode_samples(
-            run.hook, samples, run.vae, run.kind, run.args, rank, world, progress
+            run.hook, samples, run.vae, run.kind, run.args, rank, world, progress, sync=sync
         )
         report_skipped(failed)  # each rank names the clips it failed to decode
         kept = [i for i, p in enumerate(posteriors) if p is not None]
@@ -84,6 +90,7 @@ class ScriptDataset(torch.utils.data.Dataset):
         self.instance_videos = [torch.zeros(_STANDIN_SHAPE) for _ in self.samples]
         run.dataset = self
         _answer_stand_ins(run)
+        sync.meet("the end of the data preparation")  # the script's own collectives may follow
 
     def __setattr__(self, name, value):
         # The script assigns what its encoding loop made of the stand-ins; keep the real posteriors.

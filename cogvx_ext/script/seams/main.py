@@ -14,6 +14,7 @@ def _wrap_main(run, real_main):
         try:
             return real_main(args)
         except BaseException as exc:
+            _tell_the_other_ranks(run, exc)
             if not isinstance(exc, SystemExit):
                 exc._cogvx_ext_reported = True
                 run.hook.cogvx_exception(exc=exc, args=args)
@@ -33,6 +34,7 @@ def _report_uncaught(run) -> None:
     previous = sys.excepthook
 
     def excepthook(exc_type, exc, traceback):
+        _tell_the_other_ranks(run, exc)
         if not getattr(exc, "_cogvx_ext_reported", False):
             exc._cogvx_ext_reported = True
             run.hook.cogvx_exception(exc=exc, args=run.args)
@@ -42,3 +44,10 @@ def _report_uncaught(run) -> None:
         previous(exc_type, exc, traceback)
 
     sys.excepthook = excepthook
+
+
+def _tell_the_other_ranks(run, exc: BaseException) -> None:
+    """Before anything else: the other ranks may be waiting for this one (cogvx_ext.data.ranks)."""
+    from cogvx_ext.data.ranks import RankSync
+
+    (run.rank_sync or RankSync()).announce(exc)
