@@ -39,3 +39,103 @@ def test_one_clip_trains_on_two_processes(
     for name, events in ranks.items():
         assert training_shapes(events) == [[3, 12, 20]] * 2, name  # both processes train every step
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+# Each: a change a future script could make, made to a copy of the minimal T2V trainer; the plugins
+# that need the seam; what the one line must say.
+CHANGED_SEAMS = {
+    "instance_videos no longer assigned": (
+        [
+            (
+                "    train_dataset.instance_videos = encoded_videos\n",
+                "    train_dataset.latents = encoded_videos\n",
+            )
+        ],
+        "aspect_bucket,rope_rescale",
+        "does not fit the seam the encoded clips (instance_videos, DataLoader) that aspect_bucket need(s): "
+        "main() never assigns train_dataset.instance_videos (the encoded clips)",
+    ),
+    "DataLoader without collate_fn": (
+        [("        collate_fn=collate_fn,\n", "")],
+        "aspect_bucket,rope_rescale",
+        "main() calls DataLoader(train_dataset, ...) without collate_fn=",
+    ),
+    "log_validation's pipeline_args renamed": (
+        [("pipeline_args", "validation_kwargs")],
+        "rope_rescale",
+        "does not fit the seam log_validation(pipe, ..., pipeline_args) that cogvx-ext need(s): "
+        "log_validation(pipe, args, accelerator, validation_kwargs, epoch, is_final_validation) "
+        "has no parameter pipeline_args",
+    ),
+    "compute_prompt_embeddings' max_sequence_length renamed": (
+        [
+            (
+                "prompt, max_sequence_length, device, dtype, requires_grad",
+                "prompt, max_length, device, dtype, requires_grad",
+            ),
+            ("max_length=max_sequence_length", "max_length=max_length"),
+        ],
+        "latent_cache",
+        "compute_prompt_embeddings(tokenizer, text_encoder, prompt, max_length, device, dtype, requires_grad) "
+        "is not compute_prompt_embeddings(tokenizer, text_encoder, prompt, max_sequence_length, device, dtype, "
+        "requires_grad)",
+    ),
+}
+
+
+def changed_trainer(tmp_path, edits):
+    from cogvx_ext.trainers import minimal_trainer
+
+    source = minimal_trainer("t2v").read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in source, old  # the minimal trainer still has what the test changes
+        source = source.replace(old, new)
+    path = tmp_path / "train_cogvideox_lora.py"
+    path.write_text(source, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("change", list(CHANGED_SEAMS))
+def test_a_seam_of_another_shape_stops_the_run_with_one_line(tiny_models, train, tmp_path, change):
+    edits, plugins, expected = CHANGED_SEAMS[change]
+    trainer = changed_trainer(tmp_path, edits)
+    data = mixed_dataset(tmp_path / "data", [(256, 144, 17)])
+    out = tmp_path / "out"
+    args = script_args(
+        tiny_models["5b"], data, out, "--plugins", plugins, "--latent_cache_dir", tmp_path / "cache", steps=1
+    )
+    if "latent_cache" not in plugins:
+        args = args[:-2]
+    result = train(trainer, args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("cogvx-ext: train_cogvideox_lora.py (a script without check_min_version) ")
+    assert expected in line
+    assert line.endswith(
+        'cogvx-ext knows the diffusers scripts of v0.31.0 to main (README, "Script versions"): '
+        "use one of those"
+        + ("" if "cogvx-ext need" in line else f", or leave {plugins.split(',')[0]} out of --plugins")
+    )
+    assert not out.exists()  # before main made anything, before any model loaded
+
+
+def test_every_trainer_fits_every_seam(t2v_trainer, i2v_trainer):
+    # The minimal trainers, or the real scripts when COGVX_EXT_TRAINER / COGVX_EXT_I2V_TRAINER name them.
+    import importlib.util
+    import sys
+
+    from cogvx_ext.plugin import hookspecs
+    from cogvx_ext.script.seams.shapes import SEAMS, mismatches
+
+    every_hook = {name for name in dir(hookspecs) if name.startswith("cogvx_")}
+    for i, path in enumerate((t2v_trainer, i2v_trainer)):
+        name = f"compat_trainer_{i}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+            assert all(seam.present in module.__dict__ for seam in SEAMS), path
+            assert mismatches(module, every_hook) == [], path
+        finally:
+            del sys.modules[name]
