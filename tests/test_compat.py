@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from test_e2e import RECORDER, by_event, mixed_dataset, ok, script_args, training_shapes
-from tests_support import read_events
+from tests_support import HERE, read_events
 
 
 @pytest.mark.slow
@@ -139,3 +139,20 @@ def test_every_trainer_fits_every_seam(t2v_trainer, i2v_trainer):
             assert mismatches(module, every_hook) == [], path
         finally:
             del sys.modules[name]
+
+
+@pytest.mark.slow
+def test_final_lora_reload_works_offline_with_the_pre_0_40_file_guess(
+    tiny_models, t2v_trainer, train, tmp_path
+):
+    # The scripts reload their output folder at the end without weight_name; diffusers < 0.40 refuses
+    # that offline (the train fixture runs with HF_HUB_OFFLINE=1).
+    rule = HERE / "plugins" / "offline_lora_rule_before_0_40.py"
+    data = mixed_dataset(tmp_path / "data", [(256, 144, 17)])
+    out = tmp_path / "out"
+    args = script_args(
+        tiny_models["5b"], data, out, "--plugins", f"{rule},aspect_bucket,rope_rescale", steps=1
+    )
+    result = ok(train(t2v_trainer, args))
+    assert "must specify a `weight_name`" not in result.stderr
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
