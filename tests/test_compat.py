@@ -156,3 +156,51 @@ def test_final_lora_reload_works_offline_with_the_pre_0_40_file_guess(
     result = ok(train(t2v_trainer, args))
     assert "must specify a `weight_name`" not in result.stderr
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+# What a script's imports meet with a diffusers / transformers it cannot run with: the line that
+# says what to install, on the start-up hook's path and the runner's, exit status 2, no traceback.
+IMPORT_FLOORS = {
+    "check_min_version": (
+        'from diffusers.utils import check_min_version\n\ncheck_min_version("99.0.0")\n',
+        "cogvx-ext: train_cogvideox_lora.py needs diffusers >= 99.0.0 (its check_min_version) and diffusers "
+        "{diffusers} is installed: pip install -U 'diffusers>=99.0.0', or use the train_cogvideox_lora.py of "
+        "diffusers v{diffusers} (examples/cogvideo at that tag)",
+    ),
+    # diffusers <= 0.35.1 imports this from transformers at `from diffusers import CogVideoX...`; the
+    # installed transformers (> 4.56.2) raises the very ImportError those diffusers meet.
+    "FLAX_WEIGHTS_NAME": (
+        "from transformers.utils import FLAX_WEIGHTS_NAME\n",
+        "cogvx-ext: diffusers {diffusers} cannot import CogVideoX with transformers {transformers} (diffusers "
+        "up to 0.35.1 imports FLAX_WEIGHTS_NAME, which transformers after 4.56.2 does not have): pip install "
+        "'transformers<=4.56.2', or pip install -U diffusers",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", ["start-up hook", "runner"])
+@pytest.mark.parametrize("floor", list(IMPORT_FLOORS))
+def test_a_diffusers_the_script_cannot_import_with_is_one_line(train, tmp_path, floor, how):
+    import importlib.metadata
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import transformers.utils
+
+    if floor == "FLAX_WEIGHTS_NAME" and hasattr(transformers.utils, "FLAX_WEIGHTS_NAME"):
+        pytest.skip("the installed transformers still has FLAX_WEIGHTS_NAME")
+    line, expected = IMPORT_FLOORS[floor]
+    trainer = changed_trainer(tmp_path, [("import argparse\n", f"import argparse\n{line}")])
+    argv = [trainer, "--plugins", "aspect_bucket", "--output_dir", tmp_path / "out"]
+    if how == "start-up hook":
+        result = train(argv[0], argv[1:])
+    else:
+        cogvx_ext = shutil.which("cogvx-ext", path=os.path.dirname(sys.executable))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        command = [cogvx_ext, "run", *map(str, argv)]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    versions = {p: importlib.metadata.version(p) for p in ("diffusers", "transformers")}
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [expected.format(**versions)]

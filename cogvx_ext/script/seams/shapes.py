@@ -19,6 +19,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cogvx_ext.script.floors import module_tree, script_min_diffusers
 from cogvx_ext.script.seams.kinds import DATA_HOOKS
 
 KNOWN_SCRIPTS = "the diffusers scripts of v0.31.0 to main"
@@ -164,15 +165,14 @@ def _syntax_tree(function) -> ast.FunctionDef | None:
 
 def script_release(module) -> str:
     """Which diffusers release the script says it is from: the argument of its ``check_min_version``."""
-    try:
-        tree = ast.parse(inspect.getsource(module))
-    except (OSError, TypeError, SyntaxError):
+    path = getattr(module, "__file__", None)
+    tree = module_tree(path) if path else None
+    if tree is None:
         return "a script of unknown release"
-    for node in tree.body:
-        call = node.value if isinstance(node, ast.Expr) else None
-        if _is_call_of(call, "check_min_version") and call.args and isinstance(call.args[0], ast.Constant):
-            return f"the diffusers {call.args[0].value} script, by its check_min_version"
-    return "a script without check_min_version"
+    needed = script_min_diffusers(tree)
+    if needed is None:
+        return "a script without check_min_version"
+    return f"the diffusers {needed} script, by its check_min_version"
 
 
 def mismatches(module, chosen: set[str]) -> list[tuple[Seam, str]]:
