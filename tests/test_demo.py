@@ -120,3 +120,32 @@ def test_plan_prints_the_table_and_writes_json(tmp_path):
     assert strict.returncode == 2 and strict.stderr.startswith("cogvx-ext: --bucket_strict: 1 clip(s)")
     bad_flag = cli("plan", *flags, "--bucket_max_aspect", "0.5")
     assert bad_flag.returncode == 2 and len(bad_flag.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_with_an_i2v_script_trains_a_tiny_5b_i2v(i2v_trainer, tmp_path):
+    # An image-to-video --trainer alone chooses the I2V demo (it built a T2V model for it before).
+    result = cli(
+        "demo", "--trainer", i2v_trainer, "--steps", 2, "--output_dir", tmp_path / "demo", cwd=tmp_path, timeout=600
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"cogvx-ext demo: training with the training script you gave, {i2v_trainer}"
+    assert lines[1].startswith("cogvx-ext demo: building a tiny CogVideoX-5b-I2V and 6 clips")
+    lora = tmp_path / "demo" / "lora"
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    meta = json.loads((lora / "cogvx_ext.json").read_text())
+    assert meta["plugins"] == ["aspect_bucket", "rope_rescale", "posemb_adapt"] and meta["model"] == "5b-I2V"
+    assert "96x160" in result.stdout and "160x96" in result.stdout  # portrait and landscape buckets
+    assert "CogVideoXImageToVideoPipeline.from_pretrained(MODEL)" in result.stdout
+
+
+def test_demo_i2v_picks_the_i2v_trainer_and_refuses_a_t2v_one():
+    choice = demo.find_trainer(None, i2v=True)
+    assert (choice.path, choice.kind) == (minimal_trainer("i2v"), "i2v")
+    result = cli("demo", "--i2v", "--trainer", minimal_trainer("t2v"), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cogvx-ext: --i2v needs an image-to-video script (diffusers' train_cogvideox_image_to_video_lora.py); "
+        "tiny_t2v_trainer.py is a text-to-video one: pass the I2V script with --trainer, or leave --i2v out"
+    ]

@@ -7,6 +7,11 @@ diffusers script (downloaded once and checked against its sha256) when the netwo
 torchvision loads, else the minimal trainer shipped in this package (the diffusers script's
 seams, no torchvision): the demo runs offline. The first line says which. Everything goes to
 ``./cogvx-demo/`` (or ``--output_dir``), the script's full output to ``train.log`` there.
+
+Image to video (``--i2v``, or a ``--trainer`` that is diffusers' I2V script): a tiny
+CogVideoX-5b-I2V, whose learned positional embedding also needs ``posemb_adapt`` at other sizes;
+the script is the one given (``--trainer`` / ``COGVX_EXT_I2V_TRAINER``), else the minimal I2V
+trainer.
 """
 
 from __future__ import annotations
@@ -52,24 +57,52 @@ DEMO_PROMPTS = [
 ]
 
 
+DEFAULT_PLUGINS = {"t2v": "aspect_bucket,rope_rescale", "i2v": "aspect_bucket,rope_rescale,posemb_adapt"}
+MODEL_KIND = {"t2v": "5b", "i2v": "5b-I2V"}
+I2V_SCRIPT = "train_cogvideox_image_to_video_lora.py"
+
+
 @dataclass(frozen=True)
 class TrainerChoice:
     path: Path
     why: str  # for the demo's first line
+    kind: str = "t2v"
 
 
-def find_trainer(trainer: str | None) -> TrainerChoice:
+def script_kind(path: Path) -> str:
+    """``i2v`` for an image-to-video training script (it names the I2V pipeline), else ``t2v``."""
+    from cogvx_ext.script.seams.kinds import I2V_PIPELINE
+
+    return "i2v" if I2V_PIPELINE in path.read_text(encoding="utf-8", errors="replace") else "t2v"
+
+
+def find_trainer(trainer: str | None, i2v: bool = False) -> TrainerChoice:
     """The script to train with: the one given, else the pinned diffusers script (cached or
-    downloaded, sha256-checked), else the minimal trainer shipped in this package."""
+    downloaded, sha256-checked), else the minimal trainer shipped in this package. Image to video:
+    ``i2v``, or a given script that is an I2V one; the minimal I2V trainer when none is given."""
+    from cogvx_ext.trainers import minimal_trainer
+
     if trainer:
         path = Path(trainer).expanduser()
         if not path.is_file():
             raise UsageError(f"--trainer '{trainer}' does not exist")
+        kind = script_kind(path)
+        if i2v and kind != "i2v":
+            raise UsageError(
+                f"--i2v needs an image-to-video script (diffusers' {I2V_SCRIPT}); {path.name} is a "
+                "text-to-video one: pass the I2V script with --trainer, or leave --i2v out"
+            )
         problem = torchvision_problem(path)
         if problem:
             raise UsageError(f"{path.name} imports torchvision, which {problem}")
-        return TrainerChoice(path, f"the training script you gave, {path}")
-    from cogvx_ext.trainers import minimal_trainer
+        return TrainerChoice(path, f"the training script you gave, {path}", kind)
+    if i2v:
+        return TrainerChoice(
+            minimal_trainer("i2v"),
+            f"cogvx-ext's minimal image-to-video trainer, with the seams of diffusers' {I2V_SCRIPT} (pass "
+            "--trainer PATH or set COGVX_EXT_I2V_TRAINER for the diffusers script)",
+            "i2v",
+        )
 
     shipped = minimal_trainer("t2v")
     problem = torchvision_problem(None)
@@ -127,8 +160,9 @@ def _pinned_script() -> Path:
     return cached
 
 
-def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> int:
-    choice = find_trainer(trainer)
+def run_demo(trainer: str | None, output_dir: str, plugins: str | None, steps: int, i2v: bool = False) -> int:
+    choice = find_trainer(trainer, i2v)
+    plugins = plugins or DEFAULT_PLUGINS[choice.kind]
     print(f"cogvx-ext demo: training with {choice.why}", flush=True)
     import_chatter = _quiet_libraries()
     from cogvx_ext.data.synthetic import write_dataset
@@ -136,8 +170,12 @@ def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> 
 
     out = Path(output_dir).resolve()
     started = time.perf_counter()
-    print(f"cogvx-ext demo: building a tiny CogVideoX-5b and {len(DEMO_CLIPS)} clips in {out}", flush=True)
-    model = build_tiny_model(out / "model", "5b")
+    model_kind = MODEL_KIND[choice.kind]
+    print(
+        f"cogvx-ext demo: building a tiny CogVideoX-{model_kind} and {len(DEMO_CLIPS)} clips in {out}",
+        flush=True,
+    )
+    model = build_tiny_model(out / "model", model_kind)
     data = write_dataset(out / "data", DEMO_CLIPS, prompts=DEMO_PROMPTS)
     lora_dir = out / "lora"
     script_args = [
@@ -163,7 +201,7 @@ def run_demo(trainer: str | None, output_dir: str, plugins: str, steps: int) -> 
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
         print("\n".join(tail), file=sys.stderr)
         return status
-    _summarise(script_args, lora_dir, steps, time.perf_counter() - started)
+    _summarise(script_args, lora_dir, steps, time.perf_counter() - started, choice.kind)
     return 0
 
 
@@ -227,7 +265,7 @@ def _quiet_libraries() -> str:
     return chatter.getvalue()
 
 
-def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: float) -> None:
+def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: float, kind: str) -> None:
     from cogvx_ext.cli.plan.report import build_report
     from cogvx_ext.cli.plan.text import format_report
     from cogvx_ext.data.planning import plan_samples
@@ -259,6 +297,9 @@ def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: floa
             f"recorded for inference ({meta_path.name}): plugins {', '.join(meta['plugins'])}; "
             f"rope_mode {meta['settings'].get('rope_mode', '-')}"
         )
+        from cogvx_ext.script.seams.kinds import I2V_PIPELINE, T2V_PIPELINE
+
+        pipeline = I2V_PIPELINE if kind == "i2v" else T2V_PIPELINE
         print(
-            "load it with: cogvx_ext.inference.prepare_pipeline(CogVideoXPipeline.from_pretrained(MODEL), LORA_DIR)"
+            f"load it with: cogvx_ext.inference.prepare_pipeline({pipeline}.from_pretrained(MODEL), LORA_DIR)"
         )

@@ -115,15 +115,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--trainer",
-        default=os.environ.get("COGVX_EXT_TRAINER"),
-        help="path to diffusers' examples/cogvideo/train_cogvideox_lora.py (default: $COGVX_EXT_TRAINER)",
+        default=None,
+        help="path to diffusers' examples/cogvideo/train_cogvideox_lora.py, or its image-to-video script "
+        "(default: $COGVX_EXT_TRAINER, with --i2v $COGVX_EXT_I2V_TRAINER)",
+    )
+    p.add_argument(
+        "--i2v",
+        action="store_true",
+        help="image to video: a tiny CogVideoX-5b-I2V and the I2V script (also chosen by an I2V --trainer)",
     )
     p.add_argument(
         "--output_dir",
         default="cogvx-demo",
         help="where the model, clips and LoRA go (default: ./cogvx-demo)",
     )
-    p.add_argument("--plugins", default="aspect_bucket,rope_rescale", help="plugins to train with")
+    p.add_argument(
+        "--plugins",
+        default=None,
+        help="plugins to train with (default: aspect_bucket,rope_rescale; image to video: "
+        "aspect_bucket,rope_rescale,posemb_adapt)",
+    )
     p.add_argument("--steps", type=int, default=6, help="optimizer steps (default: 6)")
     p.set_defaults(command="demo", handler=_demo)
 
@@ -208,7 +219,10 @@ def _new_plugin(args) -> int:
 def _demo(args) -> int:
     from cogvx_ext.cli.demo import run_demo
 
-    return run_demo(trainer=args.trainer, output_dir=args.output_dir, plugins=args.plugins, steps=args.steps)
+    trainer = args.trainer or os.environ.get("COGVX_EXT_I2V_TRAINER" if args.i2v else "COGVX_EXT_TRAINER")
+    return run_demo(
+        trainer=trainer, output_dir=args.output_dir, plugins=args.plugins, steps=args.steps, i2v=args.i2v
+    )
 
 
 def _plan(argv: list[str]) -> int:

@@ -88,7 +88,29 @@ def activate_from_startup() -> None:
     """Called by the .pth start-up hook; idempotent."""
     global _startup_active
     _startup_active = True
+    _report_version_floor()
     _install_parse_args_wrapper()
+
+
+def _report_version_floor() -> None:
+    """The script's own imports run before its get_args: an ImportError there that says the
+    installed diffusers is too old for the script (its check_min_version) or cannot import
+    CogVideoX with the installed transformers becomes one line saying what to install
+    (cogvx_ext.script.floors), exit status 2. Everything else goes on to the previous hook."""
+    previous = sys.excepthook
+
+    def excepthook(exc_type, exc, traceback):
+        from cogvx_ext.script.floors import from_import_error
+
+        main = sys.modules.get("__main__")
+        script = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv else "")
+        problem = from_import_error(exc, script) if script.endswith(".py") else None
+        if problem is None:
+            return previous(exc_type, exc, traceback)
+        report_usage_error(UsageError(problem))
+        os._exit(2)  # what the interpreter sets after a hook is 1; nothing else has started yet
+
+    sys.excepthook = excepthook
 
 
 def _install_parse_args_wrapper() -> None:
@@ -249,6 +271,8 @@ def load_trainer(
     ``module.main(module.get_args())`` to train. The run (plugin manager, arguments, models) is
     ``module.cogvx_run``. Raises ``cogvx_ext.UsageError`` for a user mistake.
     """
+    from cogvx_ext.script.floors import from_import_error
+
     path = Path(script_path).expanduser().resolve()
     if not path.is_file():
         raise UsageError(f"training script '{script_path}' does not exist")
@@ -258,8 +282,11 @@ def load_trainer(
     sys.modules[name] = module  # registered so pickling by module name works (DataLoader workers)
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as exc:
         del sys.modules[name]
+        problem = from_import_error(exc, path)
+        if problem:
+            raise UsageError(problem) from exc
         raise
     get_args = getattr(module, "get_args", None)
     if not callable(get_args):

@@ -62,6 +62,7 @@ from cogvx_ext.script.seams.models import (
 )
 from cogvx_ext.script.seams.pipeline import _PipelineProxy, _wrap_log_validation
 from cogvx_ext.script.seams.prompts import ScriptPromptEmbeddings, _prompt_embeddings_seam
+from cogvx_ext.script.seams.shapes import KNOWN_SCRIPTS, mismatches, script_release
 from cogvx_ext.script.zero3 import loading_whole
 
 
@@ -100,7 +101,8 @@ def needed_globals(run) -> dict[str, list[str]]:
 
 
 def check(run) -> None:
-    """Stop before patching if the loaded script lacks a global that a chosen plugin needs."""
+    """Stop before patching if the loaded script lacks a global that a chosen plugin needs, or one
+    of the seams the run needs does not have the shape the seams rely on (seams/shapes.py)."""
     namespace = run.module.__dict__
     for name, hooks in needed_globals(run).items():
         if name not in namespace:
@@ -110,6 +112,14 @@ def check(run) -> None:
                 f"{', '.join(users)} need(s) ({', '.join(sorted(set(hooks)))}); cogvx-ext supports the diffusers "
                 "examples/cogvideo/train_cogvideox_lora.py and train_cogvideox_image_to_video_lora.py"
             )
+    for seam, problem in mismatches(run.module, run.chosen):
+        users = sorted(set(_plugins_implementing(run, seam.hooks or ())))
+        leave_out = f", or leave {', '.join(users)} out of --plugins" if users else ""
+        raise UsageError(
+            f"{os.path.basename(run.script)} ({script_release(run.module)}) does not fit the seam "
+            f"{seam.name} that {', '.join(users) or 'cogvx-ext'} need(s): {problem}; cogvx-ext knows "
+            f'{KNOWN_SCRIPTS} (README, "Script versions"): use one of those{leave_out}'
+        )
 
 
 def _plugins_implementing(run, hooks):

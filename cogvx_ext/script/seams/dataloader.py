@@ -28,10 +28,21 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
         for name in ("batch_size", "shuffle", "sampler", "drop_last"):
             kwargs.pop(name, None)
         _deepspeed_micro_batch(accelerator, batch_size)
+        _no_padding_batches(accelerator)
         loader = real_dataloader(dataset, batch_sampler=sampler, **kwargs)
     if run.rank_sync is not None:  # accelerator.prepare's collectives come next
         run.rank_sync.meet("the batch sampler")
     return loader
+
+
+def _no_padding_batches(accelerator) -> None:
+    """The plugins' batch samplers have no ``batch_size`` (their batches differ in size) and a
+    length that is a multiple of the process count, so accelerate never pads. accelerate before
+    1.14 refuses such a sampler on several processes unless ``even_batches`` is off ("You need to
+    use `even_batches=False` when the batch sampler has no batch size"); with that length, off
+    changes nothing."""
+    if accelerator is not None and accelerator.num_processes > 1:
+        accelerator.even_batches = False
 
 
 def _deepspeed_micro_batch(accelerator, batch_size) -> None:

@@ -87,7 +87,11 @@ class ScriptDataset(torch.utils.data.Dataset):
         self.instance_prompts = [prefix + s.clip.prompt for s in self.samples]
         self.instance_video_paths = [s.clip.path for s in self.samples]
         self.num_instance_videos = len(self.samples)
-        self.instance_videos = [torch.zeros(_STANDIN_SHAPE) for _ in self.samples]
+        # One stand-in per sample, and at least one per process: the v0.37+ T2V script splits its
+        # encoding loop across processes and takes a shape from each process's first result
+        # (`next(...)` raises StopIteration on a process that encoded none).
+        standins = max(len(self.samples), world)
+        self.instance_videos = [torch.zeros(_STANDIN_SHAPE) for _ in range(standins)]
         run.dataset = self
         _answer_stand_ins(run)
         sync.meet("the end of the data preparation")  # the script's own collectives may follow
@@ -99,9 +103,9 @@ class ScriptDataset(torch.utils.data.Dataset):
             and getattr(self, "_posteriors", None) is not None
             and "instance_videos" in self.__dict__
         ):
-            if len(value) != len(self._posteriors):
+            if len(value) != len(self.instance_videos):
                 raise RuntimeError(
-                    f"the script encoded {len(value)} items for {len(self._posteriors)} samples"
+                    f"the script encoded {len(value)} items for {len(self.instance_videos)} stand-ins"
                 )
             value, self._posteriors = self._posteriors, None
             _stop_answering_stand_ins(self.run)

@@ -28,6 +28,7 @@ class _PipelineProxy:
             pipe = self._real_class.from_pretrained(*args, **kwargs)
         if self._run.chosen & {"cogvx_pipeline_loaded", *FORWARD_HOOKS}:
             prepare_loaded_pipeline(self._run, pipe)
+        _name_the_lora_file(pipe)
         return pipe
 
     def save_lora_weights(self, *args, **kwargs):
@@ -49,6 +50,30 @@ class _PipelineProxy:
 
     def __getattr__(self, name):
         return getattr(self._real_class, name)
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
+
+
+def _name_the_lora_file(pipe) -> None:
+    """Reload the script's LoRA offline on every diffusers: diffusers before 0.40 refuses a folder
+    without ``weight_name`` under ``HF_HUB_OFFLINE=1`` ("When using the offline mode, you must
+    specify a weight_name"), and the scripts reload their output folder without one at the end."""
+    real_load = getattr(pipe, "load_lora_weights", None)
+    if real_load is None:
+        return
+
+    @functools.wraps(real_load)
+    def load_lora_weights(source, *args, **kwargs):
+        if (
+            isinstance(source, (str, os.PathLike))
+            and kwargs.get("weight_name") is None
+            and os.path.isfile(os.path.join(source, LORA_FILE))
+        ):
+            kwargs["weight_name"] = LORA_FILE
+        return real_load(source, *args, **kwargs)
+
+    pipe.load_lora_weights = load_lora_weights
 
 
 def prepare_loaded_pipeline(run, pipe) -> None:
