@@ -3,10 +3,13 @@
 ::
 
     from diffusers import CogVideoXPipeline
-    from cogvx_ext.inference import prepare_pipeline
+    from cogvx_ext.inference import prepare_pipeline, write_video
 
     pipe = prepare_pipeline(CogVideoXPipeline.from_pretrained("THUDM/CogVideoX-5b"), "my-lora")
     video = pipe("a cat", height=576, width=1024).frames[0]
+    write_video("cat.mp4", video, fps=8)  # mp4 with PyAV, which the package installs
+
+``cogvx-ext generate`` does the same from the command line.
 
 The training run wrote ``cogvx_ext.json`` next to the LoRA weights: the plugins of the run and
 the settings they recorded (``cogvx_lora_metadata``). The pipeline gets the same plugins, with
@@ -14,6 +17,7 @@ those settings as their ``args``, through the hooks that act on a pipeline: the 
 (rotary embedding, 1.5 frame padding) and ``cogvx_pipeline_loaded`` (the learned table).
 """
 
+from cogvx_ext.data.video_writer import write_video
 from cogvx_ext.plugin.lora_pipeline import make_inference_plugin_manager, prepare_pipeline, recorded_args
 
-__all__ = ["make_inference_plugin_manager", "prepare_pipeline", "recorded_args"]
+__all__ = ["make_inference_plugin_manager", "prepare_pipeline", "recorded_args", "write_video"]

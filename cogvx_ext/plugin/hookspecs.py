@@ -413,7 +413,7 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
 
     Fires from the script's ``accelerator.log(logs, step=...)`` call, once per loop iteration
     (per micro-batch under gradient accumulation). Add entries to ``logs`` to send them to the
-    script's trackers with the loss.
+    script's trackers with the loss, and to its progress bar.
 
     :param step: the script's ``global_step`` (optimizer steps so far).
     :param logs: what the script is about to log (``loss``, ``lr``); add to it in place.
