@@ -97,3 +97,61 @@ def test_every_builtin_plugin_loads_from_the_installed_package():
         "multi_scale",
     ):
         assert name in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases: a version tag builds and publishes; the version lives in cogvx_ext/_version.py alone.
+
+RELEASE = REPO / ".github" / "workflows" / "release.yml"
+
+
+def release_workflow() -> dict:
+    import yaml
+
+    workflow = yaml.safe_load(RELEASE.read_text())
+    workflow["on"] = workflow.pop(True, workflow.get("on"))  # YAML 1.1 reads the key `on` as true
+    return workflow
+
+
+def test_a_version_tag_builds_and_publishes_with_trusted_publishing():
+    workflow = release_workflow()
+    assert workflow["on"] == {"push": {"tags": ["v*"]}}
+    build, publish = workflow["jobs"]["build"], workflow["jobs"]["publish"]
+    assert any("python -m build" in step.get("run", "") for step in build["steps"])
+    assert publish["needs"] == "build"
+    assert publish["permissions"] == {"id-token": "write"}  # PyPI's OIDC exchange, no stored token
+    assert [s["uses"] for s in publish["steps"] if "uses" in s][-1].startswith("pypa/gh-action-pypi-publish@")
+
+
+@pytest.mark.parametrize("tag_matches", [True, False])
+def test_the_release_stops_when_the_tag_is_not_the_version(tag_matches, tmp_path):
+    from cogvx_ext import __version__
+
+    (check,) = [s for s in release_workflow()["jobs"]["build"]["steps"] if "_version.py" in s.get("run", "")]
+    tag = f"v{__version__}" if tag_matches else f"v{__version__}.post9"
+    env_file = tmp_path / "github_env"
+    env_file.write_text("")
+    result = subprocess.run(
+        ["bash", "-e", "-c", check["run"]],
+        cwd=REPO,
+        env={**os.environ, "GITHUB_REF_NAME": tag, "GITHUB_ENV": str(env_file),
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    if tag_matches:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert env_file.read_text() == f"version={__version__}\n"
+    else:
+        assert result.returncode == 1
+        assert f"tag {tag} does not match cogvx_ext/_version.py ({__version__})" in result.stdout
+
+
+def test_the_wheel_carries_the_one_version(wheel):
+    from cogvx_ext import __version__
+
+    assert wheel.name.startswith(f"cogvx_ext-{__version__}-py3-none-any")
+    assert (REPO / "pyproject.toml").read_text().count(
+        'version = {attr = "cogvx_ext._version.__version__"}'
+    ) == 1

@@ -1,4 +1,4 @@
-"""The ``cogvx-ext`` command: plugins, run, demo, plan, --version."""
+"""The ``cogvx-ext`` command: plugins, run, demo, plan, cache, generate, --version."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from cogvx_ext.cli.cache import run_cache
 
         return _guarded(lambda: run_cache(argv[1:]))
+    if argv and argv[0] == "generate":
+        from cogvx_ext.cli.generate import run_generate
+
+        return _guarded(lambda: run_generate(argv[1:]))
     if argv and argv[0] == "run":
         # Everything after SCRIPT belongs to the script, its --help included.
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
@@ -141,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "cache",
         help="fill the latent cache ahead of training, or prune it: cogvx-ext cache {fill,prune} ...",
+        add_help=False,
+    )
+    commands.add_parser(
+        "generate",
+        help="a video from a base model and a trained LoRA, as training saw it "
+        "(cogvx-ext generate --help lists its flags)",
         add_help=False,
     )
     commands.add_parser(

@@ -477,7 +477,9 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
 
     Fires from the script's ``accelerator.log(logs, step=...)`` call: once per loop iteration (per
     micro-batch under gradient accumulation), on every rank. Add entries to ``logs`` to send them
-    to the script's trackers with the loss (the progress bar shows the script's own entries).
+    to the script's trackers with the loss (``--report_to``) and to its progress bar
+    (``Steps: ... loss=0.1, lr=0.001, stage=1``), which is all there is under the scripts' default
+    ``--report_to``.
 
     :param step: the script's ``global_step`` (optimizer steps so far).
     :param logs: the dict the script is about to log (``loss``, ``lr``); add entries in place.
@@ -562,7 +564,9 @@ def cogvx_validation_args(
 
     ``variants`` starts as ``[pipeline_args]``, what the script passes to the pipeline for one
     validation prompt (``prompt``, ``height``, ``width``, ...); the script's ``log_validation`` then
-    runs once per entry. Replace it to validate at other sizes, edit the entries to change other
+    runs once per entry, and each entry's videos are written to ``OUTPUT_DIR/validation/step-N/``
+    (``final/`` after training) as ``<prompt>-<W>x<H>-<i>.mp4`` and logged to tensorboard and wandb
+    under ``validation/<W>x<H>/<prompt>`` (README, "See what it learned"). Replace it to validate at other sizes, edit the entries to change other
     settings. Plugins run in turn on the same list (use ``trylast=True`` to see what the others
     chose).
 

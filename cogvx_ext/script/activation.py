@@ -67,6 +67,9 @@ class Run:
         self.prompts_prepared = False
         self.text_encoder_offloaded = None
         self.zero3_lora = None  # the whole LoRA at the last step, for the final save (cogvx_ext.script.zero3)
+        self.logged_step = None  # the step of the script's last accelerator.log: validation folders
+        self.progress_bar = None  # the script's "Steps" bar, which shows the plugins' logged values too
+        self.validation_slugs: dict[str, str] = {}  # file-name form of each validation prompt -> prompt
 
     def uses(self, hook_name: str) -> bool:
         """Whether a plugin the user chose (not a core default) implements this hook."""
@@ -193,7 +196,8 @@ def start_run(
     )
     pm = make_plugin_manager()
     run = Run(registration.module, pm, load_plugins(pm, choice))
-    if not _has_option(parser, "--plugins"):
+    plugins_flag_added = not _has_option(parser, "--plugins")
+    if plugins_flag_added:
         parser.add_argument(
             "--plugins",
             action="append",
@@ -205,6 +209,10 @@ def start_run(
     add_resume_arguments(parser)
     run.hook.cogvx_add_arguments(parser=parser)
     run.args = parse_args_naming_flag_owners(parser, argv, namespace)
+    if plugins_flag_added:
+        # The scripts hand vars(args) to their trackers, and tensorboard's takes numbers, strings and
+        # booleans only: the list that action="append" leaves stopped every --report_to tensorboard run.
+        run.args.plugins = ",".join(run.plugin_names)
     run.hook.cogvx_configure(args=run.args)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()

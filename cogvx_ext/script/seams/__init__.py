@@ -15,8 +15,9 @@ seam (script globals)               what it does
                                     training settings saved (compared on resume at start,
                                     cogvx_ext.script.resume), the saved files given the
                                     umask's modes; ``accelerator.log``
-                                    fires ``cogvx_step_end``; under DeepSpeed the script's
-                                    save/load hooks get the unwrapped model
+                                    fires ``cogvx_step_end`` and keeps the step; under DeepSpeed
+                                    the script's save/load hooks get the unwrapped model
+``tqdm``                            the "Steps" bar shows what ``cogvx_step_end`` adds to the logs
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
@@ -25,7 +26,8 @@ seam (script globals)               what it does
 ``T5EncoderModel``                  loaded whole under ZeRO-3 (cogvx_ext.script.zero3)
 ``shutil``                          a checkpoint that another rank removed first is no error
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``; a
-                                    validation that would wait forever (ZeRO-3) stops
+                                    validation that would wait forever (ZeRO-3) stops; every
+                                    video is written to OUTPUT_DIR/validation/ and logged per size
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
 ``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save,
                                     the saved LoRA given the umask's modes;
@@ -42,7 +44,7 @@ import sys
 
 from cogvx_ext.base.errors import UsageError
 from cogvx_ext.plugin.manager import CORE_PLUGIN_NAME
-from cogvx_ext.script.seams.accelerator import _accelerator_factory
+from cogvx_ext.script.seams.accelerator import _accelerator_factory, _steps_bar_class
 from cogvx_ext.script.seams.checkpoints import _ShutilAcrossRanks
 from cogvx_ext.script.seams.dataloader import _make_dataloader
 from cogvx_ext.script.seams.dataset import ScriptDataset, ScriptEncoding
@@ -145,6 +147,8 @@ def install(run) -> None:
         _report_uncaught(run)
     if "Accelerator" in g:
         g["Accelerator"] = _accelerator_factory(run, g["Accelerator"])
+    if "cogvx_step_end" in run.chosen and isinstance(g.get("tqdm"), type):
+        g["tqdm"] = _steps_bar_class(run, g["tqdm"])
     if "CogVideoXTransformer3DModel" in g:
         g["CogVideoXTransformer3DModel"] = _LoaderProxy(
             g["CogVideoXTransformer3DModel"], functools.partial(_transformer_loaded, run)

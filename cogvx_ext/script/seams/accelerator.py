@@ -1,5 +1,6 @@
-"""The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``,
-checkpoints (plugin state and settings, file modes), and DeepSpeed's state hooks."""
+"""The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``
+(its values on the progress bar too), the last logged step, checkpoints (plugin state and settings,
+file modes), and DeepSpeed's state hooks."""
 
 from __future__ import annotations
 
@@ -32,10 +33,8 @@ def _accelerator_factory(run, real_accelerator):
         if zero3_plugin(accelerator) is not None:
             _on_every_logged_step(accelerator, functools.partial(_snapshot_lora_after_last_step, run))
         if "cogvx_step_end" in run.chosen:
-            _on_every_logged_step(
-                accelerator,
-                lambda values, step: run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator),
-            )
+            _on_every_logged_step(accelerator, functools.partial(_step_end, run, accelerator))
+        _on_every_logged_step(accelerator, functools.partial(_remember_step, run))
         run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
         return accelerator
 
@@ -94,9 +93,37 @@ def _on_every_logged_step(accelerator, on_step) -> None:
     accelerator.log = log
 
 
+def _remember_step(run, values, step) -> None:
+    run.logged_step = step
+
+
+def _step_end(run, accelerator, values, step) -> None:
+    """``cogvx_step_end`` adds to the dict the script is about to log; the script showed that dict
+    on its progress bar just before, so the bar is shown again with what the plugins added (with
+    the scripts' default ``--report_to`` the trackers are none and the bar is all there is)."""
+    before = dict(values)
+    run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator)
+    if values != before and run.progress_bar is not None:
+        run.progress_bar.set_postfix(**values)
+
+
 def _snapshot_lora_after_last_step(run, values, step) -> None:
     """ZeRO-3: the final LoRA is saved on the main process alone, so the whole copy it needs is
     taken at the last step's log, where every rank is (cogvx_ext.script.zero3)."""
     last = getattr(run.args, "max_train_steps", None)
     if run.zero3_lora is None and step is not None and last and step >= last and run.transformer is not None:
         run.zero3_lora = snapshot_lora(run.accelerator, run.transformer)
+
+
+def _steps_bar_class(run, real_tqdm):
+    """The script's ``tqdm``, remembering its training progress bar (``desc="Steps"`` in both
+    scripts) for ``_step_end``; a subclass, so the script's every other use is unchanged."""
+
+    class Tqdm(real_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if kwargs.get("desc") == "Steps":
+                run.progress_bar = self
+
+    Tqdm.__name__ = Tqdm.__qualname__ = real_tqdm.__name__
+    return Tqdm

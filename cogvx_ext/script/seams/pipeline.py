@@ -104,14 +104,22 @@ def write_lora_metadata(run, directory: str) -> None:
             "cogvx_ext_version": __version__,
             "plugins": run.plugin_names,
             "model": run.model.name if run.model else None,
+            # The scripts' final validation loads the LoRA at this weight (cogvx-ext generate too).
+            "lora_scale": _lora_scale(run.args),
             "settings": settings,
         },
     )
 
 
+def _lora_scale(args) -> float | None:
+    alpha, rank = getattr(args, "lora_alpha", None), getattr(args, "rank", None)
+    return alpha / rank if alpha and rank else None
+
+
 def _wrap_log_validation(run, real_log_validation):
     parameters = list(inspect.signature(real_log_validation).parameters)
-    # Wrapped for every run (the ZeRO-3 check); the plugins take part only when they validate.
+    # Wrapped for every run (the ZeRO-3 check, the videos written); the plugins take part only
+    # when they validate.
     plugins_validate = run.chosen & {
         "cogvx_pipeline_loaded",
         "cogvx_validation_args",
@@ -122,18 +130,55 @@ def _wrap_log_validation(run, real_log_validation):
     def log_validation(*args, **kwargs):
         bound = dict(zip(parameters, args), **kwargs)
         refuse_partitioned_validation(run.accelerator, bound["pipe"].transformer)
-        if not plugins_validate:
-            return real_log_validation(*args, **kwargs)
-        prepare_loaded_pipeline(run, bound["pipe"])
-        samples = run.dataset.samples if run.dataset is not None else None
         variants = [dict(bound["pipeline_args"])]
-        run.hook.cogvx_validation_args(variants=variants, args=run.args, samples=samples)
+        if plugins_validate:
+            prepare_loaded_pipeline(run, bound["pipe"])
+            samples = run.dataset.samples if run.dataset is not None else None
+            run.hook.cogvx_validation_args(variants=variants, args=run.args, samples=samples)
         videos = []
         for pipeline_args in variants:
-            videos.extend(real_log_validation(**{**bound, "pipeline_args": pipeline_args}) or [])
-        if run.text_encoder_offloaded is not None:
+            videos.extend(_validate_one(run, real_log_validation, {**bound, "pipeline_args": pipeline_args}))
+        if plugins_validate and run.text_encoder_offloaded is not None:
             # The T2V validation pipeline shares the text encoder and moved it to the accelerator.
             run.text_encoder_offloaded.to("cpu")
         return videos
 
     return log_validation
+
+
+def _validate_one(run, real_log_validation, bound) -> list:
+    """One validation size: the script's ``log_validation`` makes the videos (its trackers hidden);
+    they are written under ``OUTPUT_DIR/validation/`` and logged per size (cogvx_ext.script.validation_videos)."""
+    from pathlib import Path
+
+    from cogvx_ext.script import validation_videos as vv
+
+    accelerator, args, pipeline_args = bound["accelerator"], bound["args"], bound["pipeline_args"]
+    final = bool(bound.get("is_final_validation", False))
+    step = run.logged_step
+    where = (
+        "after training"
+        if final
+        else (f"at step {step}" if step is not None else f"in epoch {bound['epoch']}")
+    )
+    vv.say(f"validation {where}: {vv.describe(pipeline_args, getattr(args, 'num_validation_videos', 1))}")
+    with vv.trackers_hidden(accelerator):
+        videos = list(real_log_validation(**bound) or [])
+    prompt = str(pipeline_args.get("prompt", ""))
+    slug = vv.prompt_slug(prompt, run.validation_slugs)
+    folder = Path(args.output_dir) / "validation" / vv.folder_name(step, bound["epoch"], final)
+    fps = getattr(args, "fps", None) or 8  # the rate training sampled frames at
+    written = vv.save_videos(folder, slug, prompt, videos, fps)
+    for video in written:
+        frames = video.frames.shape[0]
+        vv.say(f"wrote {vv.shown_path(video.path)} ({video.width}x{video.height}, {frames} frames)")
+    vv.log_to_trackers(
+        getattr(accelerator, "trackers", None),
+        "test" if final else "validation",
+        prompt,
+        slug,
+        written,
+        step,
+        fps,
+    )
+    return videos
