@@ -13,7 +13,8 @@ Life of a run (T2V and I2V scripts alike)::
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
       AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
       VideoDataset(...)                     ── cogvx_stages, then cogvx_probe and
-                                               cogvx_clip_targets per clip, cogvx_clips_skipped
+                                               cogvx_clip_targets per clip, cogvx_clips_skipped,
+                                               cogvx_memory_check (the planned samples)
                                                                                (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
@@ -100,17 +101,24 @@ def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str
 
 @hookspec
 def cogvx_memory_check(
-    setup: TrainingSetup | None, args: argparse.Namespace, model: ModelInfo | None, stages: list[Stage] | None
+    setup: TrainingSetup | None,
+    args: argparse.Namespace,
+    model: ModelInfo | None,
+    stages: list[Stage] | None,
+    samples: list[Sample] | None,
 ) -> None:
-    """Check, or plan by, the run's accelerator memory before any model is loaded.
+    """Check, or plan by, the run's accelerator memory.
 
-    Fires once after ``cogvx_requires`` (training) or ``cogvx_configure`` (``cogvx-ext plan``),
-    and only when a chosen plugin implements it: building ``setup`` reads the model's configs.
-    ``setup`` is a ``cogvx_ext.model.memory.TrainingSetup`` (the transformer config, LoRA rank,
-    optimizer, precision, gradient checkpointing, validation, and where the text encoder and the
-    VAE live: the text encoder leaves the device when a chosen plugin implements
-    ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without a download
-    (``cogvx_ext.model.memory.setup_from_args(args)`` raises the reason);
+    Fires twice, and only when a chosen plugin implements it (building ``setup`` reads the
+    model's configs): before any model is loaded, with ``samples=None`` (training: after
+    ``cogvx_requires``; ``cogvx-ext plan``: after ``cogvx_configure``), and again once the clips
+    are planned, with the planned ``samples``, before anything is decoded (training: in the
+    dataset, after the script has loaded its models; ``cogvx-ext plan``: after reading the
+    clips' headers). ``setup`` is a ``cogvx_ext.model.memory.TrainingSetup`` (the transformer
+    config, LoRA rank, optimizer, precision, gradient checkpointing, validation, and where the
+    text encoder and the VAE live: the text encoder leaves the device when a chosen plugin
+    implements ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without
+    a download (``cogvx_ext.model.memory.setup_from_args(args)`` raises the reason);
     ``cogvx_ext.model.memory.estimate(setup, latent_shape, batch_size)``
     gives a step's peak. Raise ``UsageError`` for a run that cannot fit. Not firstresult.
     Built-in: ``aspect_bucket`` (``--bucket_memory_budget``).
@@ -119,6 +127,8 @@ def cogvx_memory_check(
     :param args: the parsed arguments.
     :param model: positional facts of the model (from its config).
     :param stages: the stage schedule (``cogvx_stages``), or ``None``.
+    :param samples: the planned samples (their targets' shapes are what training runs), or
+        ``None`` before the clips are read.
     """
 
 
