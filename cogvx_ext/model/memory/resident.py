@@ -8,6 +8,7 @@ import math
 from dataclasses import astuple, dataclass
 
 from cogvx_ext.model.memory.setup import TrainingSetup, _plain
+from cogvx_ext.model.memory.store import stored
 from cogvx_ext.model.memory.trace import _build_transformer, _dtype, traced_setup
 
 # bitsandbytes' 8-bit optimizers quantize their states in blocks of 256 with a float32 absmax each.
@@ -38,17 +39,30 @@ def transformer_bytes(setup: TrainingSetup) -> ParameterBytes:
 
 @functools.lru_cache(maxsize=32)
 def _counted(setup: TrainingSetup, layers: int) -> ParameterBytes:
-    transformer = _build_transformer(setup, {**_plain(setup.transformer_config), "num_layers": layers})
-    base = lora = count = 0
-    for p in transformer.parameters():
-        size = p.numel() * p.element_size()
-        if p.requires_grad:
-            lora += size
-            count += p.numel()
-        else:
-            base += size
-    base += sum(b.numel() * b.element_size() for b in transformer.buffers())
-    return ParameterBytes(base, lora, count)
+    def count() -> dict[str, int]:
+        transformer = _build_transformer(setup, {**_plain(setup.transformer_config), "num_layers": layers})
+        found = {"base": 0, "lora": 0, "lora_count": 0}
+        for p in transformer.parameters():
+            size = p.numel() * p.element_size()
+            if p.requires_grad:
+                found["lora"] += size
+                found["lora_count"] += p.numel()
+            else:
+                found["base"] += size
+        found["base"] += sum(b.numel() * b.element_size() for b in transformer.buffers())
+        return found
+
+    # Kept on disk with the traces: a run that finds them there imports no model code at all.
+    counted: dict[str, int] = {}
+
+    def part(name: str) -> int:
+        if not counted:
+            counted.update(count())
+        return counted[name]
+
+    fields = {k: v for k, v in setup.__dict__.items()}
+    return ParameterBytes(**{name: stored(f"params.{name}", [fields, layers], lambda n=name: part(n))
+                             for name in ("base", "lora", "lora_count")})  # fmt: skip
 
 
 def text_encoder_bytes(setup: TrainingSetup) -> int:
@@ -64,12 +78,15 @@ def text_encoder_bytes(setup: TrainingSetup) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _vae_count(vae_config: str) -> int:
-    import torch
-    from diffusers import AutoencoderKLCogVideoX
+    def count() -> int:
+        import torch
+        from diffusers import AutoencoderKLCogVideoX
 
-    with torch.device("meta"):
-        vae = AutoencoderKLCogVideoX.from_config(_plain(json.loads(vae_config)))
-    return sum(p.numel() for p in vae.parameters())
+        with torch.device("meta"):
+            vae = AutoencoderKLCogVideoX.from_config(_plain(json.loads(vae_config)))
+        return sum(p.numel() for p in vae.parameters())
+
+    return stored("vae_params", [vae_config], count)
 
 
 def vae_bytes(setup: TrainingSetup) -> int:

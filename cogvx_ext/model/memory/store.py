@@ -44,10 +44,10 @@ def _versions() -> list[str]:
 
 
 def _code_digest() -> str:
-    # The tracing code's own text: a change in how a step is traced invalidates every figure.
+    # The counting code's own text: a change in how a step is traced invalidates every figure.
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("trace.py", "store.py"):
+    for name in ("trace.py", "resident.py", "store.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
 
