@@ -185,7 +185,9 @@ def test_cache_fill_tiles_the_encodes_that_would_not_fit_the_budget(tiny_models,
 
     code, out = fill("--bucket_memory_budget", str(budget))
     assert code == 0, out.err
-    assert "cogvx-ext: latent_cache: VAE tiling on for 400x256x9: encoding it needs about " in out.out + out.err
+    assert (
+        "cogvx-ext: latent_cache: VAE tiling on for 400x256x9: encoding it needs about " in out.out + out.err
+    )
     entries = list((tmp_path / "cache").rglob("*.safetensors"))
     fields = [json.loads(_metadata(path)["cogvx_ext.fields"]) for path in entries]
     assert [f["vae"]["tiling"] for f in fields] == [True]
@@ -249,7 +251,9 @@ def test_a_released_hub_id_plans_offline_and_the_header_names_the_rules(tmp_path
 
 def test_rounded_sizes_and_frames_are_said_in_one_line(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", [(256, 144, 12)])
-    code, report = plan(tmp_path, data, "--model", "5b", "--height", 140, "--width", 256, "--max_num_frames", 10)
+    code, report = plan(
+        tmp_path, data, "--model", "5b", "--height", 140, "--width", 256, "--max_num_frames", 10
+    )
     assert code == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rounded: ")]
     assert lines == [

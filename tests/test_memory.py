@@ -297,7 +297,9 @@ def test_a_budget_too_small_stops_the_script_before_any_model_loads(
     assert result.returncode == 2, result.stderr[-3000:]
     line = result.stderr.strip()
     # Before any model loads, the smallest shape the run can make is checked: nothing fits.
-    assert line.startswith("cogvx-ext: --bucket_memory_budget 1MiB: no shape fits: even the smallest, bucket ")
+    assert line.startswith(
+        "cogvx-ext: --bucket_memory_budget 1MiB: no shape fits: even the smallest, bucket "
+    )
     assert len(line.splitlines()) == 1
     assert "it would fit with" in line
     assert not (tmp_path / "out").exists()

@@ -109,12 +109,11 @@ def cogvx_memory_check(
 ) -> None:
     """Check, or plan by, the run's accelerator memory.
 
-    Fires twice, and only when a chosen plugin implements it (building ``setup`` reads the
-    model's configs): before any model is loaded, with ``samples=None`` (training: after
-    ``cogvx_requires``; ``cogvx-ext plan``: after ``cogvx_configure``), and again once the clips
-    are planned, with the planned ``samples``, before anything is decoded (training: in the
-    dataset, after the script has loaded its models; ``cogvx-ext plan``: after reading the
-    clips' headers). ``setup`` is a ``cogvx_ext.model.memory.TrainingSetup`` (the transformer
+    Fires only when a chosen plugin implements it (building ``setup`` reads the model's
+    configs). In training twice: before any model is loaded (after ``cogvx_requires``) with
+    ``samples=None``, and once the clips are planned (in the dataset, after the script has loaded
+    its models) with the planned ``samples``, before anything is decoded. ``cogvx-ext plan`` fires
+    it once, with the samples, right after reading the clips' headers. ``setup`` is a ``cogvx_ext.model.memory.TrainingSetup`` (the transformer
     config, LoRA rank, optimizer, precision, gradient checkpointing, validation, and where the
     text encoder and the VAE live: the text encoder leaves the device when a chosen plugin
     implements ``cogvx_prompt_embeddings``), or ``None`` when the configs cannot be read without

@@ -167,7 +167,9 @@ class Change:
 
     def describe(self) -> str:
         steps = list(self.steps)
-        return steps[0] if len(steps) == 1 else ", ".join(steps[:-1]) + " and " + steps[-1]
+        if len(steps) < 2:
+            return steps[0] if steps else "no change"
+        return ", ".join(steps[:-1]) + " and " + steps[-1]
 
 
 LATENT_CACHE = "latent_cache in --plugins (the text encoder leaves the device)"
@@ -208,7 +210,11 @@ def fitting_frames(run: Run, allowed: int) -> int | None:
     top = (frames - 1) * model.temporal_compression_ratio + 1
     counts = [n for n in range(top - 1, 4, -1) if model.valid_frame_count(n)]
     return _largest_fitting(
-        counts, lambda n: replace(run, latent=model.latent_shape(n, height * 8, width * 8)).peak <= allowed
+        counts,
+        lambda n: (
+            replace(run, latent=model.latent_shape(n, height * VAE_SPATIAL, width * VAE_SPATIAL)).peak
+            <= allowed
+        ),
     )
 
 
@@ -238,8 +244,8 @@ def fitting_change(
     trained when one suffices (the first in ``_cheap_changes``' order: the largest smaller batch
     that fits for a smaller batch), else the fewest of them that fit together, else the fewest of
     them with the most frames that fit; ``other`` is then the same with a smaller area instead of
-    fewer frames. ``size``: the run's ``(width, height)``
-    (``--width``, ``--height``), to word an area change as those flags; else the bucket's.
+    fewer frames. ``size``: the run's ``(width, height)`` (``--width``, ``--height``), to word an
+    area change as those flags; else the bucket's.
     ``(None, None)`` when nothing here makes it fit."""
     if run.peak <= allowed:
         return Change((), run), None
@@ -263,7 +269,8 @@ def fitting_change(
         model = together.setup.model
 
         def fewer_frames(r: Run) -> Run:
-            return replace(r, latent=model.latent_shape(frames, r.latent[1] * 8, r.latent[2] * 8))
+            _, height, width = r.latent
+            return replace(r, latent=model.latent_shape(frames, height * VAE_SPATIAL, width * VAE_SPATIAL))
 
         steps, changed = _needed(run, cheap, fewer_frames, allowed)
         found.append(Change((*steps, f"--max_num_frames {frames}"), changed))
@@ -284,7 +291,8 @@ def fitting_change(
                 f"an area of at most {width * VAE_SPATIAL}x{height * VAE_SPATIAL} ({scale:.0%} of the pixels)"
             )
         found.append(Change((*steps, words), changed))
-    return (found + [None, None])[0], (found + [None, None])[1]
+    first, second = (found + [None, None])[:2]
+    return first, second
 
 
 def _needed(
