@@ -75,6 +75,19 @@ def pytest_configure(config):
 # Models
 
 
+@pytest.fixture(scope="session", autouse=True)
+def memory_trace_store(tmp_path_factory):
+    """The memory estimate's trace store (cogvx_ext.model.memory.store) in a folder of the session's,
+    not the user's cache; training processes get the same."""
+    previous = os.environ.get("COGVX_EXT_MEMORY_CACHE")
+    os.environ["COGVX_EXT_MEMORY_CACHE"] = str(tmp_path_factory.mktemp("memory") / "traces.json")
+    yield
+    if previous is None:
+        os.environ.pop("COGVX_EXT_MEMORY_CACHE", None)
+    else:
+        os.environ["COGVX_EXT_MEMORY_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """``{kind: folder}`` for every kind in ``MODEL_KINDS``; treat the folders as read-only."""
@@ -99,6 +112,8 @@ def i2v_trainer() -> Path:
 def _run_trainer(script, args, *, nproc=1, env=None, timeout=600) -> subprocess.CompletedProcess:
     # The caller's cogvx-ext settings (COGVX_EXT_PLUGINS, ...) must not leak into the run.
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
+    if "COGVX_EXT_MEMORY_CACHE" in os.environ:  # the session's trace store (memory_trace_store)
+        full_env["COGVX_EXT_MEMORY_CACHE"] = os.environ["COGVX_EXT_MEMORY_CACHE"]
     full_env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     if nproc > 1:
         # torchrun's CPU ranks talk over gloo; --standalone picks a free port.

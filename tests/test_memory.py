@@ -12,6 +12,7 @@ import torch
 from tests_support import configured
 
 from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.clips import Clip, Sample, VideoInfo
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.model.memory import configs, resident, trace
 from cogvx_ext.model.memory.configs import released_transformer_config
@@ -158,8 +159,12 @@ def test_largest_batch_and_advice():
     assert estimate(setup, small, size).peak <= budget * 0.85 < estimate(setup, small, size + 1).peak
     tight = int(estimate(setup, large, 1).peak * 0.9 / 0.85)
     assert largest_batch(setup, large, tight) == 0
-    tips = advice(setup, large, tight)
-    assert "--gradient_checkpointing" in tips and "frames" in tips and "area" in tips
+    # Recomputing is enough here, and it keeps what is trained: the cheapest change is named alone.
+    assert advice(setup, large, tight).startswith("--gradient_checkpointing: ")
+    # Nothing cheap is left with checkpointing on: fewer frames, or a smaller area.
+    on = replace(setup, gradient_checkpointing=True)
+    tips = advice(on, large, int(estimate(on, large, 1).peak * 0.9 / 0.85))
+    assert "--max_num_frames " in tips and "area" in tips
 
 
 def test_parse_bytes():
@@ -188,7 +193,9 @@ def test_released_model_names_from_hub_ids(tmp_path):
 TINY = ModelInfo.from_config(tiny_transformer_config("5b"))
 
 
-def budget_run(budget: str, extra=(), setup=None):
+def budget_run(budget: str, extra=(), setup=None, clips=None):
+    """aspect_bucket's memory check before the clips are read, and with ``clips`` (``(width,
+    height, frames)`` of each) planned by the plugin itself, as a run makes them."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=320)
@@ -196,21 +203,37 @@ def budget_run(budget: str, extra=(), setup=None):
     argv = ["--bucket_memory_budget", budget, "--bucket_frames", "max", *extra]
     plugin = AspectBucket()
     pm, args = configured(parser, argv, [plugin], TINY)
-    pm.hook.cogvx_memory_check(setup=setup or tiny_setup(), args=args, model=TINY, stages=None)
+    setup = setup or tiny_setup()
+    pm.hook.cogvx_memory_check(setup=setup, args=args, model=TINY, stages=None, samples=None)
+    if clips is not None:
+        samples = []
+        for i, (width, height, frames) in enumerate(clips):
+            clip = Clip(i, f"clip{i}.mp4", "a clip", VideoInfo(width, height, frames, 8.0))
+            for target in pm.hook.cogvx_clip_targets(clip=clip, args=args, model=TINY, stages=None):
+                samples.append(Sample(clip, target))
+        pm.hook.cogvx_memory_check(setup=setup, args=args, model=TINY, stages=None, samples=samples)
     return plugin, pm, args
 
 
-def test_budget_check_names_the_bucket_and_what_would_fit():
+def test_budget_check_names_a_planned_bucket_and_what_would_fit():
     setup = tiny_setup(mixed_precision="bf16", gradient_checkpointing=False)
-    # Memory grows with a sample's tokens: the bucket with the most decides.
-    most = max((TINY.latent_shape(17, h, w) for h, w in AspectBucket_buckets()), key=TINY.tokens)
-    largest = estimate(setup, most).peak
+    # Memory grows with a sample's tokens. Among every bucket the run could make, one has more
+    # tokens than the landscape bucket the clips are planned at: the check names the planned one.
+    most = max(AspectBucket_buckets(), key=lambda hw: TINY.tokens(TINY.latent_shape(17, *hw)))
+    planned = TINY.latent_shape(17, 192, 320)
+    assert TINY.tokens(TINY.latent_shape(17, *most)) > TINY.tokens(planned)
+    budget = str(int(estimate(setup, planned).peak * 0.8 / 0.85))
+    budget_run(budget, setup=setup)  # before the clips: the smallest shape fits, so nothing to say
     with pytest.raises(UsageError) as caught:
-        budget_run(str(int(largest * 0.8 / 0.85)), setup=setup)
+        budget_run(budget, setup=setup, clips=[(320, 192, 17), (640, 384, 20)])
     message = str(caught.value)
-    assert message.startswith("--bucket_memory_budget ") and "x17 needs about" in message
-    assert "it would fit with --gradient_checkpointing" in message
-    budget_run(str(int(largest * 1.01 / 0.85)), setup=setup)  # fits: no error
+    assert message.startswith(f"--bucket_memory_budget {budget}: bucket 320x192x17 needs about "), message
+    assert "(1 of the plan's 1 shapes too large; " in message
+    assert "it would fit with --gradient_checkpointing: " in message
+    budget_run(str(int(estimate(setup, planned).peak * 1.01 / 0.85)), setup=setup, clips=[(320, 192, 17)])
+    # A budget that not even the smallest shape fits stops before the clips are read.
+    with pytest.raises(UsageError, match="no shape fits: even the smallest, bucket "):
+        budget_run("1MiB", setup=setup)
 
 
 def AspectBucket_buckets():
@@ -273,7 +296,11 @@ def test_a_budget_too_small_stops_the_script_before_any_model_loads(
     result = train(t2v_trainer, args)
     assert result.returncode == 2, result.stderr[-3000:]
     line = result.stderr.strip()
-    assert line.startswith("cogvx-ext: --bucket_memory_budget 1MiB: bucket ") and len(line.splitlines()) == 1
+    # Before any model loads, the smallest shape the run can make is checked: nothing fits.
+    assert line.startswith(
+        "cogvx-ext: --bucket_memory_budget 1MiB: no shape fits: even the smallest, bucket "
+    )
+    assert len(line.splitlines()) == 1
     assert "it would fit with" in line
     assert not (tmp_path / "out").exists()
 

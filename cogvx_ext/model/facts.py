@@ -140,3 +140,72 @@ RELEASED: dict[str, dict] = {
 
 def released_model(name: str) -> ModelInfo:
     return ModelInfo.from_config(RELEASED[name])
+
+
+def released_name_from_id(model_id: str) -> str | None:
+    """The released model a Hub id names: ``THUDM/CogVideoX1.5-5B-I2V`` -> ``1.5-5B-I2V``; None
+    when the name says nothing."""
+    import re
+
+    text = model_id.lower().replace("_", "-")
+    if "cogvideox" not in text:
+        return None
+    i2v = "i2v" in text
+    if re.search(r"cogvideox-?1\.5", text):
+        return "1.5-5B" + ("-I2V" if i2v else "")
+    if "2b" in text:
+        return "2b"
+    if "5b" in text:
+        return "5b-I2V" if i2v else "5b"
+    return None
+
+
+def describe_rules(model: ModelInfo) -> str:
+    """The positional rules a plan follows for this model, in a few words."""
+    frames = f"trained on {model.sample_frames} frames"
+    if model.version == "1.5":
+        return f"RoPE 1.5, up to {model.sample_width * VAE_SPATIAL} px a side, an even latent frame count, {frames}"
+    size = f"{model.sample_width * VAE_SPATIAL}x{model.sample_height * VAE_SPATIAL}"
+    if model.learned_posemb:
+        return f"RoPE 1.0 and a learned position table of {size}x{model.sample_frames}"
+    if model.rotary:
+        return f"RoPE 1.0 fitted to {size}, {frames}"
+    return f"sin-cos positions at any size, {frames}"
+
+
+def find_model(
+    pretrained: str | None, name: str | None = None, revision: str | None = None
+) -> tuple[ModelInfo | None, str]:
+    """The model a tool plans for, without downloading anything, and where its rules came from:
+    a local folder's ``transformer/config.json``; a Hub id's config in the local Hugging Face cache;
+    else the released model the id names (``THUDM/CogVideoX-5b`` -> 5b); else ``name`` (``--model``);
+    with neither, 5b. ``None`` as the model when nothing tells."""
+    if pretrained:
+        found = ModelInfo.from_pretrained(pretrained)
+        if found is not None:
+            return found, f"{os.path.join(pretrained, 'transformer', 'config.json')}"
+        if not os.path.isdir(pretrained):
+            config = _hub_cache_config(pretrained, revision)
+            if config is not None:
+                return ModelInfo.from_config(config), f"{pretrained}'s config in the Hugging Face cache"
+            released = released_name_from_id(pretrained)
+            if released is not None:
+                return released_model(released), f"{pretrained}, the released model its name says"
+        if name is None:
+            return None, pretrained
+    if name:
+        return released_model(name), f"--model {name}"
+    return released_model("5b"), "the default (no --pretrained_model_name_or_path or --model)"
+
+
+def _hub_cache_config(model_id: str, revision: str | None) -> dict | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(model_id, "transformer/config.json", revision=revision)
+    except Exception:  # not a repo id
+        return None
+    if not isinstance(path, str):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -96,18 +96,25 @@ def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str
 
 @hookspec
 def cogvx_memory_check(
-    setup: TrainingSetup | None, args: argparse.Namespace, model: ModelInfo | None, stages: list[Stage] | None
+    setup: TrainingSetup | None,
+    args: argparse.Namespace,
+    model: ModelInfo | None,
+    stages: list[Stage] | None,
+    samples: list[Sample] | None,
 ) -> None:
-    """Check, or plan by, the run's accelerator memory before any model is loaded.
+    """Check, or plan by, the run's accelerator memory.
 
-    Fires once, before any model loads (training: after ``cogvx_requires``; ``cogvx-ext plan``:
-    after ``cogvx_configure``), and only when a chosen plugin implements it: building ``setup``
-    reads the model's configs. ``cogvx_ext.model.memory.estimate.estimate(setup, latent_shape,
-    batch_size).peak`` is a step's estimated peak allocated memory in bytes;
-    ``largest_batch(setup, latent_shape, budget, margin)`` and ``advice(setup, latent_shape,
-    budget, margin)`` (same module) help plan by a budget. Raise ``UsageError`` for a run that
-    cannot fit: it stops with that one line. ``setup`` and ``model`` are ``None`` when the
-    model's configs cannot be had without a download: an implementation must allow that.
+    Fires only when a chosen plugin implements it (building ``setup`` reads the model's configs).
+    In training twice: before any model loads (after ``cogvx_requires``) with ``samples=None``,
+    and once the clips are planned (in the dataset, after the script has loaded its models) with
+    the planned ``samples``, before anything is decoded. ``cogvx-ext plan`` fires it once, with the
+    samples, right after reading the clips' headers.
+    ``cogvx_ext.model.memory.estimate.estimate(setup, latent_shape, batch_size).peak`` is a step's
+    estimated peak allocated memory in bytes; ``largest_batch(setup, latent_shape, budget,
+    margin)`` and ``advice(setup, latent_shape, budget, margin)`` (same module) help plan by a
+    budget. Raise ``UsageError`` for a run that cannot fit: it stops with that one line. ``setup``
+    and ``model`` are ``None`` when the model's configs cannot be had without a download: an
+    implementation must allow that.
 
     :param setup: a ``cogvx_ext.model.memory.setup.TrainingSetup``: the transformer's config
         (``--pretrained_model_name_or_path``'s ``transformer/config.json``, a Hub model in the
@@ -120,6 +127,8 @@ def cogvx_memory_check(
     :param args: the parsed arguments.
     :param model: the ``ModelInfo`` (from the config), or ``None`` with ``setup``.
     :param stages: the schedule of ``cogvx_stages``, or ``None``.
+    :param samples: the planned samples (their targets' shapes are what training runs), or
+        ``None`` before the clips are read.
     """
 
 

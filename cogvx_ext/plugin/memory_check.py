@@ -20,11 +20,22 @@ def setup_for_plugins(pm: Any, args: Any, model: str | None = None, **overrides:
 
 
 def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model: str | None = None) -> None:
-    """Fire ``cogvx_memory_check`` when a chosen plugin implements it (before any model loads)."""
+    """Fire ``cogvx_memory_check`` before any model loads (``samples=None``), when a chosen plugin
+    implements it."""
+    _fire(pm, args, model_info, model, None)
+
+
+def check_planned(pm: Any, args: Any, model_info: ModelInfo | None, samples: list, **overrides: Any) -> None:
+    """Fire ``cogvx_memory_check`` with the planned samples, before anything is decoded.
+    ``overrides``: what the run knows by now (``transformer_config``, ``mixed_precision``)."""
+    _fire(pm, args, model_info, getattr(args, "model", None), list(samples), **overrides)
+
+
+def _fire(pm: Any, args: Any, model_info: ModelInfo | None, model: str | None, samples, **overrides) -> None:
     if "cogvx_memory_check" not in chosen_hooks(pm):
         return
     try:
-        setup = setup_for_plugins(pm, args, model)
+        setup = setup_for_plugins(pm, args, model, **overrides)
     except UsageError:
         # The configs cannot be had without a download: a plugin that needs them says so itself
         # (setup_from_args gives the reason); the others go on.
@@ -34,4 +45,5 @@ def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model
         args=args,
         model=model_info or (setup.model if setup else None),
         stages=pm.hook.cogvx_stages(args=args),
+        samples=samples,
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext.base.errors import OneLineParser, UsageError
-from cogvx_ext.model.facts import RELEASED, ModelInfo, released_model
+from cogvx_ext.model.facts import RELEASED, ModelInfo, find_model
 from cogvx_ext.script.data_formats import add_data_format_arguments
 
 ENV_TRAINER = "COGVX_EXT_TRAINER"
@@ -34,6 +34,7 @@ class OfflineRun:
     args: argparse.Namespace
     model: ModelInfo
     plugin_names: list[str]
+    model_source: str = ""  # where the model's rules came from (find_model)
 
     @property
     def hook(self):
@@ -117,25 +118,24 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
     pm.hook.cogvx_add_arguments(parser=parser)
     args = parse_args_naming_flag_owners(parser, argv)
     pm.hook.cogvx_configure(args=args)
-    model = None
-    if args.pretrained_model_name_or_path:
-        model = ModelInfo.from_pretrained(args.pretrained_model_name_or_path)
-        if model is None:
-            raise UsageError(
-                f"no transformer/config.json under '{args.pretrained_model_name_or_path}': "
-                "give a local model folder or --model NAME"
-            )
-    model = model or released_model(args.model or "5b")
-    check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
+    model, source = find_model(
+        args.pretrained_model_name_or_path, args.model, getattr(args, "revision", None)
+    )
+    if model is None:
+        raise UsageError(
+            f"cannot tell which CogVideoX '{source}' is without downloading it (no transformer/config.json "
+            "there or in the Hugging Face cache, and its name names no released model): give a local model "
+            f"folder or --model ({', '.join(sorted(RELEASED))})"
+        )
+    # What training checks at start, with the same verdict. (The memory check waits for the clips:
+    # with them at hand it judges the shapes they train at, cogvx_ext.cli.plan.)
+    check_requirements(pm.hook, args, model)
     from cogvx_ext.plugin.manager import chosen_hooks
     from cogvx_ext.script.data_formats import check_unpaired_flag
     from cogvx_ext.script.seams.kinds import DATA_HOOKS
 
     check_unpaired_flag(args, data_plugin=bool(chosen_hooks(pm) & set(DATA_HOOKS)))
-    from cogvx_ext.plugin.memory_check import check_before_loading
-
-    check_before_loading(pm, args, model, args.model)
-    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)
+    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names, model_source=source)
 
 
 def trainer_flag_value(argv: list[str]) -> str | None:

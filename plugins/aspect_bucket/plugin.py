@@ -202,37 +202,37 @@ class AspectBucket:
         return needs
 
     @hookimpl
-    def cogvx_memory_check(self, setup, args: argparse.Namespace, model: ModelInfo, stages) -> None:
-        """With --bucket_memory_budget: every shape the run can make must fit at batch 1; the
-        largest one that does not is named with what would make it fit (before any model loads)."""
+    def cogvx_memory_check(self, setup, args: argparse.Namespace, model: ModelInfo, stages, samples) -> None:
+        """With --bucket_memory_budget: before the clips are read, the smallest shape the run can
+        make must fit at batch 1 (else nothing can); once they are planned, every planned shape
+        must, and the largest one that does not is named with what would make it fit."""
         if self.settings is None or self.settings.memory_budget is None:
             return
-        from cogvx_ext.model.memory.estimate import advice, estimate
+        from cogvx_ext.model.memory.estimate import estimate
         from cogvx_ext.model.memory.setup import setup_from_args
 
         if setup is None:
             setup_from_args(args)  # raises, naming why the model's configs cannot be read
         model = model or setup.model
         settings = self._setup(args, model)
-
         self.memory_setup = setup
-        budget, margin = settings.memory_budget, settings.memory_margin
-        allowed = budget * (1 - margin)
-        candidates = []  # (tokens, latent, label)
-        groups = (
-            [(f"stage {i} ({stage.label}) ", self.buckets_for_stage(i, stage, model), self.frames_for_stage(args, model, stage.frames))
-             for i, stage in enumerate(stages)]
-            if stages
-            else [("", settings.buckets, self.frame_counts)]
-        )  # fmt: skip
-        for where, buckets, frames in groups:
-            for height, width in buckets:
-                for count in frames:
-                    latent = model.latent_shape(count, height, width)
-                    candidates.append((model.tokens(latent), latent, f"{where}{width}x{height}x{count}"))
+        allowed = settings.memory_budget * (1 - settings.memory_margin)
+        if samples is None:
+            candidates = self._possible_shapes(args, model, stages)
+            smallest = min(candidates, key=lambda c: (c[0], c[2]))
+            if estimate(setup, smallest[1], 1).peak > allowed:
+                self._too_large(args, setup, [smallest], "no shape fits: even the smallest, ")
+            return
+        planned = {}
+        for sample in samples:
+            t = sample.target
+            key = latent_shape_key(sample, model)
+            stage = t.tag(STAGE_TAG)
+            where = f"stage {stage} " if stages and stage is not None else ""
+            planned.setdefault(key, (model.tokens(key), key, f"{where}{t.width}x{t.height}x{t.num_frames}"))
         # Memory grows with a sample's tokens: sorted by them, the shapes that do not fit come
         # first; a binary search finds where they end with a few estimates.
-        candidates.sort(key=lambda c: -c[0])
+        candidates = sorted(planned.values(), key=lambda c: (-c[0], c[2]))
         low, high = 0, len(candidates)
         while low < high:
             middle = (low + high) // 2
@@ -240,21 +240,46 @@ class AspectBucket:
                 high = middle
             else:
                 low = middle + 1
-        over = candidates[:low]
-        if over:
-            _, latent, label = over[0]
-            peak = estimate(setup, latent, 1).peak
-            raise UsageError(
-                f"--bucket_memory_budget {args.bucket_memory_budget}: bucket {label} needs about "
-                f"{format_bytes(peak)} at batch 1, over the {format_bytes(int(allowed))} the budget allows "
-                f"with a {margin:.0%} margin ({len(over)} shape(s) too large; {setup.describe()}); it would fit "
-                f"with {advice(setup, latent, budget, margin)}"
-            )
+        if low:
+            self._too_large(args, setup, candidates[:low], "", of=len(candidates))
         logger.info(
-            "aspect_bucket: memory budget %s (%s usable): every shape fits at batch 1 (%s)",
-            format_bytes(budget),
+            "aspect_bucket: memory budget %s (%s usable): every planned shape fits at batch 1 (%s)",
+            format_bytes(settings.memory_budget),
             format_bytes(int(allowed)),
             setup.describe(),
+        )
+
+    def _possible_shapes(self, args, model, stages) -> list[tuple[int, tuple[int, int, int], str]]:
+        """``(tokens, latent, label)`` of every shape the run can make (buckets x frame counts)."""
+        settings = self.settings
+        groups = (
+            [(f"stage {i} ({stage.label}) ", self.buckets_for_stage(i, stage, model), self.frames_for_stage(args, model, stage.frames))
+             for i, stage in enumerate(stages)]
+            if stages
+            else [("", settings.buckets, self.frame_counts)]
+        )  # fmt: skip
+        found = []
+        for where, buckets, frames in groups:
+            for height, width in buckets:
+                for count in frames:
+                    latent = model.latent_shape(count, height, width)
+                    found.append((model.tokens(latent), latent, f"{where}{width}x{height}x{count}"))
+        return found
+
+    def _too_large(self, args, setup, over, lead: str, of: int | None = None) -> None:
+        from cogvx_ext.model.memory.estimate import advice, estimate
+
+        settings = self.settings
+        budget, margin = settings.memory_budget, settings.memory_margin
+        _, latent, label = over[0]
+        peak = estimate(setup, latent, 1).peak
+        count = f"{len(over)} of the plan's {of} shapes too large; " if of else ""
+        size = (script_arg(args, "width", 720), script_arg(args, "height", 480))
+        raise UsageError(
+            f"--bucket_memory_budget {args.bucket_memory_budget}: {lead}bucket {label} needs about "
+            f"{format_bytes(peak)} at batch 1, over the {format_bytes(int(budget * (1 - margin)))} the budget "
+            f"allows with a {margin:.0%} margin ({count}{setup.describe()}); it would fit with "
+            f"{advice(setup, latent, budget, margin, size)}"
         )
 
     # -- data ----------------------------------------------------------------------------------

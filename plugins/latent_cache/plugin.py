@@ -52,6 +52,7 @@ from .store import (
     read_entry,
     write_entry,
 )
+from .tiling import AutoTiling
 
 
 @dataclass
@@ -63,6 +64,7 @@ class CacheStats:
     prompt_hits: int = 0
     prompt_misses: int = 0
     probe_hits: int = 0
+    tiled: int = 0  # samples encoded (or looked up) with VAE tiling turned on here
 
 
 @dataclass
@@ -121,6 +123,7 @@ class LatentCache:
         self._prompt_lookup: _PromptLookup | None = None
         self._prompts: dict[str, torch.Tensor] = {}  # prompt entry key -> embedding [L, D], CPU
         self._tokenizers: dict[int, tuple[weakref.ref, dict[str, Any]]] = {}
+        self.tiling = AutoTiling()
 
     # ---- set-up --------------------------------------------------------------------------
 
@@ -251,16 +254,28 @@ class LatentCache:
     def cogvx_encode_sample(self, sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace):
         """Stores what was encoded below, as safetensors keyed by the clip's identity, the target (tags
         included), the VAE and the dtype."""
+        # Tiling first: it is part of the key.
+        reason = self.tiling.needed(sample, vae, args)
+        if reason is not None:
+            vae.enable_tiling()
+            self.stats.tiled += 1
+            if not self.tiling.said:
+                self.tiling.said = True
+                self._report(reason)
         try:
-            lookup = self.lookup(sample, vae, kind, args)
-        except OSError:
-            # The file went away after planning: no key, no caching; decoding reports the clip.
-            return (yield)
-        self._lookup = lookup
-        try:
-            result = yield
+            try:
+                lookup = self.lookup(sample, vae, kind, args)
+            except OSError:
+                # The file went away after planning: no key, no caching; decoding reports the clip.
+                return (yield)
+            self._lookup = lookup
+            try:
+                result = yield
+            finally:
+                self._lookup = None
         finally:
-            self._lookup = None
+            if reason is not None:
+                vae.disable_tiling()
         if lookup.served:
             self.stats.hits += 1
             return result
@@ -323,6 +338,8 @@ class LatentCache:
     def summary(self) -> str:
         s = self.stats
         text = f"{s.hits} sample(s) read from the cache, {s.misses} encoded"
+        if s.tiled:
+            text += f"; {s.tiled} with VAE tiling"
         if s.probe_hits:
             text += f"; {s.probe_hits} clip header(s) from the cache"
         if s.recomputed:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from cogvx_ext.cli.plan.report import add_memory, build_report, script_reads_the_data
+from cogvx_ext.cli.plan.report import (
+    add_memory,
+    build_report,
+    describe_model,
+    rounded_sizes,
+    script_reads_the_data,
+)
 from cogvx_ext.cli.plan.text import format_report
 from cogvx_ext.cli.plan.to_json import report_to_json
 
@@ -50,13 +56,23 @@ def run_plan(argv: list[str]) -> int:
         check_chart_available()
     entries, skipped = read_script_data(args)
     samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
+    from cogvx_ext.plugin.memory_check import check_planned
+
+    check_planned(run.pm, args, run.model, samples)  # what training checks once its clips are planned
     report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
     if not plugins_read_the_data(chosen_hooks(run.pm)):  # training leaves the script's VideoDataset alone
         script_reads_the_data(report, script_reading(args, run.model, run.plugin_names))
+    report.model = describe_model(run.model, run.model_source)
+    report.rounded = rounded_sizes(args, run.model, report.buckets)
     if args.memory and report.buckets:
         from cogvx_ext.plugin.memory_check import setup_for_plugins
 
-        add_memory(report, setup_for_plugins(run.pm, args, args.model))
+        add_memory(
+            report,
+            setup_for_plugins(run.pm, args, args.model),
+            (args.width, args.height),
+            tiling_on=bool(getattr(args, "enable_tiling", False)),
+        )
     if args.json == "-":
         print(json.dumps(report_to_json(report), indent=2))
     else:

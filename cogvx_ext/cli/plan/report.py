@@ -84,6 +84,8 @@ class PlanReport:
     # VideoDataset does, and data_path_note says what that means.
     data_path: str = "plugins"
     data_path_note: str | None = None
+    model: dict[str, str] | None = None  # name, rules and where they came from (describe_model)
+    rounded: list[str] = field(default_factory=list)  # the run's sizes the plan rounds (rounded_sizes)
 
     @property
     def ok(self) -> list[ClipPlan]:
@@ -241,6 +243,38 @@ def _stage_rows(stages: Sequence[Any], report: PlanReport, batches_per_step: int
     ]
 
 
+def describe_model(model: ModelInfo, source: str) -> dict[str, str]:
+    from cogvx_ext.model.facts import describe_rules
+
+    return {"name": model.name, "rules": describe_rules(model), "source": source}
+
+
+def rounded_sizes(args: argparse.Namespace, model: ModelInfo, buckets: Sequence[BucketRow]) -> list[str]:
+    """``--width``/``--height`` that are no multiples of 16 and a ``--max_num_frames`` the model does
+    not take, as the plan has them: each ``flag value -> what is planned (the rule)``."""
+    found = []
+    width, height = getattr(args, "width", None), getattr(args, "height", None)
+    multiple = model.pixel_multiple
+    if width and height and (width % multiple or height % multiple):
+        near = (int(width / multiple + 0.5) * multiple, int(height / multiple + 0.5) * multiple)
+        changed = ", ".join(
+            f"--{flag} {given} -> {new}"
+            for flag, given, new in (("width", width, near[0]), ("height", height, near[1]))
+            if given != new
+        )
+        if any((b.width, b.height) == near for b in buckets):
+            found.append(f"{changed} ({near[0]}x{near[1]}: sides are multiples of {multiple})")
+        else:
+            found.append(f"{changed}: buckets of {width}x{height}'s area (sides are multiples of {multiple})")
+    frames = getattr(args, "max_num_frames", None)
+    if frames and not model.valid_frame_count(frames):
+        counts = [n for n in range(frames, 4, -1) if model.valid_frame_count(n)]
+        rule = "4k+1 with an even latent count" if model.patch_size_t else "4k+1"
+        if counts and buckets and max(b.frames for b in buckets) <= counts[0]:
+            found.append(f"--max_num_frames {frames} -> {counts[0]} (frame counts are {rule})")
+    return found
+
+
 def hook_plugin_names(hook: Any) -> list[tuple[str, Any]]:
     """The chosen plugins behind a hook relay, for the report's header (core defaults left out)."""
     names = {}
@@ -253,26 +287,65 @@ def hook_plugin_names(hook: Any) -> list[tuple[str, Any]]:
     return sorted(names.items())
 
 
-def add_memory(report: PlanReport, setup: Any) -> None:
-    """Each bucket row's estimated peak at its batch size (``cogvx_ext.model.memory.estimate``)."""
+def add_memory(
+    report: PlanReport, setup: Any, size: tuple[int, int] | None = None, tiling_on: bool = False
+) -> None:
+    """Each bucket row's estimated peak at its batch size (``cogvx_ext.model.memory.estimate``), the
+    run's reserved estimate and a verdict per common card (``cogvx_ext.model.memory.cards``).
+
+    ``size``: the run's ``(--width, --height)``, to word an area change as those flags;
+    ``tiling_on``: the script's ``--enable_tiling``."""
     from dataclasses import replace
 
-    from cogvx_ext.model.memory.estimate import estimate
+    from cogvx_ext.model.memory.cards import RESERVE_SOURCE, card_verdicts, encode_note, reserved_bytes
+    from cogvx_ext.model.memory.estimate import Run, estimate
 
-    rows, peaks, validation = [], [], None
+    rows, peaks, validation, planned = [], [], None, []
     for row in report.buckets:
         found = estimate(setup, row.latent, row.batch_size)
         rows.append(replace(row, memory_bytes=found.peak))
         peaks.append(found.peak)
         validation = found.validation_peak
+        planned.append(Run(setup, tuple(row.latent), row.batch_size))
     report.buckets = rows
+    largest = max(rows, key=lambda r: (r.memory_bytes, r.tokens), default=None)
+    verdicts = card_verdicts(planned, size)
+    encoding = _encoding(report, setup, tiling_on) if rows else None
     report.memory = {
         **(report.memory or {}),
         "setup": setup.describe(),
         "peak_bytes": max(peaks, default=None),
+        "largest_bucket": None if largest is None else f"{largest.width}x{largest.height}x{largest.frames}",
+        "largest_batch_size": None if largest is None else largest.batch_size,
         "validation_peak_bytes": validation,
         "stage_peak_bytes": {
             str(stage): max(r.memory_bytes for r in rows if (r.stage or 0) == stage)
             for stage in sorted({r.stage or 0 for r in rows})
         },
+        "reserved_bytes": None if not peaks else reserved_bytes(max(peaks)),
+        "reserved_rule": RESERVE_SOURCE,
+        "cards": {str(v.gb): v.to_json() for v in verdicts},
+        "encode": None if encoding is None else encoding.to_json(),
     }
+    if encoding is not None:
+        latent_cache = "latent_cache" in report.plugins
+        for verdict in verdicts:
+            state, words = encode_note(encoding, verdict.card_bytes, latent_cache, tiling_on)
+            card = report.memory["cards"][str(verdict.gb)]
+            card["encode"] = state
+            if words:
+                card["text"] += f"; {words}"
+
+
+def _encoding(report: PlanReport, setup: Any, tiling_on: bool) -> Any:
+    """Encoding the largest picture of the plan (the VAE's activations grow with the area); the
+    tiled figure too when the untiled encode at a run's start would not fit the smallest card."""
+    from cogvx_ext.model.memory.cards import CARDS, HEADROOM, reserved_bytes
+    from cogvx_ext.model.memory.encoding import estimate_encoding
+
+    row = max(report.buckets, key=lambda r: (r.width * r.height, r.frames))
+    found = estimate_encoding(setup, row.frames, row.height, row.width)
+    smallest = min(card for _, card, _ in CARDS)
+    if tiling_on or reserved_bytes(found.training_start_peak) > smallest * (1 - HEADROOM):
+        found = estimate_encoding(setup, row.frames, row.height, row.width, tiled=True)
+    return found

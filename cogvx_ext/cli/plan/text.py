@@ -36,6 +36,12 @@ def format_report(report: PlanReport) -> str:
         f"clips, {used} used, {left_out}; "
         f"{samples}{len({b.latent for b in report.buckets})} shapes; {report.num_replicas} process(es)"
     )
+    if report.model:
+        lines.append(
+            f"model: {report.model['name']} ({report.model['rules']}; from {report.model['source']})"
+        )
+    if report.rounded:
+        lines.append("rounded: " + "; ".join(report.rounded))
     if report.stages:
         lines.append(
             f"schedule: {len(report.stages)} stages over {report.total_steps} optimizer steps "
@@ -172,19 +178,46 @@ def _memory_lines(report: PlanReport) -> list[str]:
     if "setup" in memory:
         lines.append(f"memory: estimated peak allocated per step; {memory['setup']}")
         lines.append(
-            f"  largest: {format_bytes(memory['peak_bytes'])}"
+            f"  largest: {format_bytes(memory['peak_bytes'])} allocated ({memory['largest_bucket']}, batch "
+            f"{memory['largest_batch_size']})"
             + (
                 f"; validation pipeline: {format_bytes(memory['validation_peak_bytes'])}"
                 if memory.get("validation_peak_bytes")
                 else ""
             )
-            + "; not counted: allocator reserve and fragmentation, CUDA context, kernel workspaces"
         )
+        lines.append(
+            f"  reserved: about {format_bytes(memory['reserved_bytes'])} = allocated {memory['reserved_rule']}; "
+            "not counted: kernel workspaces, NCCL buffers"
+        )
+        encode = memory.get("encode")
+        if encode:
+            tiled = encode.get("tiled_activation_bytes")
+            lines.append(
+                f"  encoding the clips (VAE, one video at a time; {encode['bucket']}, the largest picture): "
+                f"{format_bytes(encode['activation_bytes'])} of activations"
+                + (f" ({format_bytes(tiled)} with VAE tiling)" if tiled is not None else "")
+                + f"; peak {format_bytes(encode['cache_fill_peak_bytes'])} in cogvx-ext cache fill (the VAE alone), "
+                f"{format_bytes(encode['training_start_peak_bytes'])} at a training run's start (models loaded)"
+                + (
+                    f", {format_bytes(encode['tiled_training_start_peak_bytes'])} tiled"
+                    if encode.get("tiled_training_start_peak_bytes")
+                    else ""
+                )
+            )
         stages = memory.get("stage_peak_bytes") or {}
         if len(stages) > 1:
             lines.append(
                 "  largest per stage: " + ", ".join(f"{i}: {format_bytes(v)}" for i, v in stages.items())
             )
+        cards = memory.get("cards") or {}
+        if cards:
+            lines.append(
+                "  GPU verdict (reserved estimate against the card's memory, as nvidia-smi reports it):"
+            )
+            names = {gb: f"{gb} GB ({v['card']})" for gb, v in cards.items()}
+            width = max(len(n) for n in names.values())
+            lines.extend(f"    {names[gb].ljust(width)}  {v['text']}" for gb, v in cards.items())
     if "budget_bytes" in memory:
         lines.append(
             f"  batch sizes from --bucket_memory_budget {format_bytes(memory['budget_bytes'])} "

@@ -86,6 +86,8 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             "crop": stats([c.crop for c in report.ok]),
             "upscale": stats([c.upscale for c in report.ok]),
             "plugins": report.plugins,
+            **({"model": report.model} if report.model else {}),
+            "rounded": report.rounded,
             **({"memory": report.memory} if report.memory else {}),
         },
     }

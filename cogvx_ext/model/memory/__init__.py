@@ -32,7 +32,12 @@ allocator's rounding. Attention is the fused kernel (flash / memory-efficient on
 counterpart here): no ``tokens x tokens`` matrix is kept, as on a GPU. Every transformer block is
 the same after the first (whose input comes from the patch embedding), so models of 2 and 3
 blocks are traced and the activation peak is extrapolated linearly to the real depth; the same
-for the batch size (1 and 2). Traces are cached per shape; about 0.75 s per shape on one core.
+for the batch size (1 and 2). The traced copies are built once; traces are cached per shape in the
+process and on disk (``store``: a plan run again traces nothing it traced before).
+
+Around the step: ``cards`` turns the allocated estimate into reserved memory and a verdict per
+common GPU with the cheapest change that fits (``estimate.fitting_change``); ``encoding`` estimates
+the VAE encode (cache fill, or a training run's start), with and without tiling.
 
 What is NOT counted (the estimate is *allocated* memory, ``max_memory_allocated``):
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.model.facts import RELEASED
+from cogvx_ext.model.facts import RELEASED, released_name_from_id
 
 # Widths and depth of the released transformers (their transformer/config.json); model.RELEASED
 # has the positional settings.
@@ -49,19 +48,7 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 def _released_name_from_id(model_id: str) -> str | None:
-    """``THUDM/CogVideoX1.5-5B-I2V`` -> ``1.5-5B-I2V``; None when the name says nothing."""
-    text = model_id.lower().replace("_", "-")
-    if "cogvideox" not in text:
-        return None
-    version = "1.5-5B" if re.search(r"cogvideox-?1\.5", text) else None
-    i2v = "i2v" in text
-    if version:
-        return version + ("-I2V" if i2v else "")
-    if "2b" in text:
-        return "2b"
-    if "5b" in text:
-        return "5b-I2V" if i2v else "5b"
-    return None
+    return released_name_from_id(model_id)
 
 
 def model_configs(pretrained: str | None, model: str | None) -> tuple[dict, dict, dict]:
@@ -78,6 +65,9 @@ def model_configs(pretrained: str | None, model: str | None) -> tuple[dict, dict
         text = _read_json(os.path.join(pretrained, "text_encoder", "config.json")) or RELEASED_T5
         vae = _read_json(os.path.join(pretrained, "vae", "config.json")) or {}
         return transformer, text, vae
+    cached = _from_hub_cache(pretrained, model)
+    if cached is not None:
+        return cached
     name = (
         model
         or (_released_name_from_id(pretrained) if pretrained else None)

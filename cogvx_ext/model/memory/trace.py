@@ -6,10 +6,12 @@ import functools
 import json
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.model.memory.setup import LORA_TARGETS, TrainingSetup, _plain
+from cogvx_ext.model.memory.store import stored
 
 
 class LiveStorageCounter:
@@ -175,19 +177,55 @@ def _latent_for_model(model: ModelInfo, latent: tuple[int, int, int]) -> tuple[i
     return frames, height, width
 
 
-@functools.lru_cache(maxsize=4096)
+def traced_setup(setup: TrainingSetup) -> TrainingSetup:
+    """The setup as far as a transformer trace sees it: what only changes resident bytes (the
+    optimizer, where the text encoder and the VAE live, validation) set to one value, so that
+    setups differing only there share their traces."""
+    return replace(
+        setup,
+        text_encoder=TrainingSetup.text_encoder,
+        vae=TrainingSetup.vae,
+        optimizer="adamw",
+        use_8bit_adam=False,
+        text_encoder_on_device=True,
+        vae_on_device=True,
+        validation=None,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _fake_transformer(setup: TrainingSetup, layers: int):
+    """A ``layers``-block copy of the transformer with fake weights, and its ``FakeTensorMode``:
+    built once and traced at every shape (building it costs as much as a trace)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    transformer = _build_transformer(setup, _trace_config(setup, layers))
+    mode = FakeTensorMode()
+    _fake_module(transformer, mode)
+    return transformer, mode
+
+
 def step_activation_peak(
     setup: TrainingSetup, latent: tuple[int, int, int], batch_size: int, layers: int, train: bool = True
 ) -> int:
     """Bytes above the resident weights, gradients and states at the peak of one step of a
     ``layers``-block copy of the transformer (``train``: forward and backward; else a no-grad
     forward, as in inference), traced with fake tensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    return _step_activation_peak(
+        traced_setup(setup), tuple(int(n) for n in latent), batch_size, layers, train
+    )
 
-    transformer = _build_transformer(setup, _trace_config(setup, layers))
-    mode = FakeTensorMode()
-    _fake_module(transformer, mode)
-    return trace_step(transformer, setup, latent, batch_size, train, mode)
+
+@functools.lru_cache(maxsize=4096)
+def _step_activation_peak(
+    setup: TrainingSetup, latent: tuple[int, int, int], batch_size: int, layers: int, train: bool
+) -> int:
+    def trace() -> int:
+        transformer, mode = _fake_transformer(setup, layers)
+        return trace_step(transformer, setup, latent, batch_size, train, mode)
+
+    fields = {k: v for k, v in setup.__dict__.items()}
+    return stored("step", [fields, latent, batch_size, layers, train], trace)
 
 
 def trace_step(
@@ -272,25 +310,105 @@ def activation_peak(setup: TrainingSetup, latent: tuple[int, int, int], batch_si
     )
 
 
-@functools.lru_cache(maxsize=16)
-def vae_decode_peak(setup: TrainingSetup, latent: tuple[int, int, int]) -> int:
-    """Activation peak of decoding one video of this latent shape with a VAE without tiling."""
+@functools.lru_cache(maxsize=4)
+def _fake_vae(vae_config: str, mixed_precision: str):
+    """The VAE of this config with fake weights in the weight dtype, and its ``FakeTensorMode``."""
+    import logging
+
     import torch
     from diffusers import AutoencoderKLCogVideoX
+    from diffusers.utils import logging as diffusers_logging
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.device("meta"):
-        vae = AutoencoderKLCogVideoX.from_config(_plain(json.loads(setup.vae)))
-    vae.to(_dtype(setup))
+        vae = AutoencoderKLCogVideoX.from_config(_plain(json.loads(vae_config)))
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(logging.ERROR)  # `.to(dtype)` warns about keep-in-fp32 modules
+    try:
+        vae.to({"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision])
+    finally:
+        diffusers_logging.set_verbosity(level)
+    vae.requires_grad_(False)
     mode = FakeTensorMode()
     _fake_module(vae, mode)
-    channels = int(vae.config.latent_channels)
+    return vae, mode
+
+
+# AutoencoderKLCogVideoX's tiling settings (enable_tiling's arguments and what it derives).
+VAE_TILE_ATTRIBUTES = (
+    "tile_sample_min_height",
+    "tile_sample_min_width",
+    "tile_latent_min_height",
+    "tile_latent_min_width",
+    "tile_overlap_factor_height",
+    "tile_overlap_factor_width",
+)
+
+
+def vae_tile_settings(vae) -> tuple[tuple[str, float], ...]:
+    """A VAE's tiling settings as a hashable tuple (for ``vae_encode_peak``)."""
+    return tuple((name, getattr(vae, name)) for name in VAE_TILE_ATTRIBUTES if hasattr(vae, name))
+
+
+def _vae_trace(setup_vae: str, mixed_precision: str, tiles, run) -> int:
+    """Run ``run(vae, dtype)`` on the fake VAE (tiled when ``tiles`` is given: its settings, or
+    ``()`` for the VAE's defaults) and return the peak bytes of the storages it made."""
+    import torch
+
+    vae, mode = _fake_vae(setup_vae, mixed_precision)
+    saved = {name: getattr(vae, name) for name in (*VAE_TILE_ATTRIBUTES, "use_tiling") if hasattr(vae, name)}
     counter = LiveStorageCounter()
     counter.exclude(_module_tensors(vae))
-    with mode, counter, torch.no_grad():
-        latents = torch.empty(1, channels, *latent, dtype=_dtype(setup))
-        vae.decode(latents)
+    try:
+        vae.use_tiling = tiles is not None
+        for name, value in tiles or ():
+            setattr(vae, name, value)
+        with mode, counter, torch.no_grad():
+            run(vae, _dtype_of(mixed_precision))
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
     return counter.peak
+
+
+def _dtype_of(mixed_precision: str):
+    import torch
+
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+@functools.lru_cache(maxsize=256)
+def vae_decode_peak(setup: TrainingSetup, latent: tuple[int, int, int]) -> int:
+    """Activation peak of decoding one video of this latent shape with a VAE without tiling."""
+    import torch
+
+    def decode(vae, dtype) -> None:
+        vae.decode(torch.empty(1, int(vae.config.latent_channels), *latent, dtype=dtype))
+
+    def trace() -> int:
+        return _vae_trace(setup.vae, setup.mixed_precision, None, decode)
+
+    return stored("vae_decode", [setup.vae, setup.mixed_precision, list(latent)], trace)
+
+
+@functools.lru_cache(maxsize=256)
+def vae_encode_peak(
+    vae_config: str, mixed_precision: str, frames: int, height: int, width: int, tiles=None
+) -> int:
+    """Activation peak of encoding one video of ``frames`` x ``height`` x ``width`` pixels, as the
+    scripts and the latent cache encode (one video at a time: slicing, which splits a batch, changes
+    nothing), with the VAE's weights in the weight dtype. ``tiles``: None without tiling, else the
+    VAE's tiling settings (``vae_tile_settings``; ``()`` for the defaults ``enable_tiling()`` sets)."""
+    import torch
+
+    def encode(vae, dtype) -> None:
+        vae.encode(torch.empty(1, 3, frames, height, width, dtype=dtype))  # the posterior is made here
+
+    def trace() -> int:
+        return _vae_trace(vae_config, mixed_precision, tiles, encode)
+
+    parts = [vae_config, mixed_precision, [frames, height, width], None if tiles is None else list(tiles)]
+    return stored("vae_encode", parts, trace)
 
 
 def validation_latent(setup: TrainingSetup) -> tuple[int, int, int] | None:

@@ -24,4 +24,8 @@ def parse_bytes(text: str) -> int:
 
 
 def format_bytes(value: int | None) -> str:
-    return "-" if value is None else f"{value / GiB:.1f} GiB"
+    if value is None:
+        return "-"
+    if abs(value) < GiB // 10:  # small models (tests, tiny runs): 0.0 GiB would say nothing
+        return f"{value / 2**20:.1f} MiB"
+    return f"{value / GiB:.1f} GiB"

@@ -61,6 +61,7 @@ class ScriptDataset(torch.utils.data.Dataset):
         skipped += more_skipped
         if progress:
             report_skipped(skipped)
+        _check_planned_memory(run, samples)  # before anything is decoded
         if skipped:  # the same list on every rank: the ranks agree on the plan
             run.hook.cogvx_clips_skipped(skipped=skipped, when="plan", args=run.args)
         if not samples:
@@ -124,6 +125,22 @@ class ScriptDataset(torch.utils.data.Dataset):
             "instance_prompt": self.id_token + self.instance_prompts[index],
             "instance_video": self.instance_videos[index],
         }
+
+
+def _check_planned_memory(run, samples) -> None:
+    """``cogvx_memory_check`` with the planned samples, the loaded transformer's config and the
+    accelerator's precision."""
+    from cogvx_ext.plugin.memory_check import check_planned
+
+    transformer = getattr(run, "transformer", None)
+    check_planned(
+        run.pm,
+        run.args,
+        run.model,
+        samples,
+        transformer_config=dict(transformer.config) if transformer is not None else None,
+        mixed_precision=getattr(run.accelerator, "mixed_precision", None),
+    )
 
 
 def _answer_stand_ins(run) -> None:
