@@ -106,7 +106,7 @@ def example_plugins(tmp_path_factory) -> dict[str, str]:
     items = {}
     for name, code in examples().items():
         path = folder / f"hooks_md_{name}.py"
-        path.write_text("import torch\n\nfrom cogvx_ext import hookimpl\n\n" + code + INSTRUMENT)
+        path.write_text("import torch\n\nfrom cogvx_ext.api import hookimpl\n\n" + code + INSTRUMENT)
         classes = re.findall(r"^class (\w+)", code, flags=re.M)
         items[name] = f"{path}:{classes[0]}" if classes else str(path)
     return items
@@ -165,11 +165,12 @@ def test_every_hooks_md_example_runs_and_its_hooks_fire(
 
     # 1. A bucketed run: set-up, models, encoding, batches, prompts, forwards, state, validation, LoRA.
     general = [
-        "intro", "cogvx_add_arguments", "cogvx_configure", "cogvx_provides", "cogvx_requires",
+        "intro", "intro_1", "cogvx_add_arguments", "cogvx_configure", "cogvx_provides", "cogvx_requires",
         "cogvx_accelerator_ready", "cogvx_transformer_loaded", "cogvx_vae_loaded", "cogvx_encode_sample",
         "cogvx_batch_sampler", "cogvx_prompt_embeddings", "cogvx_transformer_forward",
         "cogvx_rotary_embedding", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
         "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata", "cogvx_memory_check",
+        "cogvx_train_end",
     ]  # fmt: skip
     data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)], prompts=["a", "b"])
     out = tmp_path / "out"
@@ -213,6 +214,26 @@ def test_every_hooks_md_example_runs_and_its_hooks_fire(
     for name, code in examples().items():
         assert implemented_hooks(code) <= seen.get(name, set()), f"hooks.md example of {name} did not run"
     assert set(examples()) >= {"intro", *general, *own, "cogvx_stages", "cogvx_exception"}
+
+
+@pytest.mark.slow
+def test_the_state_example_counts_right_after_a_resume_on_two_processes(
+    tiny_models, t2v_trainer, train, tmp_path, example_plugins
+):
+    """SeenCounter (cogvx_state_dict's example) is saved by the main process alone, in the middle
+    of a step, and read back by both: after a resume each process still counts every batch it ran."""
+    data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)] * 2, prompts=list("abcd"))
+    out = tmp_path / "out"
+    plugins = ["--plugins", f"aspect_bucket,rope_rescale,{example_plugins['cogvx_state_dict']}"]
+    env = {FIRED_ENV: str(tmp_path / "fired.txt")}
+    first = args_for(tiny_models["5b"], data, out, *plugins, "--checkpointing_steps", 1, steps=2)
+    assert train(t2v_trainer, first, nproc=2, env=env).returncode == 0
+    resumed = args_for(tiny_models["5b"], data, out, *plugins, "--resume_from_checkpoint", "latest", steps=4)
+    result = train(t2v_trainer, resumed, nproc=2, env=env)
+    assert result.returncode == 0, result.stderr[-5000:]
+    counts = dict(re.findall(r"SeenCounter: process (\d) trained (\d+) batches", result.stdout))
+    # Batch size 1, no gradient accumulation: one batch per optimizer step on each process.
+    assert counts == {"0": "4", "1": "4"}, result.stdout[-3000:]
 
 
 def builtin_implementations() -> dict[str, set[str]]:

@@ -7,13 +7,13 @@ accelerator. Nothing here knows the training scripts."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 
 from cogvx_ext.base.errors import SkipClip
 from cogvx_ext.data.clips import Sample, Skipped
+from cogvx_ext.data.context import RunContext
 
 
 class LatentPosterior:
@@ -58,7 +58,7 @@ def encode_samples(
     samples: list[Sample],
     vae: Any,
     kind: str,
-    args: argparse.Namespace,
+    run: RunContext,
     rank: int,
     world: int,
     progress: bool,
@@ -77,7 +77,9 @@ def encode_samples(
     with torch.no_grad():
         for i in tqdm(mine, desc="cogvx-ext: decoding and encoding clips", disable=not progress):
             try:
-                encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, kind=kind, args=args)
+                encoded = hook.cogvx_encode_sample(
+                    sample=samples[i], vae=vae, kind=kind, args=run.args, run=run
+                )
             except SkipClip as exc:
                 failed.append(Skipped(samples[i].clip.path, str(exc)))
                 continue

@@ -1,20 +1,31 @@
 """Every hook a cogvx-ext plugin can implement, in the order they fire in a training run.
 
-A plugin is any module or object with functions decorated by ``cogvx_ext.hookimpl`` whose names
-are listed here. Implementations may take any subset of a hook's arguments, by name. hooks.md
+A plugin is any module or object with functions decorated by ``cogvx_ext.api.hookimpl`` whose
+names are listed here. Implementations may take any subset of a hook's arguments, by name. hooks.md
 documents each hook with an example; ``tests/test_hooks_documented.py`` keeps the two in step.
+
+The run: every hook but ``cogvx_add_arguments`` and ``cogvx_stages`` takes ``run``, a
+``cogvx_ext.api.RunContext``: the command (``train``, ``plan``, ``cache``, ``inference``), the
+arguments, the model, the stage schedule (asked once, after ``cogvx_configure``), the processes
+and a ``stash`` dict for a plugin's per-run data.
+
+Order: ``--plugins`` (and ``COGVX_EXT_PLUGINS``, then ``load_trainer(plugins=...)``, then each
+``--plugins`` flag, in order; a name given twice counts where it first appears) registers the
+plugins left to right, and pluggy calls the last registered first. So for a firstresult hook,
+of the plugins that answer, the one named *last* wins; ``tryfirst``/``trylast`` come before that
+order, and the core's defaults are all ``trylast``.
 
 Life of a run (T2V and I2V scripts alike)::
 
-    get_args()  ── cogvx_add_arguments ─ parse ─ cogvx_configure ─ cogvx_provides/cogvx_requires
+    get_args()  ── cogvx_add_arguments ─ parse ─ cogvx_configure ─ cogvx_stages (once)
+                ─ cogvx_provides/cogvx_requires
                 ─ cogvx_memory_check (only when a chosen plugin implements it)
     main(args)
       Accelerator(...)                      ── cogvx_accelerator_ready
       CogVideoXTransformer3DModel loaded    ── cogvx_transformer_loaded        (before LoRA)
       AutoencoderKLCogVideoX loaded         ── cogvx_vae_loaded
-      VideoDataset(...)                     ── cogvx_stages, then cogvx_probe and
-                                               cogvx_clip_targets per clip, cogvx_clips_skipped
-                                                                               (data plugins only)
+      VideoDataset(...)                     ── cogvx_probe and cogvx_clip_targets per clip,
+                                               cogvx_clips_skipped             (data plugins only)
       encoding loop                         ── cogvx_load_pixels, cogvx_encode_sample per sample
       DataLoader(...)                       ── cogvx_batch_sampler
       compute_prompt_embeddings(...)        ── cogvx_prompt_embeddings
@@ -24,6 +35,7 @@ Life of a run (T2V and I2V scripts alike)::
       accelerator.save_state / load_state   ── cogvx_state_dict / cogvx_load_state_dict
       validation pipeline                   ── cogvx_pipeline_loaded, cogvx_validation_args
       LoRA saved                            ── cogvx_lora_metadata
+      accelerator.end_training()            ── cogvx_train_end                 (every process)
       an exception escapes main             ── cogvx_exception
 """
 
@@ -39,6 +51,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
     import torch
 
     from cogvx_ext.data.clips import Clip, Sample, Stage, Target, VideoInfo
+    from cogvx_ext.data.context import RunContext
     from cogvx_ext.model.facts import ModelInfo
     from cogvx_ext.model.memory.setup import TrainingSetup
 
@@ -64,29 +77,31 @@ def cogvx_add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
-def cogvx_configure(args: argparse.Namespace) -> None:
+def cogvx_configure(args: argparse.Namespace, run: RunContext) -> None:
     """Check and complete the parsed arguments, after parsing and before ``main(args)`` runs.
 
     Raise ``cogvx_ext.UsageError`` for a bad flag: the run stops with that one line and exit
     status 2, before anything is loaded.
 
     :param args: the script's parsed arguments; may be modified in place.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_provides(args: argparse.Namespace) -> list[str]:
+def cogvx_provides(args: argparse.Namespace, run: RunContext) -> list[str]:
     """Name the capabilities this plugin provides to other plugins.
 
     Built-in capability names: ``"batch_rope"`` (the rotary embedding follows each batch's latent
     shape), ``"learned_posemb"`` (a learned positional table adapted to each batch's shape).
 
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
+def cogvx_requires(args: argparse.Namespace, model: ModelInfo, run: RunContext) -> list[tuple[str, str]]:
     """Name the capabilities this plugin needs, each with the advice shown when it is missing.
 
     Fires once after ``cogvx_configure``, with the model's positional settings read from its
@@ -95,12 +110,17 @@ def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str
 
     :param args: the parsed arguments.
     :param model: positional facts of the model being trained.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
 def cogvx_memory_check(
-    setup: TrainingSetup | None, args: argparse.Namespace, model: ModelInfo | None, stages: list[Stage] | None
+    setup: TrainingSetup | None,
+    args: argparse.Namespace,
+    model: ModelInfo | None,
+    stages: list[Stage] | None,
+    run: RunContext,
 ) -> None:
     """Check, or plan by, the run's accelerator memory before any model is loaded.
 
@@ -119,6 +139,7 @@ def cogvx_memory_check(
     :param args: the parsed arguments.
     :param model: positional facts of the model (from its config).
     :param stages: the stage schedule (``cogvx_stages``), or ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -127,31 +148,34 @@ def cogvx_memory_check(
 
 
 @hookspec
-def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace) -> None:
+def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace, run: RunContext) -> None:
     """The script has created its ``accelerate.Accelerator``.
 
     :param accelerator: the script's accelerator (trackers are not initialised yet).
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namespace) -> None:
+def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namespace, run: RunContext) -> None:
     """The script has loaded its ``CogVideoXTransformer3DModel``; LoRA adapters are not added yet.
 
     Modify the model in place (buffers, attention processors, hooks).
 
     :param transformer: the loaded transformer.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace) -> None:
+def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace, run: RunContext) -> None:
     """The script has loaded its ``AutoencoderKLCogVideoX``.
 
     :param vae: the loaded VAE.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -166,17 +190,18 @@ def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
     """Return the run's stage schedule (progressive resolution), or ``None`` for one stage.
 
     A list of ``cogvx_ext.Stage``, the first starting at optimizer step 0, start steps increasing.
-    The core asks once when it plans the dataset and passes the answer as ``stages`` to
-    ``cogvx_clip_targets`` (one target per stage, tagged ``("stage", "<index>")``) and to
-    ``cogvx_batch_sampler`` (which draws each optimizer step's batches from its stage only).
-    Stops at first non-None result.
+    The core asks once per run, right after ``cogvx_configure`` (training, ``cogvx-ext plan`` and
+    ``cogvx-ext cache`` alike), keeps the answer as ``run.stages`` and passes it as ``stages`` to
+    ``cogvx_memory_check``, ``cogvx_clip_targets`` (one target per stage, tagged
+    ``("stage", "<index>")``) and ``cogvx_batch_sampler`` (which draws each optimizer step's
+    batches from its stage only). Stops at first non-None result.
 
     :param args: the parsed arguments.
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
+def cogvx_probe(path: str, args: argparse.Namespace, run: RunContext) -> VideoInfo | None:
     """Read one clip's metadata (size, frame count, frame rate) without decoding it.
 
     Fires once per listed clip when the core plans the dataset, before ``cogvx_clip_targets``.
@@ -187,12 +212,13 @@ def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
 
     :param path: the clip's path, as listed under ``--instance_data_root``.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_clip_targets(
-    clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
+    clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None, run: RunContext
 ) -> list[Target] | None:
     """Decide the training sample(s) made from one clip: size, crop and frame indices.
 
@@ -207,11 +233,12 @@ def cogvx_clip_targets(
     :param args: the parsed arguments.
     :param model: positional facts of the model (frame rules, compression factors).
     :param stages: the schedule from ``cogvx_stages``, or ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace) -> None:
+def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace, run: RunContext) -> None:
     """Clips are being left out of training; raise ``cogvx_ext.UsageError`` to stop instead.
 
     Fires only with a non-empty list, with the same list on every rank: after planning
@@ -223,11 +250,12 @@ def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace)
     :param skipped: the clips left out, each with ``path`` and ``reason``.
     :param when: ``"plan"`` or ``"decode"``.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor | None:
+def cogvx_load_pixels(sample: Sample, args: argparse.Namespace, run: RunContext) -> torch.Tensor | None:
     """Decode one sample's frames, cropped and resized to its target.
 
     Return a float tensor ``[F, 3, H, W]`` in ``[-1, 1]``. The built-in default (trylast)
@@ -235,11 +263,14 @@ def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor 
 
     :param sample: the clip and its target.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace) -> Any:
+def cogvx_encode_sample(
+    sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace, run: RunContext
+) -> Any:
     """Produce one sample's VAE posterior (a ``DiagonalGaussianDistribution``).
 
     For the I2V script (``kind == "i2v"``) return a pair ``(video_posterior, image_posterior)``,
@@ -252,6 +283,7 @@ def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: a
     :param vae: the script's VAE, on its device and dtype.
     :param kind: ``"t2v"`` or ``"i2v"``: which script is running.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -263,16 +295,35 @@ def cogvx_batch_sampler(
     args: argparse.Namespace,
     model: ModelInfo,
     stages: list[Stage] | None,
+    run: RunContext,
 ) -> Any:
     """Return the batch sampler the script's ``DataLoader`` should use, or ``None``.
 
-    It yields lists of sample indices. Every batch must hold one latent shape (the script
-    concatenates latents). ``len()`` must be exact, constant and equal on every rank; the number
-    of batches per epoch should be a multiple of ``num_replicas`` so accelerate adds no padding.
-    With ``stages``, every batch of an optimizer step comes from that step's stage
-    (``cogvx_ext.data.stages.StagedBatchSampler`` does the arithmetic). Samples of one clip and stage
-    tagged ``("scale", ...)`` are alternatives: each epoch trains one of them. Stops at first
-    non-None result.
+    The contract (``cogvx_ext.api.EpochBatchSampler`` keeps all of it for a subclass that says
+    which batches an epoch holds):
+
+    - it yields lists of indices into ``samples``; every batch holds one latent shape (the script
+      concatenates latents);
+    - ``len()`` is the exact number of batches of every epoch over all processes, constant for
+      the run and the same on every rank (the script computes its step count from it once); a
+      multiple of ``num_replicas``, so accelerate adds no batch; no ``batch_size`` attribute
+      (accelerate would treat batches of another size as incomplete);
+    - each ``iter()`` is one epoch and yields the same list on every rank (accelerate gives rank
+      ``r`` batches ``r, r + R, ...``); count epochs yourself: accelerate's ``set_epoch`` restarts
+      at 0 on resume and reaches the sampler only on one process;
+    - the position survives a checkpoint through the plugin's ``cogvx_state_dict`` as (epoch,
+      batch), derived from the optimizer step (``cogvx_ext.api.SamplerResume``): accelerate
+      fetches ahead, so the sampler's own iteration does not say what was trained;
+    - with ``stages``, every batch of an optimizer step comes from that step's stage, computed
+      from the sampler's own position (``cogvx_ext.api.StagedBatchSampler``); samples of one clip
+      and stage tagged ``("scale", ...)`` are alternatives: each pass trains one of them;
+    - ``describe(samples, model)`` returns a ``cogvx_ext.api.SamplerReport`` (rows of latent
+      shape, clips, batch size, batches, stage; the memory budget): what ``cogvx-ext plan``'s
+      table, the compile bound and the memory estimate logged at start read. An
+      ``EpochBatchSampler`` answers by counting epoch 0; a list of batches is counted; any other
+      sampler is shown as if batched by ``--train_batch_size``, with a note.
+
+    Stops at first non-None result.
 
     :param samples: the dataset's samples, in dataset order.
     :param batch_size: the script's ``--train_batch_size``.
@@ -280,6 +331,7 @@ def cogvx_batch_sampler(
     :param args: the parsed arguments.
     :param model: positional facts of the model.
     :param stages: the schedule from ``cogvx_stages``, or ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -292,6 +344,7 @@ def cogvx_prompt_embeddings(
     device: torch.device,
     dtype: torch.dtype,
     cached_only: bool,
+    run: RunContext,
 ) -> torch.Tensor | None:
     """Return the text embeddings of ``prompts``: ``[len(prompts), max_sequence_length, D]``.
 
@@ -310,6 +363,7 @@ def cogvx_prompt_embeddings(
     :param device: where the result must live.
     :param dtype: the result's dtype.
     :param cached_only: answer without running the text encoder, or return ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -318,18 +372,22 @@ def cogvx_prompt_embeddings(
 
 
 @hookspec(firstresult=True)
-def cogvx_cache_summary() -> dict[str, Any] | None:
+def cogvx_cache_summary(run: RunContext) -> dict[str, Any] | None:
     """Describe this process's cache use so far, for ``cogvx-ext cache fill``'s report.
 
     Return ``{"root": str, "hits": int, "misses": int, "recomputed": int, "store_errors": int}``
     (entries read, encoded, bad entries encoded again, entries that could not be written), or
     ``None`` when the plugin keeps no cache. The cache commands need a plugin that answers. Stops
     at first non-None result.
+
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float) -> Any:
+def cogvx_cache_prune(
+    samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float, run: RunContext
+) -> Any:
     """Remove cache entries that ``samples`` (the dataset as planned) no longer reach.
 
     For ``cogvx-ext cache prune``: name each removed item on stdout (with ``dry_run``: what would
@@ -341,6 +399,7 @@ def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: 
     :param args: the parsed arguments (the script's data flags and the plugins' own).
     :param dry_run: list, do not remove.
     :param temp_age: the age in seconds from which a temporary file is a killed writer's.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -350,7 +409,11 @@ def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: 
 
 @hookspec
 def cogvx_transformer_forward(
-    transformer: torch.nn.Module, inputs: dict[str, Any], latent_shape: tuple[int, int, int], model: ModelInfo
+    transformer: torch.nn.Module,
+    inputs: dict[str, Any],
+    latent_shape: tuple[int, int, int],
+    model: ModelInfo,
+    run: RunContext,
 ) -> None:
     """Adjust the keyword arguments of one transformer forward, in place.
 
@@ -364,12 +427,13 @@ def cogvx_transformer_forward(
     :param inputs: the forward's keyword arguments; modify in place.
     :param latent_shape: ``(frames, height, width)`` of ``hidden_states`` as it arrived.
     :param model: positional facts of the model.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_rotary_embedding(
-    model: ModelInfo, latent_shape: tuple[int, int, int], device: torch.device
+    model: ModelInfo, latent_shape: tuple[int, int, int], device: torch.device, run: RunContext
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Return the rotary embedding ``(cos, sin)`` for a forward pass on this latent shape.
 
@@ -383,12 +447,13 @@ def cogvx_rotary_embedding(
     :param model: positional facts of the model.
     :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.
     :param device: where the embedding must live.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_transformer_output(
-    transformer: torch.nn.Module, inputs: dict[str, Any], output: Any, model: ModelInfo
+    transformer: torch.nn.Module, inputs: dict[str, Any], output: Any, model: ModelInfo, run: RunContext
 ) -> Any:
     """Return a replacement for one forward's output, or ``None`` to keep it.
 
@@ -400,6 +465,7 @@ def cogvx_transformer_output(
     :param inputs: the keyword arguments the forward received.
     :param output: what the forward returned (a tuple, or an output object).
     :param model: positional facts of the model.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -408,7 +474,7 @@ def cogvx_transformer_output(
 
 
 @hookspec
-def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
+def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any, run: RunContext) -> None:
     """One iteration of the script's training loop has finished.
 
     Fires from the script's ``accelerator.log(logs, step=...)`` call, once per loop iteration
@@ -418,11 +484,12 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
     :param step: the script's ``global_step`` (optimizer steps so far).
     :param logs: what the script is about to log (``loss``, ``lr``); add to it in place.
     :param accelerator: the script's accelerator.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
+def cogvx_state_dict(step: int | None, run: RunContext) -> dict[str, Any] | None:
     """Return this plugin's state to save with the script's checkpoint (JSON-serialisable).
 
     Fires when the script calls ``accelerator.save_state``. The core asks one plugin at a time
@@ -430,19 +497,31 @@ def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
     plugin's state) and writes every answer to ``cogvx_ext_state.json`` in the checkpoint folder,
     atomically, keyed by what the plugin is (``module:Class``), not by its name on the command line.
 
+    Which processes: the diffusers scripts save on the main process alone, so this fires there
+    only (under DeepSpeed every process saves and is asked; the first process of each machine
+    writes the file). Every process resumes from that one file: keep state that is the same on
+    every process (or that every process can take from the main one), and make no collective
+    call here. It fires inside the iteration that made optimizer step ``step``: after its forward
+    and backward, before its ``cogvx_step_end`` (state counted in ``cogvx_step_end`` is one
+    iteration behind).
+
     :param step: the optimizer step being saved (from the script's ``checkpoint-<step>`` folder
         name), or ``None`` when the folder is named otherwise.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_load_state_dict(state: dict[str, Any]) -> None:
+def cogvx_load_state_dict(state: dict[str, Any], run: RunContext) -> None:
     """Restore this plugin's state from a checkpoint (``--resume_from_checkpoint``).
 
-    Fires when the script calls ``accelerator.load_state``, only for plugins that saved state,
-    one plugin at a time through the plugin manager.
+    Fires when the script calls ``accelerator.load_state`` (``--resume_from_checkpoint``), on
+    every process, only for plugins that saved state, one plugin at a time through the plugin
+    manager. Every process reads ``cogvx_ext_state.json`` of the checkpoint folder (the one the
+    main process wrote, or its machine's copy), so every process gets the main process's state.
 
     :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -451,19 +530,20 @@ def cogvx_load_state_dict(state: dict[str, Any]) -> None:
 
 
 @hookspec
-def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace) -> None:
+def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace, run: RunContext) -> None:
     """The script has built a CogVideoX pipeline (validation, final test, or ``cogvx_ext.inference``).
 
     Adapt it in place so inference sees what training saw (positional embeddings, RoPE).
 
     :param pipe: a ``CogVideoXPipeline`` or ``CogVideoXImageToVideoPipeline``.
     :param args: the parsed arguments, or the recorded training settings at inference.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
 def cogvx_validation_args(
-    variants: list[dict[str, Any]], args: argparse.Namespace, samples: list[Sample] | None
+    variants: list[dict[str, Any]], args: argparse.Namespace, samples: list[Sample] | None, run: RunContext
 ) -> None:
     """Change, in place, the list of pipeline calls one validation prompt makes.
 
@@ -475,24 +555,56 @@ def cogvx_validation_args(
     :param args: the parsed arguments.
     :param samples: the training samples (their targets are the trained shapes), or ``None``
         when the script's own dataset is in use.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_lora_metadata(args: argparse.Namespace) -> dict[str, Any]:
+def cogvx_lora_metadata(args: argparse.Namespace, run: RunContext) -> dict[str, Any]:
     """Return settings to record with the saved LoRA (JSON-serialisable).
 
     The core writes every plugin's contribution to ``cogvx_ext.json`` next to the LoRA weights,
     so ``cogvx_ext.inference.prepare_pipeline`` can set inference up the same way.
 
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_exception(exc: BaseException, args: argparse.Namespace) -> None:
+def cogvx_train_end(
+    output_dir: str,
+    lora: str,
+    checkpoint: str | None,
+    step: int | None,
+    args: argparse.Namespace,
+    run: RunContext,
+) -> None:
+    """Training has ended and the final LoRA is saved: print a summary, copy or upload the result.
+
+    Fires once on every process, from the script's ``accelerator.end_training()`` (trackers and
+    the process group are still up), after the main process has saved the final LoRA: every
+    process waits for that save (not for the main process's final validation). Not after a run
+    that failed (``cogvx_exception`` fires instead). Only a chosen plugin that implements it
+    adds the wait.
+
+    :param output_dir: the script's ``--output_dir``.
+    :param lora: the final LoRA file, ``output_dir/pytorch_lora_weights.safetensors`` (written by
+        the main process; on another machine it is there only when ``output_dir`` is shared).
+    :param checkpoint: the newest ``checkpoint-<step>`` folder in ``output_dir`` at or before
+        ``step`` (the one ``--resume_from_checkpoint latest`` takes), or ``None``.
+    :param step: the final optimizer step (the script's ``global_step``), or ``None`` when no
+        step ran.
+    :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
+    """
+
+
+@hookspec
+def cogvx_exception(exc: BaseException, args: argparse.Namespace, run: RunContext) -> None:
     """An exception is escaping the script's ``main``; it propagates unchanged afterwards.
 
     :param exc: the exception.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """

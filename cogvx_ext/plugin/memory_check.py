@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cogvx_ext.base.errors import UsageError
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.memory.setup import TrainingSetup, setup_from_args
 from cogvx_ext.plugin.manager import chosen_hooks
 
@@ -19,19 +19,22 @@ def setup_for_plugins(pm: Any, args: Any, model: str | None = None, **overrides:
     )
 
 
-def check_before_loading(pm: Any, args: Any, model_info: ModelInfo | None, model: str | None = None) -> None:
-    """Fire ``cogvx_memory_check`` when a chosen plugin implements it (before any model loads)."""
+def check_before_loading(pm: Any, run: RunContext, model: str | None = None) -> None:
+    """Fire ``cogvx_memory_check`` when a chosen plugin implements it (before any model loads).
+
+    ``model`` names a released model when the arguments name none (``cogvx-ext plan --model``)."""
     if "cogvx_memory_check" not in chosen_hooks(pm):
         return
     try:
-        setup = setup_for_plugins(pm, args, model)
+        setup = setup_for_plugins(pm, run.args, model)
     except UsageError:
         # The configs cannot be had without a download: a plugin that needs them says so itself
         # (setup_from_args gives the reason); the others go on.
         setup = None
     pm.hook.cogvx_memory_check(
         setup=setup,
-        args=args,
-        model=model_info or (setup.model if setup else None),
-        stages=pm.hook.cogvx_stages(args=args),
+        args=run.args,
+        model=run.model or (setup.model if setup else None),
+        stages=run.stages,
+        run=run,
     )

@@ -45,17 +45,19 @@ class Run:
     """What one training run shares: the plugin manager, the parsed arguments, the loaded models.
 
     One per script run (a fresh plugin manager each time); the seams and the core keep their
-    per-run state here, never in module globals.
+    per-run state here, never in module globals. ``context`` is the part plugins see (the hooks'
+    ``run`` argument): the arguments and the model live there.
     """
 
     def __init__(self, module: ModuleType, pm: Any, plugin_names: list[str]):
+        from cogvx_ext.data.context import RunContext
+
         self.module = module
         self.script = getattr(module, "__file__", None) or "<script>"
         self.pm = pm
         self.hook = pm.hook
         self.plugin_names = plugin_names
-        self.args: argparse.Namespace | None = None
-        self.model = None  # cogvx_ext.model.facts.ModelInfo, once known
+        self.context = RunContext("train", plugins=plugin_names)
         self.accelerator = None
         self.transformer = None
         self.vae = None
@@ -66,6 +68,25 @@ class Run:
         self.prompts_prepared = False
         self.text_encoder_offloaded = None
         self.zero3_lora = None  # the whole LoRA at the last step, for the final save (cogvx_ext.script.zero3)
+        self.last_step: int | None = None  # the step of the last accelerator.log: the final global_step
+        self.passed_final_save_barrier = False  # cogvx_ext.script.seams.train_end
+
+    @property
+    def args(self) -> argparse.Namespace | None:
+        return self.context.args
+
+    @args.setter
+    def args(self, value: argparse.Namespace) -> None:
+        self.context.args = value
+
+    @property
+    def model(self):
+        """cogvx_ext.model.facts.ModelInfo, once known."""
+        return self.context.model
+
+    @model.setter
+    def model(self, value) -> None:
+        self.context.model = value
 
     def uses(self, hook_name: str) -> bool:
         """Whether a plugin the user chose (not a core default) implements this hook."""
@@ -80,7 +101,7 @@ class Run:
         self.requirements_checked = True
         from cogvx_ext.data.contracts import check_requirements
 
-        check_requirements(self.hook, self.args, self.model)
+        check_requirements(self.hook, self.context)
 
 
 def activate_from_startup() -> None:
@@ -172,10 +193,11 @@ def start_run(
         )
     run.hook.cogvx_add_arguments(parser=parser)
     run.args = _original_parse_args(parser, argv, namespace)
-    run.hook.cogvx_configure(args=run.args)
+    run.hook.cogvx_configure(args=run.args, run=run.context)
+    run.context.ask_stages(run.hook)  # once: every later hook sees this answer (run.stages)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()
-    check_before_loading(pm, run.args, run.model)
+    check_before_loading(pm, run.context)
     check_data_source(run.args)  # before the script loads any model (minutes for a real 5b)
     seams.install(run)
     return run

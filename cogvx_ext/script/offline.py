@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext.base.errors import OneLineParser, UsageError
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.facts import RELEASED, ModelInfo, released_model
 
 ENV_TRAINER = "COGVX_EXT_TRAINER"
@@ -30,13 +31,20 @@ _module_counter = itertools.count(1)
 @dataclass
 class OfflineRun:
     pm: Any
-    args: argparse.Namespace
-    model: ModelInfo
+    context: RunContext  # what the plugins see (the hooks' ``run``)
     plugin_names: list[str]
 
     @property
     def hook(self):
         return self.pm.hook
+
+    @property
+    def args(self) -> argparse.Namespace:
+        return self.context.args
+
+    @property
+    def model(self) -> ModelInfo:
+        return self.context.model
 
 
 def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -93,7 +101,11 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_plugins: str) -> OfflineRun:
+def start_offline_run(
+    parser: argparse.ArgumentParser, argv: list[str], default_plugins: str, command: str = "plan"
+) -> OfflineRun:
+    """Load the plugins, parse, configure and check as training starts; ``command`` names the tool
+    (``plan`` or ``cache``) in the run's context."""
     from cogvx_ext.data.contracts import check_requirements
     from cogvx_ext.plugin.manager import (
         ENV_PLUGINS,
@@ -113,7 +125,11 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
         parser = with_script_flags(parser, trainer)
     pm.hook.cogvx_add_arguments(parser=parser)
     args = parser.parse_args(argv)
-    pm.hook.cogvx_configure(args=args)
+    # The plan is for --num_processes; a cache fill's processes are those it was launched with.
+    processes = args.num_processes if command == "plan" else None
+    context = RunContext(command, args=args, plugins=names, num_processes=processes)
+    pm.hook.cogvx_configure(args=args, run=context)
+    context.ask_stages(pm.hook)  # once: every later hook sees this answer (run.stages)
     model = None
     if args.pretrained_model_name_or_path:
         model = ModelInfo.from_pretrained(args.pretrained_model_name_or_path)
@@ -122,12 +138,12 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
                 f"no transformer/config.json under '{args.pretrained_model_name_or_path}': "
                 "give a local model folder or --model NAME"
             )
-    model = model or released_model(args.model or "5b")
-    check_requirements(pm.hook, args, model)  # what training checks at start, with the same verdict
+    context.model = model or released_model(args.model or "5b")
+    check_requirements(pm.hook, context)  # what training checks at start, with the same verdict
     from cogvx_ext.plugin.memory_check import check_before_loading
 
-    check_before_loading(pm, args, model, args.model)
-    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names)
+    check_before_loading(pm, context, args.model)
+    return OfflineRun(pm=pm, context=context, plugin_names=names)
 
 
 def trainer_flag_value(argv: list[str]) -> str | None:

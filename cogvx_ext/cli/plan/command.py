@@ -46,8 +46,8 @@ def run_plan(argv: list[str]) -> int:
 
         check_chart_available()
     entries, skipped = read_script_data(args)
-    samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
-    report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
+    samples, more = plan_samples(run.hook, entries, run.context, progress=sys.stderr.isatty())
+    report = build_report(samples, skipped + more, run.context, run.hook)
     if args.memory and report.buckets:
         from cogvx_ext.plugin.memory_check import setup_for_plugins
 
@@ -67,5 +67,5 @@ def run_plan(argv: list[str]) -> int:
         write_chart(report, args.chart)
         print(f"chart drawn in {args.chart}", file=sys.stderr if args.json == "-" else sys.stdout)
     if report.skipped:  # a plugin may stop here, as it stops training (aspect_bucket's --bucket_strict)
-        run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args)
+        run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args, run=run.context)
     return 0 if report.ok else 1

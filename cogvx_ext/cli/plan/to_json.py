@@ -81,5 +81,6 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             "upscale": stats([c.upscale for c in report.ok]),
             "plugins": report.plugins,
             **({"memory": report.memory} if report.memory else {}),
+            **({"sampler_note": report.sampler_note} if report.sampler_note else {}),
         },
     }

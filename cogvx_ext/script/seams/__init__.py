@@ -12,7 +12,8 @@ seam (script globals)               what it does
 ``main``                            fires ``cogvx_exception``; removes what the run installed
 ``Accelerator``                     fires ``cogvx_accelerator_ready``; plugin state is saved and
                                     loaded with ``save_state``/``load_state``; ``accelerator.log``
-                                    fires ``cogvx_step_end``; under DeepSpeed the script's
+                                    fires ``cogvx_step_end``, ``end_training``
+                                    ``cogvx_train_end``; under DeepSpeed the script's
                                     save/load hooks get the unwrapped model
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
@@ -25,8 +26,9 @@ seam (script globals)               what it does
                                     validation that would wait forever (ZeRO-3) stops
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
 ``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save;
-                                    under ZeRO-3 its frozen models load whole and the LoRA
-                                    it saves is whole
+                                    the final save lets the others go on to
+                                    ``cogvx_train_end``; under ZeRO-3 its frozen models load
+                                    whole and the LoRA it saves is whole
 =================================  ============================================================
 """
 
@@ -61,6 +63,7 @@ def needed_globals(run) -> dict[str, list[str]]:
     by_hook = {
         "cogvx_accelerator_ready": ["Accelerator"],
         "cogvx_step_end": ["Accelerator"],
+        "cogvx_train_end": ["Accelerator"],
         "cogvx_state_dict": ["Accelerator"],
         "cogvx_load_state_dict": ["Accelerator"],
         "cogvx_transformer_loaded": ["CogVideoXTransformer3DModel"],

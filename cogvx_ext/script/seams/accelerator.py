@@ -1,10 +1,12 @@
-"""The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``, and DeepSpeed's state hooks."""
+"""The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``,
+``cogvx_train_end`` at ``end_training``, and DeepSpeed's state hooks."""
 
 from __future__ import annotations
 
 import functools
 
 from cogvx_ext.script.seams.checkpoints import _load_plugin_state, _save_plugin_state
+from cogvx_ext.script.seams.train_end import _wrap_end_training
 from cogvx_ext.script.zero3 import (
     gathered,
     snapshot_lora,
@@ -18,6 +20,10 @@ def _accelerator_factory(run, real_accelerator):
     def make_accelerator(*args, **kwargs):
         accelerator = real_accelerator(*args, **kwargs)
         run.accelerator = accelerator
+        run.context.num_processes, run.context.process_index = (
+            accelerator.num_processes,
+            accelerator.process_index,
+        )
         if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
             accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
@@ -27,12 +33,21 @@ def _accelerator_factory(run, real_accelerator):
         if "cogvx_step_end" in run.chosen:
             _on_every_logged_step(
                 accelerator,
-                lambda values, step: run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator),
+                lambda values, step: run.hook.cogvx_step_end(
+                    step=step, logs=values, accelerator=accelerator, run=run.context
+                ),
             )
-        run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
+        if "cogvx_train_end" in run.chosen:
+            _on_every_logged_step(accelerator, functools.partial(_note_step, run))
+            _wrap_end_training(run, accelerator)
+        run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args, run=run.context)
         return accelerator
 
     return make_accelerator
+
+
+def _note_step(run, values, step) -> None:
+    run.last_step = step
 
 
 def _hand_state_hooks_unwrapped_models(accelerator) -> None:

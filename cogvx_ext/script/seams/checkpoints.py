@@ -39,12 +39,16 @@ class _ShutilAcrossRanks:
 
 
 def _save_plugin_state(run, models, weights, output_dir):
+    """On every process that saves (the main one; under DeepSpeed all): the plugins are asked
+    there, and the first process of each machine writes the file (its state, not whichever
+    process wrote last)."""
     from cogvx_ext.base.io import write_json_atomic
     from cogvx_ext.plugin.state import collect_states
 
     match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
-    states = collect_states(run.pm, int(match.group(1)) if match else None)
-    if states:
+    states = collect_states(run.pm, int(match.group(1)) if match else None, run.context)
+    writes = run.accelerator is None or run.accelerator.is_local_main_process
+    if states and writes:
         write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states})
 
 
@@ -55,4 +59,4 @@ def _load_plugin_state(run, models, input_dir):
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        restore_states(run.pm, json.load(f).get("plugins", {}))
+        restore_states(run.pm, json.load(f).get("plugins", {}), run.context)

@@ -16,7 +16,7 @@ def _wrap_main(run, real_main):
         except BaseException as exc:
             if not isinstance(exc, SystemExit):
                 exc._cogvx_ext_reported = True
-                run.hook.cogvx_exception(exc=exc, args=args)
+                run.hook.cogvx_exception(exc=exc, args=args, run=run.context)
             if isinstance(exc, UsageError):
                 # Found once main runs (a broken dataset, a requirement known only from the loaded
                 # model): still one line and status 2, not a traceback.
@@ -35,7 +35,7 @@ def _report_uncaught(run) -> None:
     def excepthook(exc_type, exc, traceback):
         if not getattr(exc, "_cogvx_ext_reported", False):
             exc._cogvx_ext_reported = True
-            run.hook.cogvx_exception(exc=exc, args=run.args)
+            run.hook.cogvx_exception(exc=exc, args=run.args, run=run.context)
         if isinstance(exc, UsageError):
             report_usage_error(exc)
             return
