@@ -9,6 +9,7 @@ the way a user would.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import textwrap
@@ -99,6 +100,22 @@ def implemented_hooks(code: str) -> set[str]:
     return names
 
 
+def plugin_classes(code: str) -> list[str]:
+    """Classes with hook implementations (a sampler class is not a plugin): the first is the
+    example's plugin; without one, the module is."""
+
+    def is_hookimpl(decorator) -> bool:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        return isinstance(target, ast.Name) and target.id == "hookimpl"
+
+    return [
+        node.name
+        for node in ast.parse(textwrap.dedent(code)).body
+        if isinstance(node, ast.ClassDef)
+        and any(isinstance(f, ast.FunctionDef) and any(map(is_hookimpl, f.decorator_list)) for f in node.body)
+    ]
+
+
 @pytest.fixture(scope="module")
 def example_plugins(tmp_path_factory) -> dict[str, str]:
     """``{example name: --plugins item}``: each example written as a plugin file."""
@@ -107,8 +124,8 @@ def example_plugins(tmp_path_factory) -> dict[str, str]:
     for name, code in examples().items():
         path = folder / f"hooks_md_{name}.py"
         path.write_text("import torch\n\nfrom cogvx_ext.api import hookimpl\n\n" + code + INSTRUMENT)
-        classes = re.findall(r"^class (\w+)", code, flags=re.M)
-        items[name] = f"{path}:{classes[0]}" if classes else str(path)
+        plugins = plugin_classes(code)
+        items[name] = f"{path}:{plugins[0]}" if plugins else str(path)
     return items
 
 

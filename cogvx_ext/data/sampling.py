@@ -100,7 +100,7 @@ class SamplerReport:
 
 
 def describe_batches(
-    batches: Iterable[Sequence[int]], samples: Sequence[Sample], model: ModelInfo, stage: int | None = None
+    batches: Iterable[Sequence[int]], samples: Sequence[Sample], model: ModelInfo
 ) -> tuple[ShapeRow, ...]:
     """Rows that count ``batches`` (lists of indices into ``samples``) by latent shape."""
     from cogvx_ext.data.planning import latent_shape_key
@@ -115,7 +115,7 @@ def describe_batches(
         key = keys[batch[0]]
         sizes[key] = max(sizes.get(key, 0), len(batch))
         counts[key] = counts.get(key, 0) + 1
-    return tuple(ShapeRow(key, clips[key], sizes[key], counts[key], stage) for key in sorted(counts))
+    return tuple(ShapeRow(key, clips[key], sizes[key], counts[key]) for key in sorted(counts))
 
 
 def sampler_report(
