@@ -44,6 +44,7 @@ def side(mode: str, shapes: list[tuple[int, int, int]], rounds: int) -> dict:
     from diffusers import CogVideoXTransformer3DModel
     from torch._dynamo.utils import counters
 
+    from cogvx_ext.data.context import RunContext
     from cogvx_ext.inference import make_inference_plugin_manager, recorded_args
     from cogvx_ext.model.facts import ModelInfo
     from cogvx_ext.plugin.forward import install_forward_hooks
@@ -53,8 +54,11 @@ def side(mode: str, shapes: list[tuple[int, int, int]], rounds: int) -> dict:
     root = build_tiny_model(tempfile.mkdtemp(), "5b")
     transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer")
     pm = make_inference_plugin_manager(["aspect_bucket", "rope_rescale"])
-    pm.hook.cogvx_configure(args=recorded_args(pm, {}))
-    install_forward_hooks(transformer, pm.hook, ModelInfo.from_config(transformer.config))
+    args = recorded_args(pm, {})
+    model = ModelInfo.from_config(transformer.config)
+    run = RunContext("inference", args=args, model=model, stages=None)
+    pm.hook.cogvx_configure(args=args, run=run)
+    install_forward_hooks(transformer, pm.hook, model, run)
     optimizer = torch.optim.SGD(transformer.parameters(), lr=1e-4)
     if mode == "single":
         shapes = shapes[:1] * len(shapes)

@@ -178,12 +178,12 @@ def _ours(run) -> tuple[None, int, int]:
 
     args = run.args
     entries, skipped = read_listing(args.instance_data_root, args.caption_column, args.video_column)
-    samples, more = plan_samples(run.hook, entries, args, run.model, progress=False)
+    samples, more = plan_samples(run.hook, entries, run.context, progress=False)
     if skipped or more:
         raise SystemExit(f"clips were skipped: {[s.reason for s in skipped + more]}")
     frames = 0
     for sample in samples:
-        pixels = run.hook.cogvx_load_pixels(sample=sample, args=args)
+        pixels = run.hook.cogvx_load_pixels(sample=sample, args=args, run=run.context)
         frames += int(pixels.shape[0])
         del pixels  # the VAE would consume it here
     return None, len(samples), frames
@@ -291,7 +291,7 @@ def crop_table(root: Path, listing: tuple[str, str]) -> dict:
         argv = base + (["--plugins", plugins] if plugins else [])
         run = start_offline_run(script_data_parser("dataset_prep", ""), argv, default_plugins=plugins)
         entries, skipped = read_listing(root, prompts, videos)
-        samples, more = plan_samples(run.hook, entries, run.args, run.model, progress=False)
+        samples, more = plan_samples(run.hook, entries, run.context, progress=False)
         rows = {}
         for sample in samples:
             info, target = sample.clip.info, sample.target

@@ -119,6 +119,7 @@ def build_transformer(tiny: bool, device, dtype, rank: int):
 
 def install_ours(transformer, plugins: str):
     """cogvx-ext's forward hooks from a plugin manager with the given plugins, as a training run installs them."""
+    from cogvx_ext.data.context import RunContext
     from cogvx_ext.model.facts import ModelInfo
     from cogvx_ext.plugin.forward import install_forward_hooks
     from cogvx_ext.plugin.manager import load_plugins, make_plugin_manager, parse_plugin_list
@@ -128,8 +129,10 @@ def install_ours(transformer, plugins: str):
     parser = argparse.ArgumentParser()
     pm.hook.cogvx_add_arguments(parser=parser)
     args = parser.parse_args([])  # every plugin flag at its default
-    pm.hook.cogvx_configure(args=args)
-    if not install_forward_hooks(transformer, pm.hook, ModelInfo.from_config(transformer.config)):
+    model = ModelInfo.from_config(transformer.config)
+    run = RunContext("train", args=args, model=model, stages=None)
+    pm.hook.cogvx_configure(args=args, run=run)
+    if not install_forward_hooks(transformer, pm.hook, model, run):
         raise SystemExit(f"no forward hook among the plugins {plugins}")
     return pm
 

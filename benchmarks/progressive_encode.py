@@ -55,18 +55,18 @@ def measure(model_dir: Path, data: Path, stages: str, frames: int) -> list[dict]
         script_data_parser("bench", ""), argv, default_plugins="aspect_bucket,rope_rescale"
     )
     entries, _ = read_listing(data, "prompts.txt", "videos.txt")
-    samples, skipped = plan_samples(run.hook, entries, run.args, run.model, progress=False)
+    samples, skipped = plan_samples(run.hook, entries, run.context, progress=False)
     assert not skipped, skipped
     vae = AutoencoderKLCogVideoX.from_pretrained(model_dir, subfolder="vae")
     vae.requires_grad_(False)
     holder = type("Run", (), {"hook": run.hook, "args": run.args})()
     run.pm.register(ScriptEncoding(holder), name="cogvx_ext.script_encoding")
     rows = []
-    for index, stage in enumerate(run.hook.cogvx_stages(args=run.args)):
+    for index, stage in enumerate(run.context.stages):
         mine = [s for s in samples if stage_of(s) == index]
         started = time.perf_counter()
         with torch.no_grad():
-            posteriors, failed = encode_samples(run.hook, mine, vae, "t2v", run.args, 0, 1, progress=False)
+            posteriors, failed = encode_samples(run.hook, mine, vae, "t2v", run.context, 0, 1, progress=False)
         seconds = time.perf_counter() - started
         assert not failed
         kept = sum(p.parameters.numel() * p.parameters.element_size() for p in posteriors)

@@ -101,7 +101,7 @@ def check_single_shape(data: Path, opts) -> str:
         ] + (["--plugins", plugins] if plugins else [])  # fmt: skip
         run = start_offline_run(script_data_parser("step_overhead", ""), argv, default_plugins=plugins)
         entries, _ = read_listing(data, "prompts.txt", "videos.txt")
-        samples, skipped = plan_samples(run.hook, entries, run.args, run.model, progress=False)
+        samples, skipped = plan_samples(run.hook, entries, run.context, progress=False)
         shapes[side] = {(s.target.num_frames, s.target.height, s.target.width) for s in samples}
         if skipped:
             raise SystemExit(f"{side}: clips skipped: {skipped}")

@@ -9,7 +9,7 @@ the model, cogvx_step_end adds to what the script logs to its trackers (tensorbo
 
 import torch
 
-from cogvx_ext import UsageError, hookimpl
+from cogvx_ext.api import UsageError, hookimpl
 
 # A .py plugin is registered as a module: one training run per process, so module state is fine.
 last_batch = {}

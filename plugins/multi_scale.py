@@ -6,7 +6,7 @@ multiples of 16, the same frames, and the bucket's crop trimmed by at most a few
 the scaled size's exact aspect (nothing is stretched). The copies are tagged ``("scale", "0.5")``
 and so on (the full size ``("scale", "1")``); the batch sampler treats one clip's copies as
 alternatives and trains one of them per pass, drawn with a seeded generator identical on every
-rank (``cogvx_ext.data.stages``). Multi-resolution robustness for the price of encoding the small
+rank (``cogvx_ext.api.choose_alternatives``). Multi-resolution robustness for the price of encoding the small
 copies once; they cost less to train than the full size.
 
 Needs a sampler that batches by shape (aspect_bucket). The entry point names the class.
@@ -18,10 +18,7 @@ import argparse
 import math
 from typing import Any
 
-from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import UsageError
-from cogvx_ext.data.clips import SCALE_TAG, Target
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.api import SCALE_TAG, ModelInfo, Target, UsageError, hookimpl
 
 MULTIPLE = 16  # VAE 8 x patch 2
 FLAG = "--multi_scale_areas"

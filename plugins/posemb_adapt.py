@@ -10,7 +10,7 @@ This plugin takes the table's addition over, on the patch embedding itself: it s
 patch embedding's own positional step off (its ``use_learned_positional_embeddings`` and
 ``use_positional_embeddings`` attributes, which only gate that step, so the check and the
 sin-cos swap are skipped) and adds, from a forward hook on the patch embedding, the table
-adapted to the batch's latent grid (``cogvx_ext.model.rope.adapt_learned_posemb``, cached per shape).
+adapted to the batch's latent grid (``cogvx_ext.api.adapt_learned_posemb``, cached per shape).
 At the default grid that is the table itself, so the sum is bit-identical to the stock forward.
 Nothing else changes: the buffer is not touched (checkpoints stay as they were), and
 ``transformer.config.sample_height/width`` stay, because the pipelines read them as the RoPE
@@ -28,10 +28,7 @@ from typing import Any
 
 import torch
 
-from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import UsageError
-from cogvx_ext.model import rope
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.api import ModelInfo, UsageError, adapt_learned_posemb, hookimpl
 
 MODES = ("interpolate", "drop")
 # Adapted tables kept per transformer, one per batch shape. Small on purpose: on the real model
@@ -76,7 +73,7 @@ class LearnedPosembAdapter:
         adapted = self._cache.get(key)
         if adapted is None:
             text_len = self.patch_embed.max_text_seq_length
-            adapted = rope.adapt_learned_posemb(table, self.model, latent_shape, text_len)
+            adapted = adapt_learned_posemb(table, self.model, latent_shape, text_len)
             self._cache[key] = adapted
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)

@@ -16,7 +16,7 @@ The plugin answers ``cogvx_stages``; the data hooks (the core's default targets,
 make one target per stage, the core encodes every stage's latents before training (the scripts
 encode once, before their loop; see the README for the measurement behind that), and the sampler
 (aspect_bucket's, or this plugin's own when no other plugin answers) changes shape exactly at the
-boundary step, counting optimizer steps (``cogvx_ext.data.stages``). Each loop iteration logs ``stage``
+boundary step, counting optimizer steps (``cogvx_ext.api.StagedBatchSampler``). Each loop iteration logs ``stage``
 and ``tokens_per_sample`` to the script's trackers.
 
 The entry point names the class; the loader makes one instance per run.
@@ -34,12 +34,22 @@ from typing import Any
 
 import torch
 
-from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import UsageError
-from cogvx_ext.data.clips import STAGE_TAG, Sample, Stage, stage_at
-from cogvx_ext.data.sampling import SamplerResume
-from cogvx_ext.data.stages import StageBucket, StagedBatchSampler, stage_of, stage_seed
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.api import (
+    STAGE_TAG,
+    LatentShape,
+    ModelInfo,
+    Sample,
+    SamplerResume,
+    ShapeRow,
+    Stage,
+    StagedBatchSampler,
+    UsageError,
+    hookimpl,
+    latent_shape_key,
+    stage_at,
+    stage_of,
+    stage_seed,
+)
 
 logger = logging.getLogger("cogvx_ext.progressive_resize")
 
@@ -306,8 +316,6 @@ class ProgressiveResize:
 
     def _own_sampler(self, samples, batch_size, num_replicas, args, model, stages) -> StagedBatchSampler:
         """One shape per stage, batches of the stage's batch size, the last one filled from the stage."""
-        from cogvx_ext.data.planning import latent_shape_key
-
         members: list[list[int]] = [[] for _ in stages]
         for i, sample in enumerate(samples):
             members[stage_of(sample)].append(i)
@@ -323,7 +331,8 @@ class ProgressiveResize:
                 )
             size = self._batch_size(stages[i], batch_size, model, shapes[0])
             sizes.append(size)
-            rows.append(StageBucket(i, shapes[0], len(indices), size, math.ceil(len(indices) / size)))
+            batches = math.ceil(len(indices) / size)
+            rows.append(ShapeRow(LatentShape(*shapes[0]), len(indices), size, batches, stage=i))
         base = math.ceil(len(members[-1]) / sizes[-1])
         length = base + (-base) % num_replicas  # one pass over the final stage, a multiple of the processes
         seed = int(getattr(args, "seed", None) or 0)
@@ -347,7 +356,7 @@ class ProgressiveResize:
             num_replicas,
             self._accumulation,
             fingerprint=repr([members, sizes, seed]),
-            buckets=rows,
+            rows=rows,
         )
         self.resume.attach(self.sampler, self._accumulation)
         return self.sampler

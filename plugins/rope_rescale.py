@@ -20,10 +20,7 @@ from typing import Any
 
 import torch
 
-from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import UsageError, report_warning
-from cogvx_ext.model import rope
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.api import ROPE_MODES, ModelInfo, UsageError, hookimpl, report_warning, rotary_embedding
 
 # The value CogVideoX 1.5-I2V pipelines pass as ``ofs`` (THUDM trained with it).
 PIPELINE_OFS = 2.0
@@ -79,7 +76,7 @@ class RopeRescale:
         group = parser.add_argument_group("rope_rescale (cogvx-ext)")
         group.add_argument(
             "--rope_mode",
-            choices=rope.MODES,
+            choices=ROPE_MODES,
             default="pipeline",
             help="How rotary positions follow each batch's size: 'pipeline' (default) equals the diffusers "
             "pipeline at that size; 'extrapolate' (integer positions), 'interpolate' (squeezed into the "
@@ -117,8 +114,8 @@ class RopeRescale:
 
     def _read_args(self, args: argparse.Namespace) -> None:
         self.mode = getattr(args, "rope_mode", None) or "pipeline"
-        if self.mode not in rope.MODES:
-            raise UsageError(f"--rope_mode {self.mode}: choose one of {', '.join(rope.MODES)}")
+        if self.mode not in ROPE_MODES:
+            raise UsageError(f"--rope_mode {self.mode}: choose one of {', '.join(ROPE_MODES)}")
         self.validation_sizes = parse_resolutions(getattr(args, "validation_resolutions", None) or "")
 
     @hookimpl
@@ -190,7 +187,7 @@ class RopeRescale:
         cached per shape."""
         if not model.rotary:
             return None
-        return rope.rotary_embedding(model, latent_shape, device, mode=self.mode)
+        return rotary_embedding(model, latent_shape, device, mode=self.mode)
 
     @hookimpl
     def cogvx_transformer_output(
@@ -227,7 +224,7 @@ class RopeRescale:
 
         def prepare_rotary_positional_embeddings(height, width, num_frames, device):
             latent_shape = (num_frames, height // spatial, width // spatial)
-            return rope.rotary_embedding(model, latent_shape, device, mode=mode)
+            return rotary_embedding(model, latent_shape, device, mode=mode)
 
         pipe._prepare_rotary_positional_embeddings = prepare_rotary_positional_embeddings
 

@@ -9,6 +9,7 @@ import math
 import pluggy
 import pytest
 from accelerate.data_loader import BatchSamplerShard
+from tests_support import run_context
 
 from cogvx_ext.base.errors import SkipClip, UsageError
 from cogvx_ext.cli.plan.report import build_report
@@ -309,7 +310,7 @@ def test_token_budget_sizes_batches_per_shape():
     sampler = pm.hook.cogvx_batch_sampler(
         samples=SAMPLES, batch_size=1, num_replicas=1, args=args, model=V10, stages=None
     )
-    sizes = {b.key: b.batch_size for b in sampler.buckets}
+    sizes = {row.latent: row.batch_size for row in sampler.describe(SAMPLES, V10).rows}
     assert sizes[(4, 36, 64)] == 3
     assert sizes[(2, 36, 64)] == 5  # budget allows 6, the bucket has 5 clips
     assert sizes[(4, 48, 48)] == 2  # budget allows 3, the bucket has 2
@@ -432,10 +433,11 @@ def test_plan_report(clips, tmp_path):
     # The report is built from the core's planning and the sampler hook, as `cogvx-ext plan` does.
     pm, _, args = configured([*SMALL, "--train_batch_size", "2"])
     entries = [ListingEntry(i, str(path), name) for i, (name, path) in enumerate(clips.items())]
-    samples, skipped = plan_samples(pm.hook, entries, args, V10, progress=False)
+    run = run_context(pm.hook, args, V10, num_processes=2)
+    samples, skipped = plan_samples(pm.hook, entries, run, progress=False)
     missing = Skipped(str(tmp_path / "missing.mp4"), "file does not exist")
     listing = [*entries, missing]
-    report = build_report(samples, [*skipped, missing], args, V10, pm.hook, num_replicas=2)
+    report = build_report(samples, [*skipped, missing], run, pm.hook)
     data = json.loads(json.dumps(report_to_json(report)))
     by_path = {entry["path"]: entry for entry in data["clips"]}
     assert len(by_path) == len(listing)

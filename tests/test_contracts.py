@@ -14,6 +14,7 @@ from cogvx_ext import hookimpl
 from cogvx_ext.base.errors import SkipClip, UsageError
 from cogvx_ext.cli.plan.command import run_plan
 from cogvx_ext.data.clips import Clip, Target, VideoInfo
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.data.contracts import target_problem
 from cogvx_ext.model import rope
 from cogvx_ext.model.facts import ModelInfo, released_model
@@ -40,7 +41,7 @@ def test_none_from_every_rope_plugin_means_the_default_rope_of_the_batch(kind):
     model = ModelInfo.from_config(transformer.config)
     pm = make_plugin_manager()
     pm.register(RopeOff(), name="rope_off")
-    assert install_forward_hooks(transformer, pm.hook, model)
+    assert install_forward_hooks(transformer, pm.hook, model, RunContext("inference", model=model))
     seen = []
     transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs.get("image_rotary_emb")), with_kwargs=True
@@ -197,7 +198,8 @@ def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeyp
     pm.register(counter, name="whatever it was called")
     pm.register(Quiet(), name="quiet")
     pm.register(audit, name="audit")
-    states = collect_states(pm, step=3)
+    run = RunContext("train")
+    states = collect_states(pm, step=3, run=run)
     identity = f"{__name__}:Counter"
     assert states == {identity: {"count": 7, "step": 3, "audited": True}}
     assert audit.seen == [[], [{"count": 7, "step": 3}]] or audit.seen == [[{"count": 7, "step": 3}], []]
@@ -206,13 +208,13 @@ def test_state_goes_through_the_plugin_manager_keyed_by_identity(capsys, monkeyp
     again = make_plugin_manager()
     fresh = Counter()
     again.register(fresh, name="another name")
-    assert restore_states(again, states) == [identity]
+    assert restore_states(again, states, run) == [identity]
     assert fresh.count == 7
     # A checkpoint from before identities: found under the registered name.
     older = make_plugin_manager()
     old = Counter()
     older.register(old, name="counter")
-    restore_states(older, {"counter": {"count": 2}})
+    restore_states(older, {"counter": {"count": 2}}, run)
     assert old.count == 2
 
 

@@ -143,6 +143,7 @@ class Runs:
         "cogvx_batch_sampler", "cogvx_prompt_embeddings", "cogvx_transformer_forward",
         "cogvx_rotary_embedding", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
         "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata", "cogvx_training_settings",
+        "cogvx_train_end",
     ]  # fmt: skip
 
     @functools.cached_property
@@ -466,6 +467,18 @@ def _(runs):
     assert record["settings"]["log_shapes_every"] == LOG_SHAPES_EVERY
 
 
+@check("cogvx_train_end")
+def _(runs):
+    out = runs.root / "out"
+    lora = out / "pytorch_lora_weights.safetensors"
+    trained = {
+        tuple(e["latent_shape"]) for e in runs.events(3) if e["event"] == "transformer_forward" and e["grad"]
+    }
+    lines = runs.general.stdout.splitlines()
+    assert f"trained 3 steps at {len(trained)} latent shapes: {lora} ({lora.stat().st_size} bytes)" in lines
+    assert f"last checkpoint: {out / 'checkpoint-3'}" in lines
+
+
 @check("cogvx_exception")
 def _(runs):
     assert runs.failing.returncode == 1
@@ -498,6 +511,22 @@ def test_every_hook_has_an_example_and_a_check():
     assert all(hookdoc.example_for(hook, EXAMPLES) is not None for hook in hooks)
     intro_examples = {name for name, e in EXAMPLES.items() if not e.path.stem.startswith("cogvx_")}
     assert intro_examples <= set(CHECKS)
+
+
+@pytest.mark.slow
+def test_the_state_example_counts_right_after_a_resume_on_two_processes(tiny_models, t2v_trainer, tmp_path):
+    """The cogvx_state_dict example is saved by the main process alone, in the middle of a step,
+    and read back by both: after a resume its count still holds every batch the process ran."""
+    data = write_dataset(tmp_path / "data", [(256, 144, 17), (144, 256, 17)] * 2, prompts=list("abcd"))
+    out = tmp_path / "out"
+    flags = ["--plugins", plugins("cogvx_state_dict"), "--checkpointing_steps", 1]
+    ok(_run_trainer(t2v_trainer, train_args(tiny_models["5b"], data, out, *flags, steps=2), nproc=2))
+    resumed = train_args(tiny_models["5b"], data, out, *flags, "--resume_from_checkpoint", "latest", steps=4)
+    ok(_run_trainer(t2v_trainer, resumed, nproc=2))
+    states = json.loads((out / "checkpoint-4" / "cogvx_ext_state.json").read_text())["plugins"]
+    (state,) = (value for key, value in states.items() if key.startswith("cogvx_state_dict:"))
+    # Batch size 1, no gradient accumulation: one training forward per optimizer step on each process.
+    assert state == {"forwards": 4}
 
 
 @pytest.mark.slow

@@ -89,13 +89,12 @@ class CountingEncoder:
     def __init__(self, pm: pluggy.PluginManager, kind: str):
         self.calls: list[str] = []
         self.kind = kind
-        self.recipe = ScriptEncoding(SimpleNamespace(hook=pm.hook, args=None, kind=kind))
+        self.recipe = ScriptEncoding(SimpleNamespace(hook=pm.hook, kind=kind))
 
     @hookimpl(trylast=True)
     def cogvx_encode_sample(self, sample, vae, kind, args):
         self.calls.append(sample.clip.path)
-        self.recipe.run.args = args
-        return self.recipe.cogvx_encode_sample(sample=sample, vae=vae, kind=kind)
+        return self.recipe.cogvx_encode_sample(sample=sample, vae=vae, kind=kind, args=args, run=None)
 
 
 def start(cache_dir: Path, kind: str = "t2v", *extra: str):

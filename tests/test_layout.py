@@ -1,7 +1,9 @@
-"""The package's rooms: layers that import only downwards, and no import circles.
+"""The package's rooms: layers that import only downwards, and no import circles; built-in plugins
+that use the public API and nothing else.
 
-Every import in cogvx_ext is read from the source (function-level imports too), so a layer that
-reaches back up, or two modules that need each other, fail here rather than in a review.
+Every import in cogvx_ext and plugins/ is read from the source (function-level imports too), so a
+layer that reaches back up, two modules that need each other, or a built-in plugin with a back
+door into the core fail here rather than in a review.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import ast
 from pathlib import Path
 
 import cogvx_ext
+import cogvx_ext.api
+import cogvx_ext_plugins
 
 PACKAGE = Path(cogvx_ext.__file__).parent
+BUILTIN_PLUGINS = Path(cogvx_ext_plugins.__file__).parent
 # Lowest first: a module may import its own layer and the layers before it, never one after it.
 LAYERS = ["base", "model", "data", "plugin", "script", "cli"]
 # Modules at the top of the package stand above every layer (the public faces and the entry
@@ -22,6 +27,7 @@ PUBLIC_TOP = [
     "cogvx_ext.__main__",
     "cogvx_ext._startup",
     "cogvx_ext._version",
+    "cogvx_ext.api",  # everything a plugin may import (the built-in ones too)
     "cogvx_ext.inference",  # prepare_pipeline, for people generating with a trained LoRA
     "cogvx_ext.testing",  # tiny models and clips, for plugin authors' tests
 ]
@@ -114,3 +120,27 @@ def test_no_import_circles():
         if node not in done:
             visit(node, [], set(), done)
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_builtin_plugins_import_only_the_public_api():
+    back_doors = []
+    for path in sorted(BUILTIN_PLUGINS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            back_doors += [
+                f"{path.relative_to(BUILTIN_PLUGINS)}:{node.lineno}: {name}"
+                for name in names
+                if name.split(".")[0] == "cogvx_ext" and name != "cogvx_ext.api"
+            ]
+    assert not back_doors, "built-in plugins import past cogvx_ext.api:\n" + "\n".join(back_doors)
+
+
+def test_every_public_name_resolves_and_the_package_gives_the_same():
+    for name in cogvx_ext.api.__all__:
+        assert getattr(cogvx_ext.api, name) is getattr(cogvx_ext, name), name
+    assert set(dir(cogvx_ext)) == {"__version__", *cogvx_ext.api.__all__}

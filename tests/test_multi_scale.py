@@ -7,7 +7,7 @@ import json
 from collections import Counter, defaultdict
 
 import pytest
-from tests_support import HERE, read_events
+from tests_support import HERE, read_events, run_context
 from tests_support import configured as support_configured
 
 from cogvx_ext.base.errors import UsageError
@@ -100,9 +100,10 @@ def clips(tmp_path_factory):
 def planned(argv, clips, *plugins):
     pm, args = configured(argv, *plugins)
     entries = [ListingEntry(i, str(path), f"clip {i}") for i, path in enumerate(clips)]
-    samples, skipped = plan_samples(pm.hook, entries, args, V10, progress=False)
+    run = run_context(pm.hook, args, V10)
+    samples, skipped = plan_samples(pm.hook, entries, run, progress=False)
     assert not skipped
-    stages = pm.hook.cogvx_stages(args=args)
+    stages = run.stages
     sampler = pm.hook.cogvx_batch_sampler(
         samples=samples, batch_size=1, num_replicas=2, args=args, model=V10, stages=stages
     )
@@ -158,7 +159,7 @@ def test_several_scales_per_aspect_and_stages_combine(clips):
 
 def test_plan_and_lora_metadata_count_every_scale(clips):
     samples, sampler = planned([], clips, AspectBucket(), MultiScale())
-    rows = sampler.buckets
+    rows = sampler.describe(samples, V10).rows
     assert sum(r.clips for r in rows) == len(samples)
     assert sum(r.batches for r in rows) == pytest.approx(len(clips), abs=len(rows))  # expected per pass
 

@@ -52,7 +52,7 @@ DEFECTS = {
             pass
         """,
         [
-            "cogvx_configure takes 'arguments', which cogvx_configure does not have (did you mean 'args'? it has: args)"
+            "cogvx_configure takes 'arguments', which cogvx_configure does not have (did you mean 'args'? it has: args, run)"
         ],
     ),
     "close_argument": (
@@ -64,7 +64,7 @@ DEFECTS = {
         """,
         [
             "cogvx_step_end takes 'steps', which cogvx_step_end does not have "
-            "(did you mean 'step'? it has: step, logs, accelerator)"
+            "(did you mean 'step'? it has: step, logs, accelerator, run)"
         ],
     ),
     "unmarked": (

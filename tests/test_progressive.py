@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
-from tests_support import HERE, read_events
+from tests_support import HERE, read_events, run_context
 from tests_support import configured as support_configured
 
 from cogvx_ext.base.errors import UsageError
@@ -140,7 +140,7 @@ def clips(tmp_path_factory):
 
 def plan(pm, args, clips):
     entries = [ListingEntry(i, str(path), name) for i, (name, path) in enumerate(clips.items())]
-    samples, skipped = plan_samples(pm.hook, entries, args, V10, progress=False)
+    samples, skipped = plan_samples(pm.hook, entries, run_context(pm.hook, args, V10), progress=False)
     assert not skipped
     return samples
 
@@ -321,7 +321,7 @@ def test_stage_batch_sizes_and_token_budgets():
                           AspectBucket(), ProgressiveResize())  # fmt: skip
     sampler = pm.hook.cogvx_batch_sampler(samples=STAGED, batch_size=1, num_replicas=1, args=args, model=V10,
                                           stages=pm.hook.cogvx_stages(args=args))  # fmt: skip
-    sizes = {(b.stage, b.key): b.batch_size for b in sampler.buckets}
+    sizes = {(row.stage, row.latent): row.batch_size for row in sampler.describe(STAGED, V10).rows}
     assert sizes[0, (3, 12, 20)] == 4
     assert sizes[1, (3, 18, 32)] == 3 and sizes[1, (3, 32, 18)] == 2  # the budget, capped by the clips
     assert sizes[2, (3, 24, 42)] == 1
@@ -417,7 +417,7 @@ def test_plan_shows_the_schedule_with_tokens_and_compute_shares(clips):
     ]
     pm, args = configured(argv, AspectBucket(), ProgressiveResize())
     samples = plan(pm, args, clips)
-    report = build_report(samples, [], args, V10, pm.hook, num_replicas=1)
+    report = build_report(samples, [], run_context(pm.hook, args, V10), pm.hook)
     first, second = report.stages
     assert (first.start_step, first.steps, second.start_step, second.steps) == (0, 3, 3, 7)
     assert first.tokens_per_sample < second.tokens_per_sample

@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
 from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model import rope
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.plugin import hookspecs
@@ -128,7 +129,7 @@ def test_1_5_odd_latent_frames_are_padded_and_cut():
         transformer(**inputs)
     pm, _ = make_pm()
     model = ModelInfo.from_config(transformer.config)
-    assert install_forward_hooks(transformer, pm.hook, model)
+    assert install_forward_hooks(transformer, pm.hook, model, RunContext("inference", model=model))
     with torch.no_grad():
         out = transformer(**inputs)[0]
         assert out.shape == inputs["hidden_states"].shape
@@ -150,7 +151,7 @@ def test_even_frames_and_1_0_models_pass_unchanged():
         with torch.no_grad():
             stock = transformer(**inputs, image_rotary_emb=rotary)[0]
             pm, _ = make_pm()
-            install_forward_hooks(transformer, pm.hook, model)
+            install_forward_hooks(transformer, pm.hook, model, RunContext("inference", model=model))
             assert torch.equal(transformer(**inputs)[0], stock)
 
 
@@ -162,7 +163,7 @@ def test_1_5_i2v_gets_ofs_and_the_pipeline_image_scale():
             transformer(**inputs)
     pm, args = make_pm()
     model = ModelInfo.from_config(transformer.config)
-    install_forward_hooks(transformer, pm.hook, model)
+    install_forward_hooks(transformer, pm.hook, model, RunContext("inference", model=model))
     with torch.no_grad():  # as in a pipeline: no rescaling
         inference = transformer(**inputs)[0]
     assert inference.shape == (2, 3, 4, 8, 12)
@@ -228,7 +229,7 @@ def test_2b_takes_bucket_shapes_without_rope():
     transformer = tiny_transformer("2b")
     pm, _ = make_pm()
     model = ModelInfo.from_config(transformer.config)
-    install_forward_hooks(transformer, pm.hook, model)
+    install_forward_hooks(transformer, pm.hook, model, RunContext("inference", model=model))
     seen = capture_rotary(transformer)
     for height, width in [(8, 12), (12, 8), (10, 16)]:
         out = transformer(**forward_inputs(transformer, frames=3, height=height, width=width))[0]
@@ -242,7 +243,7 @@ def test_5b_i2v_trains_at_bucket_shapes_with_both_plugins():
     pm, args = make_pm()
     pm.hook.cogvx_transformer_loaded(transformer=transformer, args=args)
     model = ModelInfo.from_config(transformer.config)
-    install_forward_hooks(transformer, pm.hook, model)
+    install_forward_hooks(transformer, pm.hook, model, RunContext("inference", model=model))
     seen = capture_rotary(transformer)
     for frames, height, width in [(5, 18, 32), (5, 32, 18), (4, 8, 12)]:
         out = transformer(**forward_inputs(transformer, frames=frames, height=height, width=width))[0]

@@ -24,6 +24,15 @@ def read_events(directory) -> dict[str, list[dict]]:
     return out
 
 
+def run_context(hook, args, model, command="plan", num_processes=1):
+    """The run's context as the core makes it: the stage schedule asked once."""
+    from cogvx_ext.data.context import RunContext
+
+    run = RunContext(command, args=args, model=model, num_processes=num_processes, process_index=0)
+    run.ask_stages(hook)
+    return run
+
+
 def configured(parser, argv, plugins, model):
     """A plugin manager with the core defaults and ``plugins``, through add_arguments, parsing,
     configure and requires, as a run starts: ``(pm, args)``."""

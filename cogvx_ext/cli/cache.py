@@ -54,7 +54,7 @@ def run_cache(argv: list[str]) -> int:
 
 def _cache_summary(run) -> dict[str, Any]:
     """What the chosen cache plugin reports; the commands need one (the core knows none by name)."""
-    summary = run.hook.cogvx_cache_summary()
+    summary = run.hook.cogvx_cache_summary(run=run.context)
     if summary is None:
         raise UsageError("the cache commands need a cache plugin: add latent_cache to --plugins")
     return summary
@@ -98,7 +98,7 @@ def fill(argv: list[str]) -> int:
         action="store_true",
         help="fill for train_cogvideox_image_to_video_lora.py (video and noised first-frame posteriors)",
     )
-    run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
+    run = start_offline_run(parser, argv, DEFAULT_PLUGINS, command="cache")
     args = run.args
     _cache_summary(run)
     if not args.pretrained_model_name_or_path:
@@ -113,10 +113,11 @@ def fill(argv: list[str]) -> int:
     # A process that fails says so to the others, which stop within a moment instead of waiting
     # for its counts (cogvx_ext.data.ranks); the failure is shown once, by the process it hit.
     sync = RankSync()
+    run.context.num_processes, run.context.process_index = world, rank
     try:
         vae = _load_vae(run, state.device)
         entries, skipped = read_script_data(args)
-        samples, more_skipped = plan_samples(run.hook, entries, args, run.model, progress=main, sync=sync)
+        samples, more_skipped = plan_samples(run.hook, entries, run.context, progress=main, sync=sync)
         if main:
             report_skipped(skipped + more_skipped)
         mine = samples[rank::world]
@@ -126,11 +127,13 @@ def fill(argv: list[str]) -> int:
             for sample in bar:
                 sync.poll()
                 try:
-                    run.hook.cogvx_encode_sample(sample=sample, vae=vae, kind=run.kind, args=args)
+                    run.hook.cogvx_encode_sample(
+                        sample=sample, vae=vae, kind=run.kind, args=args, run=run.context
+                    )
                 except SkipClip as exc:
                     failed += 1
                     tqdm.write(f"cogvx-ext: cannot encode {sample.clip.path}: {exc}")
-                summary = run.hook.cogvx_cache_summary()
+                summary = run.hook.cogvx_cache_summary(run=run.context)
                 bar.set_postfix(hits=summary["hits"], encoded=summary["misses"])
             bar.close()
         sync.meet("the fill's counts")
@@ -190,7 +193,7 @@ def _load_vae(run, device) -> Any:
     vae = AutoencoderKLCogVideoX.from_pretrained(
         args.pretrained_model_name_or_path, subfolder="vae", revision=args.revision, variant=args.variant
     )
-    run.hook.cogvx_vae_loaded(vae=vae, args=args)
+    run.hook.cogvx_vae_loaded(vae=vae, args=args, run=run.context)
     if args.enable_slicing:
         vae.enable_slicing()
     if args.enable_tiling:
@@ -235,13 +238,13 @@ def prune(argv: list[str]) -> int:
         help="remove temporary files older than this many seconds (default 3600; a younger "
         "one may be a write in progress)",
     )
-    run = start_offline_run(parser, argv, DEFAULT_PLUGINS)
+    run = start_offline_run(parser, argv, DEFAULT_PLUGINS, command="cache")
     args = run.args
     _cache_summary(run)
     entries, _ = read_script_data(args)
-    samples, _ = plan_samples(run.hook, entries, args, run.model, progress=False)
+    samples, _ = plan_samples(run.hook, entries, run.context, progress=False)
     result = run.hook.cogvx_cache_prune(
-        samples=samples, args=args, dry_run=args.dry_run, temp_age=args.temp_age
+        samples=samples, args=args, dry_run=args.dry_run, temp_age=args.temp_age, run=run.context
     )
     verb = "would remove" if args.dry_run else "removed"
     kept = result["kept"]

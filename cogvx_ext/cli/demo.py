@@ -284,9 +284,9 @@ def _summarise(script_args: list[str], lora_dir: Path, steps: int, seconds: floa
     entries, skipped = read_listing(
         run.args.instance_data_root, run.args.caption_column, run.args.video_column
     )
-    samples, more = plan_samples(run.hook, entries, run.args, run.model, progress=False)
+    samples, more = plan_samples(run.hook, entries, run.context, progress=False)
     print("\ncogvx-ext demo: what happened")
-    print(format_report(build_report(samples, skipped + more, run.args, run.model, run.hook)))
+    print(format_report(build_report(samples, skipped + more, run.context, run.hook)))
     weights = lora_dir / "pytorch_lora_weights.safetensors"
     meta_path = lora_dir / "cogvx_ext.json"
     print(f"trained {steps} optimizer steps in {seconds:.0f} s; checkpoints in {lora_dir}/checkpoint-*")

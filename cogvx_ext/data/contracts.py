@@ -19,6 +19,7 @@ from typing import Any
 
 from cogvx_ext.base.errors import UsageError
 from cogvx_ext.data.clips import Clip, Sample, Target
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.facts import VAE_SPATIAL, ModelInfo
 
 # Capability names the core asks for itself (besides what plugins require by name).
@@ -110,15 +111,16 @@ def check_clip_targets(
             raise UsageError(f"plugin '{plugin}' gave {clip.path} a target that cannot train: {problem}")
 
 
-def provided_capabilities(hook: Any, args: argparse.Namespace) -> set[str]:
-    return {cap for caps in hook.cogvx_provides(args=args) for cap in (caps or ())}
+def provided_capabilities(hook: Any, run: RunContext) -> set[str]:
+    return {cap for caps in hook.cogvx_provides(args=run.args, run=run) for cap in (caps or ())}
 
 
-def check_requirements(hook: Any, args: argparse.Namespace, model: ModelInfo) -> None:
+def check_requirements(hook: Any, run: RunContext) -> None:
     """Stop at start when a plugin needs a capability no chosen plugin provides."""
-    provided = provided_capabilities(hook, args)
+    model = run.model
+    provided = provided_capabilities(hook, run)
     missing = []
-    for needs in hook.cogvx_requires(args=args, model=model):
+    for needs in hook.cogvx_requires(args=run.args, model=model, run=run):
         for capability, advice in needs or ():
             if capability not in provided and advice not in missing:
                 missing.append(advice)
@@ -168,11 +170,10 @@ def data_needs(
     return needs
 
 
-def check_data_requirements(
-    hook: Any, samples: Iterable[Sample], args: argparse.Namespace, model: ModelInfo
-) -> None:
+def check_data_requirements(hook: Any, samples: Iterable[Sample], run: RunContext) -> None:
     """Stop before encoding when the data needs a capability no chosen plugin provides."""
-    provided = provided_capabilities(hook, args)
-    for capability, advice in data_needs(samples, args, model):
+    model = run.model
+    provided = provided_capabilities(hook, run)
+    for capability, advice in data_needs(samples, run.args, model):
         if capability not in provided:
             raise UsageError(f"{model.name} model: {advice}")

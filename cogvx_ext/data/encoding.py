@@ -7,13 +7,13 @@ accelerator. Nothing here knows the training scripts."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 
 from cogvx_ext.base.errors import SkipClip
 from cogvx_ext.data.clips import Sample, Skipped
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.data.ranks import RankSync
 
 
@@ -59,7 +59,7 @@ def encode_samples(
     samples: list[Sample],
     vae: Any,
     kind: str,
-    args: argparse.Namespace,
+    run: RunContext,
     rank: int,
     world: int,
     progress: bool,
@@ -83,7 +83,9 @@ def encode_samples(
             if sync is not None:
                 sync.poll()
             try:
-                encoded = hook.cogvx_encode_sample(sample=samples[i], vae=vae, kind=kind, args=args)
+                encoded = hook.cogvx_encode_sample(
+                    sample=samples[i], vae=vae, kind=kind, args=run.args, run=run
+                )
             except SkipClip as exc:
                 failed.append(Skipped(samples[i].clip.path, str(exc)))
                 continue

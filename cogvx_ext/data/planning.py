@@ -4,12 +4,12 @@ training, ``cogvx-ext plan`` and ``cogvx-ext cache``. Nothing here knows the tra
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
 from cogvx_ext.base.errors import SkipClip
 from cogvx_ext.data.clips import Clip, ListingEntry, Sample, Skipped
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.facts import ModelInfo
 
 if TYPE_CHECKING:
@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 def plan_samples(
     hook: Any,
     entries: list[ListingEntry],
-    args: argparse.Namespace,
-    model: ModelInfo,
+    run: RunContext,
     progress: bool = True,
     sync: RankSync | None = None,
 ) -> tuple[list[Sample], list[Skipped]]:
@@ -29,7 +28,7 @@ def plan_samples(
     Every target is checked as it arrives and the run's needs are checked against the targets'
     shapes (cogvx_ext.data.contracts): a violation is a UsageError, before anything is decoded.
 
-    With a stage schedule (``cogvx_stages``) the samples are ordered stage by stage, so they are
+    With a stage schedule (``run.stages``) the samples are ordered stage by stage, so they are
     encoded (and their progress shown) one stage after the other. With ``sync`` (several ranks),
     planning stops as soon as another rank has failed.
     """
@@ -39,18 +38,18 @@ def plan_samples(
     from cogvx_ext.data.contracts import check_clip_targets, check_data_requirements
     from cogvx_ext.data.video import probe
 
-    stages = hook.cogvx_stages(args=args)
+    args, model, stages = run.args, run.model, run.stages
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     for entry in tqdm(entries, desc="cogvx-ext: reading clip headers", disable=not progress, leave=False):
         if sync is not None:
             sync.poll()
         try:
-            info = hook.cogvx_probe(path=entry.path, args=args)
+            info = hook.cogvx_probe(path=entry.path, args=args, run=run)
             if info is None:  # a hook relay made without the core's defaults (cogvx_ext.plugin.defaults)
                 info = probe(entry.path)
             clip = Clip(index=entry.index, path=entry.path, prompt=entry.prompt, info=info)
-            asked = dict(clip=clip, args=args, model=model, stages=stages)
+            asked = dict(clip=clip, args=args, model=model, stages=stages, run=run)
             targets = hook.cogvx_clip_targets(**asked)
         except SkipClip as exc:
             skipped.append(Skipped(entry.path, str(exc), entry.prompt))
@@ -60,7 +59,7 @@ def plan_samples(
             continue
         check_clip_targets(hook.cogvx_clip_targets, asked, targets, clip, model)
         samples.extend(Sample(clip, target) for target in targets)
-    check_data_requirements(hook, samples, args, model)
+    check_data_requirements(hook, samples, run)
     if stages:
         samples.sort(key=lambda s: int(s.target.tag(STAGE_TAG) or 0))  # stable: clip order within a stage
     return samples, skipped

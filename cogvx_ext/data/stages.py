@@ -42,29 +42,19 @@ import logging
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cogvx_ext.data.clips import SCALE_TAG, STAGE_TAG, Sample
-from cogvx_ext.data.sampling import EpochBatchSampler
+from cogvx_ext.data.sampling import EpochBatchSampler, MemoryBudget, SamplerReport, ShapeRow
 from cogvx_ext.data.sampling import fingerprint as fingerprint_of
+
+if TYPE_CHECKING:
+    from cogvx_ext.model.facts import ModelInfo
 
 logger = logging.getLogger("cogvx_ext.stages")
 
 # (stage index, pass index) -> that pass's batches (lists of dataset indices), never empty.
 PassBatches = Callable[[int, int], list[list[int]]]
-
-
-@dataclass(frozen=True)
-class StageBucket:
-    """One shape of one stage, for reports: samples in it, batch size, batches per pass (expected,
-    when the samples are alternatives of which a pass draws one per clip)."""
-
-    stage: int
-    key: Hashable
-    clips: int
-    batch_size: int
-    batches: int
 
 
 def stage_of(sample: Sample) -> int:
@@ -144,7 +134,9 @@ class StagedBatchSampler(EpochBatchSampler):
     :param accumulation: the script's ``--gradient_accumulation_steps``.
     :param fingerprint: names what the passes depend on (data, sizes, seed); with the schedule,
         the length and the processes it tells a checkpoint's batches from another run's.
-    :param buckets: ``StageBucket`` rows describing the stages' shapes, for reports.
+    :param rows: ``ShapeRow`` rows (with ``stage``) describing every stage's shapes, for
+        :meth:`describe` (batches per pass: expected, when a pass draws one alternative per clip).
+    :param memory_budget: the budget the batch sizes come from, for reports.
     """
 
     def __init__(
@@ -155,7 +147,8 @@ class StagedBatchSampler(EpochBatchSampler):
         num_replicas: int = 1,
         accumulation: int = 1,
         fingerprint: str = "",
-        buckets: Sequence[StageBucket] = (),
+        rows: Sequence[ShapeRow] = (),
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         starts = [int(s) for s in stage_starts]
         if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
@@ -165,12 +158,15 @@ class StagedBatchSampler(EpochBatchSampler):
         if length < 1:
             raise ValueError(f"length must be positive, not {length}")
         super().__init__(
-            length, num_replicas, fingerprint_of([starts, length, num_replicas, accumulation, fingerprint])
+            length,
+            num_replicas,
+            fingerprint_of([starts, length, num_replicas, accumulation, fingerprint]),
+            memory_budget,
         )
         self.stage_starts = starts
         self.accumulation = accumulation
         self._streams = [_Stream(lambda k, i=i: passes(i, k), f"stage {i}") for i in range(len(starts))]
-        self._buckets = list(buckets)
+        self._rows = tuple(rows)
 
     # -- the script's arithmetic ---------------------------------------------------------------
 
@@ -193,9 +189,11 @@ class StagedBatchSampler(EpochBatchSampler):
 
     # -- what an epoch holds -------------------------------------------------------------------
 
-    @property
-    def buckets(self) -> list[StageBucket]:
-        return list(self._buckets)
+    def describe(self, samples: Sequence[Sample], model: ModelInfo) -> SamplerReport:
+        """Every stage's rows as given (epoch 0 need not reach the later stages)."""
+        if not self._rows:
+            return super().describe(samples, model)
+        return SamplerReport(self._rows, self.memory_budget)
 
     def stage_at(self, epoch: int, position: int) -> int:
         """The stage of the batch at ``position`` (before sharding) of ``epoch``."""

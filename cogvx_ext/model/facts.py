@@ -78,6 +78,12 @@ class ModelInfo:
         return "5b" if self.rotary else "2b"
 
     @property
+    def sample_pixels(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels of the config's sample size: as far as CogVideoX 1.5's
+        rotary positions reach."""
+        return self.sample_height * VAE_SPATIAL, self.sample_width * VAE_SPATIAL
+
+    @property
     def pixel_multiple(self) -> int:
         """Height and width must be multiples of this (VAE 8 x patch 2 = 16)."""
         return VAE_SPATIAL * self.patch_size

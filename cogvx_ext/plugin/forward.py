@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.model.rope import default_rotary_embedding
 
@@ -24,10 +25,10 @@ def latent_shape_of(hidden_states: torch.Tensor) -> tuple[int, int, int]:
     return (int(hidden_states.shape[1]), int(hidden_states.shape[3]), int(hidden_states.shape[4]))
 
 
-def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelInfo) -> bool:
+def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelInfo, run: RunContext) -> bool:
     """Attach the cogvx forward hooks to ``transformer`` once; returns False when none are implemented.
 
-    ``hook`` is a plugin manager's ``pm.hook`` relay.
+    ``hook`` is a plugin manager's ``pm.hook`` relay, ``run`` the context its hooks are given.
     """
     from cogvx_ext.plugin.manager import implemented_by_plugins
 
@@ -49,11 +50,12 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
                 inputs=inputs,
                 latent_shape=latent_shape_of(inputs["hidden_states"]),
                 model=model,
+                run=run,
             )
         if wants_rope:
             hidden_states = inputs["hidden_states"]
             rope = hook.cogvx_rotary_embedding(
-                model=model, latent_shape=latent_shape_of(hidden_states), device=hidden_states.device
+                model=model, latent_shape=latent_shape_of(hidden_states), device=hidden_states.device, run=run
             )
             if rope is None:  # a hook relay made without the core's defaults (cogvx_ext.plugin.defaults)
                 rope = default_rotary_embedding(model, latent_shape_of(hidden_states), hidden_states.device)
@@ -69,7 +71,7 @@ def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelI
 
         def after(module, args, kwargs, output):
             return hook.cogvx_transformer_output(
-                transformer=module, inputs=kwargs, output=output, model=model
+                transformer=module, inputs=kwargs, output=output, model=model, run=run
             )
 
         handles.append(transformer.register_forward_hook(torch.compiler.disable(after), with_kwargs=True))

@@ -1,7 +1,7 @@
 """Every hook a cogvx-ext plugin can implement, in the order they fire in a training run.
 
-A plugin is any module or object with functions decorated by ``cogvx_ext.hookimpl`` whose names
-are listed here. Implementations may take any subset of a hook's arguments, by name.
+A plugin is any module or object with functions decorated by ``cogvx_ext.api.hookimpl`` whose
+names are listed here. Implementations may take any subset of a hook's arguments, by name.
 
 These docstrings are the hook reference: ``python -m cogvx_ext.plugin.hookdoc`` writes hooks.md
 from them, from ``docs/hooks_template.md`` (the introduction and the timeline) and from the
@@ -12,6 +12,12 @@ as: a summary line; paragraphs on when it fires, what to return and what the cor
 firstresult hook; one ``:param name:`` line per argument, in the signature's order. The
 generator adds which built-in plugins implement the hook (from the installed entry points and
 the implementations' own docstrings) and the example.
+
+The run: every hook but ``cogvx_add_arguments`` and ``cogvx_stages`` takes ``run``, a
+``cogvx_ext.api.RunContext``: the command (``train``, ``plan``, ``cache``, ``inference``), the
+arguments, the model, the stage schedule (asked once, after ``cogvx_configure``), the processes
+and a ``stash`` dict for a plugin's per-run data. The order plugins are called in and what their
+state does across checkpoints are in ``docs/hooks_template.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ if TYPE_CHECKING:  # imported for annotations only; this module stays cheap to i
     import torch
 
     from cogvx_ext.data.clips import Clip, Sample, Stage, Target, VideoInfo
+    from cogvx_ext.data.context import RunContext
     from cogvx_ext.model.facts import ModelInfo
     from cogvx_ext.model.memory.setup import TrainingSetup
 
@@ -52,18 +59,19 @@ def cogvx_add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
-def cogvx_configure(args: argparse.Namespace) -> None:
+def cogvx_configure(args: argparse.Namespace, run: RunContext) -> None:
     """Check and complete the parsed arguments, after parsing and before ``main(args)`` runs.
 
     Raise ``UsageError("...")`` for a bad flag: the run stops with that one line and exit status
     2, before anything loads.
 
     :param args: the parsed ``argparse.Namespace``; change it in place.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_provides(args: argparse.Namespace) -> list[str]:
+def cogvx_provides(args: argparse.Namespace, run: RunContext) -> list[str]:
     """Name the capabilities this plugin provides to other plugins.
 
     Fires once after ``cogvx_configure``; the lists of all plugins are merged. Built-in capability
@@ -73,11 +81,12 @@ def cogvx_provides(args: argparse.Namespace) -> list[str]:
     ``"shape_batches"`` (batches of one shape from samples of several).
 
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str, str]]:
+def cogvx_requires(args: argparse.Namespace, model: ModelInfo, run: RunContext) -> list[tuple[str, str]]:
     """Name the capabilities this plugin needs, each with the advice shown when it is missing.
 
     Return a list of ``(capability, advice)`` pairs, or ``[]``. Fires once after
@@ -91,6 +100,7 @@ def cogvx_requires(args: argparse.Namespace, model: ModelInfo) -> list[tuple[str
 
     :param args: the parsed arguments.
     :param model: the ``ModelInfo`` of the model being trained.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -101,6 +111,7 @@ def cogvx_memory_check(
     model: ModelInfo | None,
     stages: list[Stage] | None,
     samples: list[Sample] | None,
+    run: RunContext,
 ) -> None:
     """Check, or plan by, the run's accelerator memory.
 
@@ -129,6 +140,7 @@ def cogvx_memory_check(
     :param stages: the schedule of ``cogvx_stages``, or ``None``.
     :param samples: the planned samples (their targets' shapes are what training runs), or
         ``None`` before the clips are read.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -137,18 +149,19 @@ def cogvx_memory_check(
 
 
 @hookspec
-def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace) -> None:
+def cogvx_accelerator_ready(accelerator: Any, args: argparse.Namespace, run: RunContext) -> None:
     """The script has created its ``accelerate.Accelerator``.
 
     Fires once, before the models load; trackers are not initialised yet.
 
     :param accelerator: the script's ``accelerate.Accelerator``, just created.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namespace) -> None:
+def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namespace, run: RunContext) -> None:
     """The script has loaded its ``CogVideoXTransformer3DModel``; LoRA adapters are not added yet.
 
     Fires right after ``from_pretrained``, before ``add_adapter`` (LoRA) and before dtype and
@@ -156,17 +169,19 @@ def cogvx_transformer_loaded(transformer: torch.nn.Module, args: argparse.Namesp
 
     :param transformer: the ``CogVideoXTransformer3DModel`` the script just loaded.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace) -> None:
+def cogvx_vae_loaded(vae: torch.nn.Module, args: argparse.Namespace, run: RunContext) -> None:
     """The script has loaded its ``AutoencoderKLCogVideoX``.
 
     Fires right after the VAE loads.
 
     :param vae: the script's ``AutoencoderKLCogVideoX``.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -188,17 +203,16 @@ def cogvx_stages(args: argparse.Namespace) -> list[Stage] | None:
     to ``cogvx_batch_sampler`` (each optimizer step's batches come from its stage only); samples
     are ordered stage by stage, so the stages are encoded one after the other.
 
-    The core asks more than once per run: when it plans the dataset, again when the script's
-    ``DataLoader`` is built, and, when a chosen plugin implements ``cogvx_memory_check``, once
-    more before the models load (``cogvx-ext plan`` asks when it plans, and for the memory
-    check). Answer from ``args`` alone, the same every time. Stops at first non-None result.
+    The core asks once per run, right after ``cogvx_configure`` (training, ``cogvx-ext plan`` and
+    ``cogvx-ext cache`` alike), keeps the answer as ``run.stages`` and passes it on as ``stages``.
+    Answer from ``args`` alone. Stops at first non-None result.
 
     :param args: the parsed arguments.
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
+def cogvx_probe(path: str, args: argparse.Namespace, run: RunContext) -> VideoInfo | None:
     """Read one clip's metadata (size, frame count, frame rate) without decoding it.
 
     Return a ``VideoInfo(width, height, num_frames, fps)`` (a frozen dataclass; give every field),
@@ -211,12 +225,13 @@ def cogvx_probe(path: str, args: argparse.Namespace) -> VideoInfo | None:
     :param path: the clip's path as listed (``--instance_data_root`` joined with a line of
         ``--video_column``).
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_clip_targets(
-    clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None
+    clip: Clip, args: argparse.Namespace, model: ModelInfo, stages: list[Stage] | None, run: RunContext
 ) -> list[Target] | None:
     """Decide the training sample(s) made from one clip: size, crop and frame indices.
 
@@ -262,11 +277,12 @@ def cogvx_clip_targets(
     :param args: the parsed arguments.
     :param model: the ``ModelInfo`` (frame rules, compression factors).
     :param stages: the list from ``cogvx_stages``, or ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace) -> None:
+def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace, run: RunContext) -> None:
     """Clips are being left out of training; raise ``UsageError`` to stop the run instead.
 
     Fires only with a non-empty list, with the same list on every rank, after the core has named
@@ -278,11 +294,12 @@ def cogvx_clips_skipped(skipped: list[Any], when: str, args: argparse.Namespace)
     :param skipped: the clips left out, each with ``path`` and ``reason`` (never empty).
     :param when: ``"plan"`` or ``"decode"``.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor | None:
+def cogvx_load_pixels(sample: Sample, args: argparse.Namespace, run: RunContext) -> torch.Tensor | None:
     """Decode one sample's frames, cropped and resized to its target.
 
     Return a float tensor ``[F, 3, H, W]`` in ``[-1, 1]`` at the target size. The core's default
@@ -294,11 +311,14 @@ def cogvx_load_pixels(sample: Sample, args: argparse.Namespace) -> torch.Tensor 
 
     :param sample: a ``Sample`` (``clip``, ``target``).
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace) -> Any:
+def cogvx_encode_sample(
+    sample: Sample, vae: torch.nn.Module, kind: str, args: argparse.Namespace, run: RunContext
+) -> Any:
     """Produce one sample's VAE posterior.
 
     Return a ``DiagonalGaussianDistribution`` (or anything with ``.parameters`` ``[1, 2C, F, H,
@@ -313,6 +333,7 @@ def cogvx_encode_sample(sample: Sample, vae: torch.nn.Module, kind: str, args: a
     :param vae: the script's VAE, on its device and dtype.
     :param kind: ``"t2v"`` or ``"i2v"``: which script is running.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -324,21 +345,33 @@ def cogvx_batch_sampler(
     args: argparse.Namespace,
     model: ModelInfo,
     stages: list[Stage] | None,
+    run: RunContext,
 ) -> Any:
     """Return the batch sampler the script's ``DataLoader`` should use, or ``None``.
 
-    It yields lists of dataset indices. Every batch must hold one latent shape (the script
-    concatenates latents). Its ``len()`` must be exact, constant and equal on every rank (the
-    script's step count comes from it, once), and the number of batches should be a multiple of
-    ``num_replicas`` so accelerate adds none. With ``stages``, the batches of every optimizer step
-    must come from that step's stage, computed from the sampler's own position (accelerate
-    fetches ahead): ``cogvx_ext.data.stages.StagedBatchSampler`` does that arithmetic around a
-    function that batches one pass over one stage. Samples of one clip and stage tagged
-    ``("scale", ...)`` are alternatives (``cogvx_ext.data.stages.alternative_groups``): each pass
-    trains one of them. ``cogvx_ext.data.sampling.EpochBatchSampler`` (fixed length, epochs
-    counted by the sampler, exact (epoch, batch) state) and ``SamplerResume`` (a checkpoint's step
-    to consumed batches, with the script's arithmetic) give a sampler of your own what the
-    built-ins have.
+    The contract (``cogvx_ext.api.EpochBatchSampler`` keeps all of it for a subclass that says
+    which batches an epoch holds):
+
+    - it yields lists of indices into ``samples``; every batch holds one latent shape (the script
+      concatenates latents);
+    - ``len()`` is the exact number of batches of every epoch over all processes, constant for
+      the run and the same on every rank (the script computes its step count from it once); a
+      multiple of ``num_replicas``, so accelerate adds no batch; no ``batch_size`` attribute
+      (accelerate would treat batches of another size as incomplete);
+    - each ``iter()`` is one epoch and yields the same list on every rank (accelerate gives rank
+      ``r`` batches ``r, r + R, ...``); count epochs yourself: accelerate's ``set_epoch`` restarts
+      at 0 on resume and reaches the sampler only on one process;
+    - the position survives a checkpoint through the plugin's ``cogvx_state_dict`` as (epoch,
+      batch), derived from the optimizer step (``cogvx_ext.api.SamplerResume``): accelerate
+      fetches ahead, so the sampler's own iteration does not say what was trained;
+    - with ``stages``, every batch of an optimizer step comes from that step's stage, computed
+      from the sampler's own position (``cogvx_ext.api.StagedBatchSampler``); samples of one clip
+      and stage tagged ``("scale", ...)`` are alternatives: each pass trains one of them;
+    - ``describe(samples, model)`` returns a ``cogvx_ext.api.SamplerReport`` (rows of latent
+      shape, clips, batch size, batches, stage; the memory budget): what ``cogvx-ext plan``'s
+      table, the compile bound and the memory estimate logged at start read. An
+      ``EpochBatchSampler`` answers by counting epoch 0; a list of batches is counted; any other
+      sampler is shown as if batched by ``--train_batch_size``, with a note.
 
     The core's default (trylast): ``None`` (the script's shuffled ``DataLoader``) when all samples
     share a shape, otherwise a ``UsageError`` asking for a plugin that batches by shape; ``None``
@@ -351,6 +384,7 @@ def cogvx_batch_sampler(
     :param args: the parsed arguments.
     :param model: the ``ModelInfo``.
     :param stages: the list from ``cogvx_stages``, or ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -363,6 +397,7 @@ def cogvx_prompt_embeddings(
     device: torch.device,
     dtype: torch.dtype,
     cached_only: bool,
+    run: RunContext,
 ) -> torch.Tensor | None:
     """Return the text embeddings of ``prompts``: ``[len(prompts), max_sequence_length, D]``.
 
@@ -381,6 +416,7 @@ def cogvx_prompt_embeddings(
     :param device: where the result must live.
     :param dtype: the result's dtype.
     :param cached_only: answer without running the text encoder, or return ``None``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -389,18 +425,22 @@ def cogvx_prompt_embeddings(
 
 
 @hookspec(firstresult=True)
-def cogvx_cache_summary() -> dict[str, Any] | None:
+def cogvx_cache_summary(run: RunContext) -> dict[str, Any] | None:
     """Describe this process's cache use so far, for ``cogvx-ext cache fill``'s report.
 
     Return ``{"root": str, "hits": int, "misses": int, "recomputed": int, "store_errors": int}``
     (entries read, encoded, bad entries encoded again, entries that could not be written), or
     ``None`` when the plugin keeps no cache. The cache commands stop with one line when no plugin
     answers. Stops at first non-None result.
+
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
-def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float) -> Any:
+def cogvx_cache_prune(
+    samples: list[Sample], args: argparse.Namespace, dry_run: bool, temp_age: float, run: RunContext
+) -> Any:
     """Remove cache entries that ``samples`` (the dataset as planned) no longer reach.
 
     For ``cogvx-ext cache prune``: name each removed item on stdout (with ``dry_run``: what would
@@ -412,6 +452,7 @@ def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: 
     :param args: the parsed arguments (the script's data flags and the plugins' own).
     :param dry_run: name what would go, remove nothing.
     :param temp_age: seconds after which a temporary file is a killed writer's.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -421,7 +462,11 @@ def cogvx_cache_prune(samples: list[Sample], args: argparse.Namespace, dry_run: 
 
 @hookspec
 def cogvx_transformer_forward(
-    transformer: torch.nn.Module, inputs: dict[str, Any], latent_shape: tuple[int, int, int], model: ModelInfo
+    transformer: torch.nn.Module,
+    inputs: dict[str, Any],
+    latent_shape: tuple[int, int, int],
+    model: ModelInfo,
+    run: RunContext,
 ) -> None:
     """Adjust the keyword arguments of one transformer forward, in place.
 
@@ -435,12 +480,13 @@ def cogvx_transformer_forward(
         in place.
     :param latent_shape: ``(frames, height, width)`` of ``hidden_states`` as it arrived.
     :param model: the ``ModelInfo``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_rotary_embedding(
-    model: ModelInfo, latent_shape: tuple[int, int, int], device: torch.device
+    model: ModelInfo, latent_shape: tuple[int, int, int], device: torch.device, run: RunContext
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Return the rotary embedding ``(cos, sin)`` for a forward pass on this latent shape.
 
@@ -456,12 +502,13 @@ def cogvx_rotary_embedding(
     :param model: the ``ModelInfo``.
     :param latent_shape: ``(frames, height, width)`` in latent units, after any padding.
     :param device: where the tensors must live.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec(firstresult=True)
 def cogvx_transformer_output(
-    transformer: torch.nn.Module, inputs: dict[str, Any], output: Any, model: ModelInfo
+    transformer: torch.nn.Module, inputs: dict[str, Any], output: Any, model: ModelInfo, run: RunContext
 ) -> Any:
     """Return a replacement for one forward's output, or ``None`` to keep it.
 
@@ -473,6 +520,7 @@ def cogvx_transformer_output(
     :param inputs: the keyword arguments the forward received.
     :param output: what it returned (a tuple, or an output object).
     :param model: the ``ModelInfo``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -481,7 +529,7 @@ def cogvx_transformer_output(
 
 
 @hookspec
-def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
+def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any, run: RunContext) -> None:
     """One iteration of the script's training loop has finished.
 
     Fires from the script's ``accelerator.log(logs, step=...)`` call: once per loop iteration (per
@@ -493,11 +541,12 @@ def cogvx_step_end(step: int, logs: dict[str, Any], accelerator: Any) -> None:
     :param step: the script's ``global_step`` (optimizer steps so far).
     :param logs: the dict the script is about to log (``loss``, ``lr``); add entries in place.
     :param accelerator: the script's accelerator.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
+def cogvx_state_dict(step: int | None, run: RunContext) -> dict[str, Any] | None:
     """Return this plugin's state to save with the script's checkpoint (JSON-serialisable), or ``None``.
 
     Fires when the script calls ``accelerator.save_state(dir)`` (its checkpoints). The core asks
@@ -509,25 +558,37 @@ def cogvx_state_dict(step: int | None) -> dict[str, Any] | None:
     ``wrapper=True`` implementation receives the list holding the state of the one plugin being
     asked (``[]`` when it has none) and returns such a list.
 
+    Which processes: the diffusers scripts save on the main process alone, so this fires there
+    only (under DeepSpeed every process saves and is asked; the first process of each machine
+    writes the file). Every process resumes from that one file: keep state that is the same on
+    every process (or that every process can take from the main one), and make no collective
+    call here. It fires inside the iteration that made optimizer step ``step``: after its forward
+    and backward, before its ``cogvx_step_end`` (state counted in ``cogvx_step_end`` is one
+    iteration behind).
+
     :param step: the optimizer step being saved, read from the script's ``checkpoint-<step>``
         folder name (``None`` for a folder named otherwise).
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_load_state_dict(state: dict[str, Any]) -> None:
+def cogvx_load_state_dict(state: dict[str, Any], run: RunContext) -> None:
     """Restore this plugin's state from a checkpoint (``--resume_from_checkpoint``).
 
-    Fires when the script calls ``accelerator.load_state(dir)``, only for plugins with saved
-    state, each with the state saved under its identity, one plugin at a time through the plugin
-    manager (wrappers see each call).
+    Fires when the script calls ``accelerator.load_state(dir)`` (``--resume_from_checkpoint``),
+    on every process, only for plugins with saved state, each with the state saved under its
+    identity, one plugin at a time through the plugin manager (wrappers see each call). Every
+    process reads ``cogvx_ext_state.json`` of the checkpoint folder (the one the main process
+    wrote, or its machine's copy), so every process gets the main process's state.
 
     :param state: what this plugin's ``cogvx_state_dict`` returned when the checkpoint was saved.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_training_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+def cogvx_training_settings(args: argparse.Namespace, run: RunContext) -> dict[str, Any] | None:
     """Return this plugin's settings that change what is trained, the data or the model (JSON-serialisable).
 
     The core records every chosen plugin's answer in each checkpoint (``cogvx_ext_state.json``,
@@ -544,6 +605,7 @@ def cogvx_training_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     the list holding that plugin's answer).
 
     :param args: the parsed arguments, after ``cogvx_configure``.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
@@ -552,7 +614,7 @@ def cogvx_training_settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 @hookspec
-def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace) -> None:
+def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace, run: RunContext) -> None:
     """The script has built a CogVideoX pipeline (validation, final test, or ``cogvx_ext.inference``).
 
     Fires once per pipeline: the ones the script builds (validation, the final test) and the one
@@ -562,12 +624,13 @@ def cogvx_pipeline_loaded(pipe: Any, args: argparse.Namespace) -> None:
     :param pipe: a ``CogVideoXPipeline`` or ``CogVideoXImageToVideoPipeline``.
     :param args: the parsed arguments, or at inference a namespace of the settings recorded with
         the LoRA.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
 def cogvx_validation_args(
-    variants: list[dict[str, Any]], args: argparse.Namespace, samples: list[Sample] | None
+    variants: list[dict[str, Any]], args: argparse.Namespace, samples: list[Sample] | None, run: RunContext
 ) -> None:
     """Change, in place, the list of pipeline calls one validation prompt makes.
 
@@ -583,11 +646,12 @@ def cogvx_validation_args(
     :param args: the parsed arguments.
     :param samples: the training ``Sample``s (their targets are the trained shapes), or ``None``
         when the script's own dataset is in use.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_lora_metadata(args: argparse.Namespace) -> dict[str, Any]:
+def cogvx_lora_metadata(args: argparse.Namespace, run: RunContext) -> dict[str, Any]:
     """Return settings to record with the saved LoRA (a JSON-serialisable dict).
 
     Fires at every LoRA save (checkpoints and the end). The core merges all plugins' dicts into
@@ -596,15 +660,46 @@ def cogvx_lora_metadata(args: argparse.Namespace) -> dict[str, Any]:
     the same way.
 
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """
 
 
 @hookspec
-def cogvx_exception(exc: BaseException, args: argparse.Namespace) -> None:
+def cogvx_train_end(
+    output_dir: str,
+    lora: str,
+    checkpoint: str | None,
+    step: int | None,
+    args: argparse.Namespace,
+    run: RunContext,
+) -> None:
+    """Training has ended and the final LoRA is saved: print a summary, copy or upload the result.
+
+    Fires once on every process, from the script's ``accelerator.end_training()`` (trackers and
+    the process group are still up), after the main process has saved the final LoRA: every
+    process waits for that save (not for the main process's final validation). Not after a run
+    that failed (``cogvx_exception`` fires instead). Only a chosen plugin that implements it
+    adds the wait.
+
+    :param output_dir: the script's ``--output_dir``.
+    :param lora: the final LoRA file, ``output_dir/pytorch_lora_weights.safetensors`` (written by
+        the main process; on another machine it is there only when ``output_dir`` is shared).
+    :param checkpoint: the newest ``checkpoint-<step>`` folder in ``output_dir`` at or before
+        ``step`` (the one ``--resume_from_checkpoint latest`` takes), or ``None``.
+    :param step: the final optimizer step (the script's ``global_step``), or ``None`` when no
+        step ran.
+    :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
+    """
+
+
+@hookspec
+def cogvx_exception(exc: BaseException, args: argparse.Namespace, run: RunContext) -> None:
     """An exception is escaping the script's ``main``; it propagates unchanged afterwards.
 
     Fires once (``SystemExit`` is not reported).
 
     :param exc: the exception escaping the script's ``main``.
     :param args: the parsed arguments.
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
     """

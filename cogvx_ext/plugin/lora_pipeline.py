@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from cogvx_ext.base.errors import UsageError
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.plugin.forward import install_forward_hooks, remove_forward_hooks
 from cogvx_ext.plugin.lora_record import LORA_WEIGHT_NAME, METADATA_FILE, read_metadata
@@ -78,9 +79,12 @@ def prepare_pipeline(
         return pipe
     pm = make_inference_plugin_manager(metadata.get("plugins", []))
     args = recorded_args(pm, metadata.get("settings", {}))
+    model = ModelInfo.from_config(pipe.transformer.config)
+    # No schedule at inference: stages are a training matter.
+    run = RunContext("inference", args=args, model=model, plugins=metadata.get("plugins", []), stages=None)
     # A pipeline prepared before (another LoRA) gets this run's hooks, not the earlier ones.
     remove_forward_hooks(pipe.transformer)
-    install_forward_hooks(pipe.transformer, pm.hook, ModelInfo.from_config(pipe.transformer.config))
-    pm.hook.cogvx_pipeline_loaded(pipe=pipe, args=args)
+    install_forward_hooks(pipe.transformer, pm.hook, model, run)
+    pm.hook.cogvx_pipeline_loaded(pipe=pipe, args=args, run=run)
     pipe._cogvx_ext_plugin_manager = pm  # the hooks' plugins live as long as the pipeline
     return pipe

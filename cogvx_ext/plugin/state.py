@@ -22,6 +22,8 @@ from typing import Any
 
 import pluggy
 
+from cogvx_ext.data.context import RunContext
+
 
 def plugin_identity(plugin: Any) -> str:
     """``module:Qualname`` of a plugin object's class, or the module's name for a module plugin."""
@@ -51,11 +53,11 @@ def _answering_plugins(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
     return plugins
 
 
-def collect_states(pm: pluggy.PluginManager, step: int | None) -> dict[str, Any]:
+def collect_states(pm: pluggy.PluginManager, step: int | None, run: RunContext) -> dict[str, Any]:
     """``{identity: state}`` of every plugin that has state to save."""
     states: dict[str, Any] = {}
     for plugin in _answering_plugins(pm, "cogvx_state_dict"):
-        answers = _one_plugin_caller(pm, "cogvx_state_dict", plugin)(step=step)
+        answers = _one_plugin_caller(pm, "cogvx_state_dict", plugin)(step=step, run=run)
         answers = [a for a in answers or () if a is not None]
         if answers:
             identity = plugin_identity(plugin)
@@ -65,7 +67,7 @@ def collect_states(pm: pluggy.PluginManager, step: int | None) -> dict[str, Any]
     return states
 
 
-def restore_states(pm: pluggy.PluginManager, states: dict[str, Any]) -> list[str]:
+def restore_states(pm: pluggy.PluginManager, states: dict[str, Any], run: RunContext) -> list[str]:
     """Hand each plugin the state saved under its identity; returns the identities restored.
 
     Checkpoints written before identities were used keyed states by the plugin's registered name:
@@ -76,12 +78,12 @@ def restore_states(pm: pluggy.PluginManager, states: dict[str, Any]) -> list[str
         identity = plugin_identity(plugin)
         key = identity if identity in states else pm.get_name(plugin)
         if key in states:
-            _one_plugin_caller(pm, "cogvx_load_state_dict", plugin)(state=states[key])
+            _one_plugin_caller(pm, "cogvx_load_state_dict", plugin)(state=states[key], run=run)
             restored.append(identity)
     return restored
 
 
-def training_settings(pm: pluggy.PluginManager, names: list[str], args: Any) -> list[dict[str, Any]]:
+def training_settings(pm: pluggy.PluginManager, names: list[str], run: RunContext) -> list[dict[str, Any]]:
     """``[{"plugin": identity, "name": name, "settings": dict or None}]`` for every chosen plugin, in
     load order: what each declares through ``cogvx_training_settings`` (``None``: it declares
     nothing, so it cannot change what is trained), as JSON would give it back."""
@@ -90,7 +92,7 @@ def training_settings(pm: pluggy.PluginManager, names: list[str], args: Any) -> 
         plugin = pm.get_plugin(name)
         if plugin is None:
             continue
-        answers = _one_plugin_caller(pm, "cogvx_training_settings", plugin)(args=args)
+        answers = _one_plugin_caller(pm, "cogvx_training_settings", plugin)(args=run.args, run=run)
         answers = [a for a in answers or () if a is not None]
         settings = None
         if answers:

@@ -45,17 +45,19 @@ class Run:
     """What one training run shares: the plugin manager, the parsed arguments, the loaded models.
 
     One per script run (a fresh plugin manager each time); the seams and the core keep their
-    per-run state here, never in module globals.
+    per-run state here, never in module globals. ``context`` is the part plugins see (the hooks'
+    ``run`` argument): the arguments and the model live there.
     """
 
     def __init__(self, module: ModuleType, pm: Any, plugin_names: list[str]):
+        from cogvx_ext.data.context import RunContext
+
         self.module = module
         self.script = getattr(module, "__file__", None) or "<script>"
         self.pm = pm
         self.hook = pm.hook
         self.plugin_names = plugin_names
-        self.args: argparse.Namespace | None = None
-        self.model = None  # cogvx_ext.model.facts.ModelInfo, once known
+        self.context = RunContext("train", plugins=plugin_names)
         self.accelerator = None
         self.transformer = None
         self.vae = None
@@ -70,6 +72,24 @@ class Run:
         self.logged_step = None  # the step of the script's last accelerator.log: validation folders
         self.progress_bar = None  # the script's "Steps" bar, which shows the plugins' logged values too
         self.validation_slugs: dict[str, str] = {}  # file-name form of each validation prompt -> prompt
+        self.passed_final_save_barrier = False  # cogvx_ext.script.seams.train_end
+
+    @property
+    def args(self) -> argparse.Namespace | None:
+        return self.context.args
+
+    @args.setter
+    def args(self, value: argparse.Namespace) -> None:
+        self.context.args = value
+
+    @property
+    def model(self):
+        """cogvx_ext.model.facts.ModelInfo, once known."""
+        return self.context.model
+
+    @model.setter
+    def model(self, value) -> None:
+        self.context.model = value
 
     def uses(self, hook_name: str) -> bool:
         """Whether a plugin the user chose (not a core default) implements this hook."""
@@ -84,7 +104,7 @@ class Run:
         self.requirements_checked = True
         from cogvx_ext.data.contracts import check_requirements
 
-        check_requirements(self.hook, self.args, self.model)
+        check_requirements(self.hook, self.context)
 
 
 def activate_from_startup() -> None:
@@ -213,14 +233,15 @@ def start_run(
         # The scripts hand vars(args) to their trackers, and tensorboard's takes numbers, strings and
         # booleans only: the list that action="append" leaves stopped every --report_to tensorboard run.
         run.args.plugins = ",".join(run.plugin_names)
-    run.hook.cogvx_configure(args=run.args)
+    run.hook.cogvx_configure(args=run.args, run=run.context)
+    run.context.ask_stages(run.hook)  # once: every later hook sees this answer (run.stages)
     run.model = _model_info_from_args(run.args, ModelInfo)
     run.check_requirements()
-    check_before_loading(pm, run.args, run.model)
+    check_before_loading(pm, run.context)
     # What the arguments and files already tell, before the script loads any model (minutes for a
     # real 5b) rather than at the first checkpoint or the first clip.
     check_output_dir(run.args)
-    check_resume(pm, run.plugin_names, run.args)
+    check_resume(pm, run.plugin_names, run.context)
     check_unpaired_flag(run.args, data_plugin=bool(chosen_hooks(pm) & set(DATA_HOOKS)))
     check_data_source(run.args)
     seams.install(run)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cogvx_ext.base.errors import OneLineParser, UsageError
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.model.facts import RELEASED, ModelInfo, find_model
 from cogvx_ext.script.data_formats import add_data_format_arguments
 
@@ -31,14 +32,21 @@ _module_counter = itertools.count(1)
 @dataclass
 class OfflineRun:
     pm: Any
-    args: argparse.Namespace
-    model: ModelInfo
+    context: RunContext  # what the plugins see (the hooks' ``run``)
     plugin_names: list[str]
     model_source: str = ""  # where the model's rules came from (find_model)
 
     @property
     def hook(self):
         return self.pm.hook
+
+    @property
+    def args(self) -> argparse.Namespace:
+        return self.context.args
+
+    @property
+    def model(self) -> ModelInfo:
+        return self.context.model
 
 
 def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -96,7 +104,11 @@ def script_data_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_plugins: str) -> OfflineRun:
+def start_offline_run(
+    parser: argparse.ArgumentParser, argv: list[str], default_plugins: str, command: str = "plan"
+) -> OfflineRun:
+    """Load the plugins, parse, configure and check as training starts; ``command`` names the tool
+    (``plan`` or ``cache``) in the run's context."""
     from cogvx_ext.data.contracts import check_requirements
     from cogvx_ext.plugin.manager import (
         ENV_PLUGINS,
@@ -117,7 +129,11 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
         parser = with_script_flags(parser, trainer)
     pm.hook.cogvx_add_arguments(parser=parser)
     args = parse_args_naming_flag_owners(parser, argv)
-    pm.hook.cogvx_configure(args=args)
+    # The plan is for --num_processes; a cache fill's processes are those it was launched with.
+    processes = args.num_processes if command == "plan" else None
+    context = RunContext(command, args=args, plugins=names, num_processes=processes)
+    pm.hook.cogvx_configure(args=args, run=context)
+    context.ask_stages(pm.hook)  # once: every later hook sees this answer (run.stages)
     model, source = find_model(
         args.pretrained_model_name_or_path, args.model, getattr(args, "revision", None)
     )
@@ -127,15 +143,16 @@ def start_offline_run(parser: argparse.ArgumentParser, argv: list[str], default_
             "there or in the Hugging Face cache, and its name names no released model): give a local model "
             f"folder or --model ({', '.join(sorted(RELEASED))})"
         )
+    context.model = model
     # What training checks at start, with the same verdict. (The memory check waits for the clips:
     # with them at hand it judges the shapes they train at, cogvx_ext.cli.plan.)
-    check_requirements(pm.hook, args, model)
+    check_requirements(pm.hook, context)
     from cogvx_ext.plugin.manager import chosen_hooks
     from cogvx_ext.script.data_formats import check_unpaired_flag
     from cogvx_ext.script.seams.kinds import DATA_HOOKS
 
     check_unpaired_flag(args, data_plugin=bool(chosen_hooks(pm) & set(DATA_HOOKS)))
-    return OfflineRun(pm=pm, args=args, model=model, plugin_names=names, model_source=source)
+    return OfflineRun(pm=pm, context=context, plugin_names=names, model_source=source)
 
 
 def trainer_flag_value(argv: list[str]) -> str | None:

@@ -13,6 +13,7 @@ import os
 import re
 
 from cogvx_ext.base.errors import UsageError, report_warning
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.plugin.state import settings_differences, training_settings
 from cogvx_ext.script.seams.checkpoints import SETTINGS_KEY, STATE_FILE
 
@@ -52,14 +53,15 @@ def checkpoint_to_resume(args: argparse.Namespace) -> str | None:
     return path if os.path.isdir(path) else None
 
 
-def check_resume(pm, plugin_names: list[str], args: argparse.Namespace) -> None:
+def check_resume(pm, plugin_names: list[str], run: RunContext) -> None:
     """Stop (or, with the flag, warn) when the checkpoint to resume was trained with other plugins
     or plugin settings that change the data or the model."""
+    args = run.args
     path = checkpoint_to_resume(args)
     if path is None:
         return
     saved = _saved_settings(path)
-    differences = settings_differences(saved or [], training_settings(pm, plugin_names, args))
+    differences = settings_differences(saved or [], training_settings(pm, plugin_names, run))
     if not differences:
         return
     unrecorded = "" if saved is not None else " (it records none: saved without cogvx-ext plugins)"

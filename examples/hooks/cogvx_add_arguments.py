@@ -1,6 +1,6 @@
 """A flag of the plugin's own, in a group named after the plugin."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 step rather than hours in. A list of index lists is a batch sampler; the tail is cut to a
 multiple of the processes."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -1,6 +1,6 @@
 """Would keep an entry per clip still in use (this one keeps nothing, and removes nothing)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -1,6 +1,6 @@
 """A cache plugin answers for `cogvx-ext cache fill`'s report (this one keeps nothing)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

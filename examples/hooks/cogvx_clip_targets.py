@@ -1,8 +1,6 @@
 """Landscape clips at 160x96, portrait ones at 96x160, each covered and centre-cropped, 9 frames."""
 
-from cogvx_ext import SkipClip, Target, hookimpl
-from cogvx_ext.data.video import stock_frame_indices
-from cogvx_ext.plugin.defaults import cover_crop_box
+from cogvx_ext.api import SkipClip, Target, cover_crop_box, hookimpl, stock_frame_indices
 
 
 @hookimpl

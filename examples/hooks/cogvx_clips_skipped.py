@@ -3,7 +3,7 @@
 
 import os
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Checks the flag of the `cogvx_add_arguments` example: a bad value stops the run at start with
 this one line and exit status 2."""
 
-from cogvx_ext import UsageError, hookimpl
+from cogvx_ext.api import UsageError, hookimpl
 
 
 @hookimpl

@@ -8,7 +8,7 @@ import os
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file, save_file
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class LatentFolder:

@@ -2,7 +2,7 @@
 (The default probe rejects what is not a video: answer `cogvx_probe` too for files of your own
 format.)"""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Records the flag of the `cogvx_add_arguments` example with the saved LoRA (in
 `cogvx_ext.json`'s `settings`)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -1,7 +1,6 @@
 """Stops a run whose training step would not fit in 24 GiB, before any model loads."""
 
-from cogvx_ext import UsageError, hookimpl
-from cogvx_ext.model.memory.estimate import estimate
+from cogvx_ext.api import UsageError, estimate, hookimpl
 
 LIMIT = 24 * 2**30
 

@@ -1,6 +1,6 @@
 """Decodes validation videos tile by tile (less memory)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Reads the size of clips saved as NumPy arrays (`[F, 3, H, W]` floats in `[-1, 1]`); the
 `cogvx_load_pixels` example decodes them."""
 
-from cogvx_ext import VideoInfo, hookimpl
+from cogvx_ext.api import VideoInfo, hookimpl
 
 
 @hookimpl

@@ -4,7 +4,7 @@ core moves the text encoder to the CPU."""
 
 import torch
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class PromptMemory:

@@ -1,6 +1,6 @@
 """A plugin that makes the rotary embedding follow each batch's shape says so."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

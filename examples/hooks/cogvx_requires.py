@@ -2,7 +2,7 @@
 `batch_rope`; without one the run stops at start with `cogvx-ext: 5b model: add rope_rescale to
 --plugins`."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

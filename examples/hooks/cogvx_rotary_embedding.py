@@ -2,8 +2,7 @@
 integer positions inside it (`cogvx_ext.model.rope`'s `interpolate` mode), instead of the
 pipeline's."""
 
-from cogvx_ext import hookimpl
-from cogvx_ext.model.rope import rotary_embedding
+from cogvx_ext.api import hookimpl, rotary_embedding
 
 
 @hookimpl

@@ -1,6 +1,6 @@
 """Trains at 512x288's area first, at 1024x576's from optimizer step 1200 on."""
 
-from cogvx_ext import Stage, hookimpl
+from cogvx_ext.api import Stage, hookimpl
 
 
 @hookimpl

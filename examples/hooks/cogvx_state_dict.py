@@ -4,7 +4,7 @@ scripts save a checkpoint before they log its step.)"""
 
 import torch
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class ForwardCounter:

@@ -3,7 +3,7 @@
 
 import time
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class StepTimer:

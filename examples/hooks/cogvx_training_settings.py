@@ -1,7 +1,7 @@
 """A flag that changes what is trained, recorded with every checkpoint: resuming with another value
 stops the run at start with one line (``--allow_changed_plugins_on_resume`` continues anyway)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

@@ -3,7 +3,7 @@ pipelines without."""
 
 import torch
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

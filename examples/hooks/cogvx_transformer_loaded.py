@@ -1,6 +1,6 @@
 """Counts the transformer's parameters; LoRA is not added yet."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

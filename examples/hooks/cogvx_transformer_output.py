@@ -2,7 +2,7 @@
 
 import torch
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class PredictionScale:

@@ -1,7 +1,7 @@
 """Quick validation on small machines: 9 frames, 10 steps. `trylast`, so it sees the sizes other
 plugins chose."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl(trylast=True)

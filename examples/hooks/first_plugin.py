@@ -1,7 +1,7 @@
 """The smallest plugin: a module with one hook implementation (save it as `first_plugin.py` and
 add `./first_plugin.py` to `--plugins`)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 @hookimpl

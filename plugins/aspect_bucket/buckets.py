@@ -30,7 +30,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cogvx_ext.base.errors import SkipClip, UsageError
+from cogvx_ext.api import SkipClip, UsageError
 
 Bucket = tuple[int, int]  # (height, width) in pixels
 

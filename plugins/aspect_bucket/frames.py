@@ -33,8 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cogvx_ext.base.errors import SkipClip, UsageError
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.api import ModelInfo, SkipClip, UsageError
 
 # A sample of one frame is an image; the shortest video sample is 5 frames (2 latent frames).
 MIN_FRAMES = 5

@@ -11,7 +11,7 @@
   sample in a batch of 2 twice the weight of one in a batch of 4: each *batch* weighs the same.
 * With a stage schedule (``cogvx_stages``, e.g. progressive_resize) every stage gets buckets of
   its own area (a portrait clip stays portrait in every stage), and the batches of each optimizer
-  step come from its stage (``cogvx_ext.data.stages.StagedBatchSampler``). Targets tagged ``scale``
+  step come from its stage (``cogvx_ext.api.StagedBatchSampler``). Targets tagged ``scale``
   (multi_scale) are alternatives: each pass trains one per clip.
 * ``cogvx-ext plan`` runs the same code on metadata only and reports it (``cogvx_ext/cli/plan/__init__.py``).
 
@@ -28,22 +28,33 @@ import random
 from collections import Counter
 from typing import Any
 
-from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import SkipClip, UsageError
-from cogvx_ext.data.clips import STAGE_TAG, Clip, Sample, Stage, Target
-from cogvx_ext.data.planning import latent_shape_key
-from cogvx_ext.data.sampling import SamplerResume
-from cogvx_ext.data.stages import (
-    StageBucket,
+from cogvx_ext.api import (
+    STAGE_TAG,
+    Clip,
+    LatentShape,
+    MemoryBudget,
+    ModelInfo,
+    Sample,
+    SamplerResume,
+    ShapeRow,
+    SkipClip,
+    Stage,
     StagedBatchSampler,
+    Target,
+    UsageError,
+    advice,
     alternative_groups,
     choose_alternatives,
+    estimate,
+    format_bytes,
     full_size,
+    hookimpl,
+    largest_batch,
+    latent_shape_key,
+    setup_from_args,
     stage_of,
     stage_seed,
 )
-from cogvx_ext.model.facts import VAE_SPATIAL, ModelInfo
-from cogvx_ext.model.memory.units import format_bytes
 
 from .buckets import Bucket, _round_to, assign, generate_bucket_ladder
 from .frames import frame_ladder, select_frames
@@ -79,7 +90,8 @@ class AspectBucket:
         self.resume = SamplerResume()  # the sampler's position across checkpoints
         self._stage_buckets: dict[Stage, tuple[Bucket, ...]] = {}
         self._stage_frames: dict[int | None, list[int]] = {}
-        self.memory_setup = None  # cogvx_ext.model.memory.TrainingSetup, with --bucket_memory_budget
+        self.memory_setup = None  # cogvx_ext.api.TrainingSetup, with --bucket_memory_budget
+        self._samples: list[Sample] = []  # those the sampler was made for
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -110,7 +122,7 @@ class AspectBucket:
         if model.version != "1.5":
             return
         # 1.5's rotary table has positions for this many pixels per side (150 patches).
-        limit_h, limit_w = model.sample_height * VAE_SPATIAL, model.sample_width * VAE_SPATIAL
+        limit_h, limit_w = model.sample_pixels
         too_big = [b for b in buckets if b[0] > limit_h or b[1] > limit_w]
         if too_big:
             h, w = too_big[0]
@@ -208,9 +220,6 @@ class AspectBucket:
         must, and the largest one that does not is named with what would make it fit."""
         if self.settings is None or self.settings.memory_budget is None:
             return
-        from cogvx_ext.model.memory.estimate import estimate
-        from cogvx_ext.model.memory.setup import setup_from_args
-
         if setup is None:
             setup_from_args(args)  # raises, naming why the model's configs cannot be read
         model = model or setup.model
@@ -267,8 +276,6 @@ class AspectBucket:
         return found
 
     def _too_large(self, args, setup, over, lead: str, of: int | None = None) -> None:
-        from cogvx_ext.model.memory.estimate import advice, estimate
-
         settings = self.settings
         budget, margin = settings.memory_budget, settings.memory_margin
         _, latent, label = over[0]
@@ -370,6 +377,13 @@ class AspectBucket:
             raise UsageError(
                 "aspect_bucket: no clip can be used; every clip was skipped (see the reasons above)"
             )
+        self._samples = samples
+        # For reports (cogvx-ext plan, the memory log): what the batch sizes were chosen against.
+        budget = (
+            MemoryBudget(settings.memory_budget, settings.memory_margin)
+            if settings.memory_budget is not None
+            else None
+        )
         keys = [latent_shape_key(s, model) for s in samples]
         self._shapes = {}
         counts: dict[tuple[int, int, int], int] = {}
@@ -379,19 +393,20 @@ class AspectBucket:
         self._gradient_accumulation_steps = max(1, int(script_arg(args, "gradient_accumulation_steps", 1)))
         groups = alternative_groups(samples)
         if stages or len(groups) < len(samples):
-            sampler = self._staged_sampler(samples, keys, groups, batch_size, num_replicas, stages, model)
+            sampler = self._staged_sampler(
+                samples, keys, groups, batch_size, num_replicas, stages, model, budget
+            )
         else:
             sizes = self._batch_sizes(counts, settings.token_budget, batch_size, model)
             try:
-                sampler = BucketBatchSampler(keys, sizes, settings.seed, num_replicas, settings.remainder)
+                sampler = BucketBatchSampler(
+                    keys, sizes, settings.seed, num_replicas, settings.remainder, memory_budget=budget
+                )
             except ValueError as exc:
                 raise UsageError(f"--bucket_remainder: {exc}") from exc
             if len(sampler) == 0:
                 raise UsageError(DROP_LEAVES_NOTHING)
         self.sampler = sampler
-        if settings.memory_budget is not None:
-            # For reports (cogvx-ext plan): what the batch sizes were chosen against.
-            sampler.memory_budget = {"bytes": settings.memory_budget, "margin": settings.memory_margin}
         self.resume.attach(sampler, self._gradient_accumulation_steps)
         logger.info(
             "aspect_bucket: %d samples in %d shapes, %d batches per epoch over %d process(es)",
@@ -417,8 +432,6 @@ class AspectBucket:
 
     def _memory_batch_sizes(self, counts: dict[tuple[int, int, int], int]) -> dict[tuple[int, int, int], int]:
         """Per shape, the largest batch within the memory budget (at most its clips, --bucket_max_batch)."""
-        from cogvx_ext.model.memory.estimate import estimate, largest_batch
-
         settings, setup = self.settings, self.memory_setup
         sizes = {}
         for key in sorted(counts, key=lambda k: -self.model.tokens(k)):
@@ -445,6 +458,7 @@ class AspectBucket:
         num_replicas: int,
         stages: list[Stage] | None,
         model: ModelInfo,
+        budget: MemoryBudget | None,
     ) -> StagedBatchSampler:
         """Per stage (one without a schedule), bucket batches of one alternative per clip and pass."""
         settings = self.settings
@@ -458,7 +472,7 @@ class AspectBucket:
         for group in groups:
             by_stage[stage_of(samples[group[0]])].append(group)
         sizes: list[dict] = []
-        rows: list[StageBucket] = []
+        rows: list[ShapeRow] = []
         for i, stage_groups in enumerate(by_stage):
             if not stage_groups:
                 raise UsageError(f"stage {i} has no sample: every clip was skipped in it")
@@ -469,15 +483,12 @@ class AspectBucket:
                     counts[keys[member]] = counts.get(keys[member], 0) + 1
                     expected[keys[member]] = expected.get(keys[member], 0.0) + 1 / len(group)
             stage = stages[i] if stages else None
-            budget = stage.token_budget if stage and stage.token_budget else settings.token_budget
+            tokens = stage.token_budget if stage and stage.token_budget else settings.token_budget
             size = stage.batch_size if stage and stage.batch_size else batch_size
-            sizes.append(self._batch_sizes(counts, budget, size, model))
+            sizes.append(self._batch_sizes(counts, tokens, size, model))
             for key in sorted(counts):
-                rows.append(
-                    StageBucket(
-                        i, key, counts[key], sizes[i][key], self._batch_count(expected[key], sizes[i][key])
-                    )
-                )
+                batches = self._batch_count(expected[key], sizes[i][key])
+                rows.append(ShapeRow(LatentShape(*key), counts[key], sizes[i][key], batches, stage=i))
             full = [keys[full_size(samples, group)] for group in stage_groups]
             if not sum(self._batch_count(full.count(k), sizes[i][k]) for k in set(full)):
                 raise UsageError(f"stage {i}: {DROP_LEAVES_NOTHING}")
@@ -513,7 +524,8 @@ class AspectBucket:
             num_replicas,
             self._gradient_accumulation_steps,
             fingerprint=repr([described, by_stage, seed, remainder]),
-            buckets=rows,
+            rows=rows,
+            memory_budget=budget,
         )
 
     def _batch_count(self, clips: float, size: int) -> int:
@@ -567,10 +579,9 @@ class AspectBucket:
         if self.sampler is None:
             return {}
         shapes: dict[tuple[int, int, int], dict[str, int]] = {}
-        for bucket in self.sampler.buckets:  # one shape may recur in several stages
-            frames, height, width = self._shapes[bucket.key]
-            entry = shapes.setdefault(
-                bucket.key, {"width": width, "height": height, "frames": frames, "samples": 0}
-            )
-            entry["samples"] += bucket.clips
+        for row in self.sampler.describe(self._samples, self.model).rows:  # a shape may recur in stages
+            key = tuple(row.latent)
+            frames, height, width = self._shapes[key]
+            entry = shapes.setdefault(key, {"width": width, "height": height, "frames": frames, "samples": 0})
+            entry["samples"] += row.clips
         return {"trained_shapes": list(shapes.values())}

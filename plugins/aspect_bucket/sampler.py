@@ -40,27 +40,24 @@ import logging
 import math
 import random
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from cogvx_ext.data.sampling import EpochBatchSampler, fingerprint
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.api import (
+    EpochBatchSampler,
+    LatentShape,
+    MemoryBudget,
+    ModelInfo,
+    Sample,
+    SamplerReport,
+    ShapeRow,
+    fingerprint,
+)
 
 logger = logging.getLogger("cogvx_ext.aspect_bucket")
 
 REMAINDER_POLICIES = ("fill", "drop", "partial")
 # Text tokens every sample carries into the transformer (max_text_seq_length of every released model).
 TEXT_TOKENS = 226
-
-
-@dataclass(frozen=True)
-class BucketBatches:
-    """One bucket's share of an epoch."""
-
-    key: Hashable
-    clips: int
-    batch_size: int
-    batches: int  # per epoch, before rounding the total to a multiple of num_replicas
 
 
 def batch_sizes_for_budget(
@@ -100,6 +97,7 @@ class BucketBatchSampler(EpochBatchSampler):
     :param seed: the shuffle's seed; equal on every rank.
     :param num_replicas: training processes; the batch count is made a multiple of it.
     :param remainder: ``fill``, ``drop`` or ``partial`` (see the module docstring).
+    :param memory_budget: the budget the batch sizes come from, for reports.
     """
 
     label = "aspect_bucket"
@@ -111,6 +109,7 @@ class BucketBatchSampler(EpochBatchSampler):
         seed: int = 0,
         num_replicas: int = 1,
         remainder: str = "fill",
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         if remainder not in REMAINDER_POLICIES:
             raise ValueError(f"remainder must be one of {', '.join(REMAINDER_POLICIES)}, not {remainder!r}")
@@ -134,13 +133,10 @@ class BucketBatchSampler(EpochBatchSampler):
             if int(size) < 1:
                 raise ValueError(f"batch size for {key} must be at least 1, not {size}")
             self._batch_size[key] = int(size)
-        self._per_bucket = [
-            BucketBatches(key, len(self._members[key]), self._batch_size[key], self._bucket_batch_count(key))
-            for key in self._order
-        ]
-        base = sum(b.batches for b in self._per_bucket)
+        self._batches = {key: self._bucket_batch_count(key) for key in self._order}
+        base = sum(self._batches.values())
         length = base - base % num_replicas if remainder == "drop" else base + (-base) % num_replicas
-        super().__init__(length, num_replicas, self._fingerprint(num_replicas))
+        super().__init__(length, num_replicas, self._fingerprint(num_replicas), memory_budget)
 
     def _bucket_batch_count(self, key: Hashable) -> int:
         clips, size = len(self._members[key]), self._batch_size[key]
@@ -153,10 +149,14 @@ class BucketBatchSampler(EpochBatchSampler):
 
     # -- what an epoch holds -------------------------------------------------------------------
 
-    @property
-    def buckets(self) -> list[BucketBatches]:
-        """Per bucket: clips, batch size and batches per epoch (before the multiple-of-replicas rounding)."""
-        return list(self._per_bucket)
+    def describe(self, samples: Sequence[Sample], model: ModelInfo) -> SamplerReport:
+        """Per bucket (latent shape key): clips, batch size and batches per epoch (before the
+        multiple-of-replicas rounding)."""
+        rows = tuple(
+            ShapeRow(LatentShape(*key), len(self._members[key]), self._batch_size[key], self._batches[key])
+            for key in self._order
+        )
+        return SamplerReport(rows, self.memory_budget)
 
     def batch_size_of(self, key: Hashable) -> int:
         return self._batch_size[key]

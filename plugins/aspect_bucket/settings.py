@@ -7,9 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cogvx_ext.base.errors import UsageError
-from cogvx_ext.model.memory.setup import DEFAULT_MARGIN
-from cogvx_ext.model.memory.units import parse_bytes
+from cogvx_ext.api import DEFAULT_MARGIN, UsageError, parse_bytes
 
 from .buckets import Bucket, generate_bucket_ladder, parse_buckets
 from .frames import check_frames_spec
@@ -150,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=str,
         default=None,
         help="accelerator memory per process, e.g. 24GiB or 80GB: each shape gets the largest batch "
-        "whose estimated peak (cogvx_ext.model.memory) stays within it less --bucket_memory_margin; a shape "
+        "whose estimated peak (cogvx_ext.api.estimate) stays within it less --bucket_memory_margin; a shape "
         "that does not fit at batch 1 stops the run before any model loads, saying what would fit",
     )
     group.add_argument(

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cogvx_ext.data.clips import Sample
+from cogvx_ext.api import Sample
 
 # Bump when what an entry holds, or how its key is made, changes: old entries then stop matching.
 # 2: frame indices count the frames an edit list shows, crops are in display pixels (rotation,

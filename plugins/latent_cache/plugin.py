@@ -12,10 +12,7 @@ from typing import Any
 
 import torch
 
-from cogvx_ext import hookimpl
-from cogvx_ext.base.errors import UsageError
-from cogvx_ext.base.io import folder_write_problem
-from cogvx_ext.data.clips import Sample
+from cogvx_ext.api import Sample, UsageError, folder_write_problem, hookimpl, write_json_atomic
 
 from . import keys
 from .keys import (
@@ -240,8 +237,6 @@ class LatentCache:
             return info
         if info is None or self.root is None or self.readonly:
             return info
-        from cogvx_ext.base.io import write_json_atomic
-
         try:
             key = probe_key(self._file_identity(path))
             entry = {"key": key, "path": path, "info": video_info_to_json(info)}
@@ -287,7 +282,7 @@ class LatentCache:
     @hookimpl(tryfirst=True, specname="cogvx_encode_sample")
     def load_cached_posteriors(self, sample: Sample):
         """On a hit, the posteriors from disk; ``None`` lets the plugins after this one encode."""
-        from cogvx_ext.data.encoding import LatentPosterior
+        from cogvx_ext.api import LatentPosterior  # loaded when an entry is read, not with the plugin
 
         lookup = self._lookup
         if lookup is None or lookup.sample is not sample:

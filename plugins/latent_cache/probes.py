@@ -36,7 +36,7 @@ def video_info_from_json(data: Any) -> Any:
     older cogvx-ext wrote it: probe again)."""
     import dataclasses
 
-    from cogvx_ext.data.clips import VideoInfo
+    from cogvx_ext.api import VideoInfo
 
     names = {f.name for f in dataclasses.fields(VideoInfo)}
     if not isinstance(data, dict) or set(data) != names:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cogvx_ext.data.clips import Sample
+from cogvx_ext.api import Sample
 
 from .keys import clip_fields, digest, text_key
 from .store import (

@@ -62,7 +62,7 @@ def write_entry(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metad
     """Write atomically: readers see the old file, no file, or this whole one, never a part."""
     from safetensors.torch import save
 
-    from cogvx_ext.base.io import write_bytes_atomic
+    from cogvx_ext.api import write_bytes_atomic
 
     data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, metadata=metadata)
     write_bytes_atomic(path, data)

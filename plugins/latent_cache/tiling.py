@@ -33,8 +33,7 @@ class AutoTiling:
         if budget is None:
             return None
         allowed, source = budget
-        from cogvx_ext.model.memory.encoding import vae_encode_bytes
-        from cogvx_ext.model.memory.units import format_bytes
+        from cogvx_ext.api import format_bytes, vae_encode_bytes
 
         t = sample.target
         models = _models_at_start(args, vae)
@@ -51,8 +50,7 @@ class AutoTiling:
 
 
 def _budget(vae: Any, args: argparse.Namespace) -> tuple[float, str] | None:
-    from cogvx_ext.model.memory.setup import DEFAULT_MARGIN
-    from cogvx_ext.model.memory.units import parse_bytes
+    from cogvx_ext.api import DEFAULT_MARGIN, parse_bytes
 
     text = getattr(args, "bucket_memory_budget", None)
     if text:
@@ -62,7 +60,7 @@ def _budget(vae: Any, args: argparse.Namespace) -> tuple[float, str] | None:
     device = next(vae.parameters()).device
     if device.type != "cuda":
         return None
-    from cogvx_ext.model.memory.cards import RESERVE_FACTOR, allocated_within
+    from cogvx_ext.api import RESERVE_FACTOR, allocated_within
 
     total = torch.cuda.get_device_properties(device).total_memory
     return allocated_within(total), f"allocated that fit this GPU (reserved x {RESERVE_FACTOR:.3f})"
@@ -84,9 +82,7 @@ def _models_at_start(args: argparse.Namespace, vae: Any) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _models_bytes(pretrained: str | None, model: str | None, rank: int, dtype: str) -> int:
-    from cogvx_ext.model.memory.configs import model_configs
-    from cogvx_ext.model.memory.encoding import models_at_start
-    from cogvx_ext.model.memory.setup import TrainingSetup
+    from cogvx_ext.api import TrainingSetup, model_configs, models_at_start
 
     transformer, text, vae = model_configs(pretrained, model)
     precision = {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(dtype, "no")

@@ -55,11 +55,11 @@ def run_plan(argv: list[str]) -> int:
 
         check_chart_available()
     entries, skipped = read_script_data(args)
-    samples, more = plan_samples(run.hook, entries, args, run.model, progress=sys.stderr.isatty())
+    samples, more = plan_samples(run.hook, entries, run.context, progress=sys.stderr.isatty())
     from cogvx_ext.plugin.memory_check import check_planned
 
-    check_planned(run.pm, args, run.model, samples)  # what training checks once its clips are planned
-    report = build_report(samples, skipped + more, args, run.model, run.hook, args.num_processes)
+    check_planned(run.pm, run.context, samples)  # what training checks once its clips are planned
+    report = build_report(samples, skipped + more, run.context, run.hook)
     if not plugins_read_the_data(chosen_hooks(run.pm)):  # training leaves the script's VideoDataset alone
         script_reads_the_data(report, script_reading(args, run.model, run.plugin_names))
     report.model = describe_model(run.model, run.model_source)
@@ -88,6 +88,6 @@ def run_plan(argv: list[str]) -> int:
         write_chart(report, args.chart)
         print(f"chart drawn in {args.chart}", file=sys.stderr if args.json == "-" else sys.stdout)
     if report.skipped:  # a plugin may stop here, as it stops training (aspect_bucket's --bucket_strict)
-        run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args)
+        run.hook.cogvx_clips_skipped(skipped=report.skipped, when="plan", args=args, run=run.context)
     # 1: training would not go through: nothing to train on, or a clip the script's own data path stops on
     return 0 if report.ok and not report.unusable else 1

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cogvx_ext.data.clips import Sample, VideoInfo
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.data.planning import latent_shape_key
+from cogvx_ext.data.sampling import sampler_report
 from cogvx_ext.model.facts import ModelInfo
 
 
@@ -86,6 +88,7 @@ class PlanReport:
     data_path_note: str | None = None
     model: dict[str, str] | None = None  # name, rules and where they came from (describe_model)
     rounded: list[str] = field(default_factory=list)  # the run's sizes the plan rounds (rounded_sizes)
+    sampler_note: str | None = None  # the sampler's rows are a guess (it does not describe itself)
 
     @property
     def ok(self) -> list[ClipPlan]:
@@ -138,18 +141,14 @@ def _clip_plan(sample: Sample) -> ClipPlan:
     )
 
 
-def build_report(
-    samples: Sequence[Sample],
-    skipped: Iterable[Any],
-    args: argparse.Namespace,
-    model: ModelInfo,
-    hook: Any,
-    num_replicas: int = 1,
-) -> PlanReport:
+def build_report(samples: Sequence[Sample], skipped: Iterable[Any], run: RunContext, hook: Any) -> PlanReport:
     """Report on planned samples and skipped clips (objects with ``path`` and ``reason``).
 
-    Builds the batch sampler through the ``cogvx_batch_sampler`` hook, exactly as training does.
+    Builds the batch sampler through the ``cogvx_batch_sampler`` hook, exactly as training does,
+    for ``run.num_processes`` processes, and reads its batches through the sampler report protocol
+    (``cogvx_ext.data.sampling.sampler_report``), whoever made the sampler.
     """
+    args, model, num_replicas = run.args, run.model, run.num_processes
     clips = [_clip_plan(s) for s in samples]
     for item in skipped:
         clips.append(
@@ -167,7 +166,7 @@ def build_report(
     )
     if not samples:
         return report
-    stages = hook.cogvx_stages(args=args)
+    stages = run.stages
     sampler = hook.cogvx_batch_sampler(
         samples=list(samples),
         batch_size=batch_size,
@@ -175,28 +174,39 @@ def build_report(
         args=args,
         model=model,
         stages=stages,
+        run=run,
     )
-    shapes, counts = {}, {}
+    shapes = {}
     for sample in samples:
-        key = latent_shape_key(sample, model)
         t = sample.target
-        shapes[key] = (t.num_frames, t.height, t.width)
-        counts[key] = counts.get(key, 0) + 1
-    budget = getattr(sampler, "memory_budget", None)
-    if budget:
-        report.memory = {"budget_bytes": budget["bytes"], "margin": budget["margin"]}
-    if sampler is not None and hasattr(sampler, "buckets"):
-        rows = [(b.key, b.clips, b.batch_size, b.batches, getattr(b, "stage", None)) for b in sampler.buckets]
-        report.batches_per_epoch = len(sampler)
-    else:
-        # The script's own DataLoader: shuffled, batches of --train_batch_size, the last one short.
-        rows = [(key, n, batch_size, math.ceil(n / batch_size), None) for key, n in counts.items()]
-        report.batches_per_epoch = len(sampler) if sampler is not None else sum(r[3] for r in rows)
-    for key, n, size, batches, stage in rows:
-        frames, height, width = shapes[key]
-        report.buckets.append(
-            BucketRow(width, height, frames, key, n, model.tokens(key), size, batches, stage)
+        shapes[latent_shape_key(sample, model)] = (t.num_frames, t.height, t.width)
+    described = sampler_report(sampler, samples, model, batch_size)
+    if described.memory_budget is not None:
+        report.memory = {
+            "budget_bytes": described.memory_budget.bytes,
+            "margin": described.memory_budget.margin,
+        }
+    if not described.described:
+        report.sampler_note = (
+            f"the batch sampler ({type(sampler).__name__}) does not describe itself: batch sizes and counts "
+            "assume --train_batch_size (derive it from cogvx_ext.api.EpochBatchSampler, or give it describe())"
         )
+    for row in described.rows:
+        frames, height, width = shapes[tuple(row.latent)]
+        report.buckets.append(
+            BucketRow(
+                width,
+                height,
+                frames,
+                tuple(row.latent),
+                row.clips,
+                model.tokens(row.latent),
+                row.batch_size,
+                row.batches,
+                row.stage,
+            )  # fmt: skip
+        )
+    report.batches_per_epoch = len(sampler) if sampler is not None else sum(r.batches for r in described.rows)
     report.buckets.sort(key=lambda row: (row.stage or 0, -row.clips, -row.frames, -row.width * row.height))
     per_process = math.ceil(report.batches_per_epoch / num_replicas)
     report.steps_per_epoch = math.ceil(per_process / accumulation)

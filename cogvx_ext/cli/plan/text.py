@@ -102,6 +102,8 @@ def format_report(report: PlanReport) -> str:
             "  (size: WIDTHxHEIGHT in pixels; latent: frames, height, width of the VAE latent; tokens/sample: video "
             f"tokens + {report.text_tokens} text tokens the transformer attends over; batch: samples per batch)"
         )
+        if report.sampler_note:
+            lines.append(f"  ! {report.sampler_note}")
         if any(b.clips < b.batch_size for b in report.buckets):
             lines.append(
                 "  * fewer clips than the batch size: the bucket's batches reuse its clips to fill up "
@@ -220,7 +222,7 @@ def _memory_lines(report: PlanReport) -> list[str]:
             lines.extend(f"    {names[gb].ljust(width)}  {v['text']}" for gb, v in cards.items())
     if "budget_bytes" in memory:
         lines.append(
-            f"  batch sizes from --bucket_memory_budget {format_bytes(memory['budget_bytes'])} "
+            f"  batch sizes from the sampler's memory budget, {format_bytes(memory['budget_bytes'])} "
             f"with a {memory['margin']:.0%} margin"
         )
     return lines

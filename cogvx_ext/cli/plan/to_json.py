@@ -89,5 +89,6 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
             **({"model": report.model} if report.model else {}),
             "rounded": report.rounded,
             **({"memory": report.memory} if report.memory else {}),
+            **({"sampler_note": report.sampler_note} if report.sampler_note else {}),
         },
     }

@@ -15,7 +15,8 @@ seam (script globals)               what it does
                                     training settings saved (compared on resume at start,
                                     cogvx_ext.script.resume), the saved files given the
                                     umask's modes; ``accelerator.log``
-                                    fires ``cogvx_step_end`` and keeps the step; under DeepSpeed
+                                    fires ``cogvx_step_end`` and keeps the step,
+                                    ``end_training`` ``cogvx_train_end``; under DeepSpeed
                                     the script's save/load hooks get the unwrapped model
 ``tqdm``                            the "Steps" bar shows what ``cogvx_step_end`` adds to the logs
 ``CogVideoXTransformer3DModel``     fires ``cogvx_transformer_loaded``; forward hooks
@@ -30,7 +31,8 @@ seam (script globals)               what it does
                                     video is written to OUTPUT_DIR/validation/ and logged per size
 ``compute_prompt_embeddings``       ``cogvx_prompt_embeddings``; the text encoder off the device
 ``CogVideoX[ImageToVideo]Pipeline`` ``cogvx_pipeline_loaded``; ``cogvx_lora_metadata`` on save,
-                                    the saved LoRA given the umask's modes;
+                                    the saved LoRA given the umask's modes; the final save
+                                    lets the others go on to ``cogvx_train_end``;
                                     under ZeRO-3 its frozen models load whole and the LoRA
                                     it saves is whole
 =================================  ============================================================
@@ -74,6 +76,7 @@ def needed_globals(run) -> dict[str, list[str]]:
     by_hook = {
         "cogvx_accelerator_ready": ["Accelerator"],
         "cogvx_step_end": ["Accelerator"],
+        "cogvx_train_end": ["Accelerator"],
         "cogvx_state_dict": ["Accelerator"],
         "cogvx_load_state_dict": ["Accelerator"],
         "cogvx_transformer_loaded": ["CogVideoXTransformer3DModel"],

@@ -1,6 +1,6 @@
 """The script's ``Accelerator``: ``cogvx_accelerator_ready``, ``cogvx_step_end`` at each ``accelerator.log``
 (its values on the progress bar too), the last logged step, checkpoints (plugin state and settings,
-file modes), and DeepSpeed's state hooks."""
+file modes), ``cogvx_train_end`` at ``end_training``, and DeepSpeed's state hooks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from cogvx_ext.script.seams.checkpoints import (
     _save_plugin_state,
     _save_state_with_umask_modes,
 )
+from cogvx_ext.script.seams.train_end import _wrap_end_training
 from cogvx_ext.script.zero3 import (
     gathered,
     snapshot_lora,
@@ -24,6 +25,10 @@ def _accelerator_factory(run, real_accelerator):
     def make_accelerator(*args, **kwargs):
         accelerator = real_accelerator(*args, **kwargs)
         run.accelerator = accelerator
+        run.context.num_processes, run.context.process_index = (
+            accelerator.num_processes,
+            accelerator.process_index,
+        )
         # Every checkpoint records the plugins and their training settings (compared on resume).
         accelerator.register_save_state_pre_hook(functools.partial(_save_plugin_state, run))
         if run.chosen & {"cogvx_state_dict", "cogvx_load_state_dict"}:
@@ -35,7 +40,9 @@ def _accelerator_factory(run, real_accelerator):
         if "cogvx_step_end" in run.chosen:
             _on_every_logged_step(accelerator, functools.partial(_step_end, run, accelerator))
         _on_every_logged_step(accelerator, functools.partial(_remember_step, run))
-        run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args)
+        if "cogvx_train_end" in run.chosen:
+            _wrap_end_training(run, accelerator)
+        run.hook.cogvx_accelerator_ready(accelerator=accelerator, args=run.args, run=run.context)
         return accelerator
 
     return make_accelerator
@@ -102,7 +109,7 @@ def _step_end(run, accelerator, values, step) -> None:
     on its progress bar just before, so the bar is shown again with what the plugins added (with
     the scripts' default ``--report_to`` the trackers are none and the bar is all there is)."""
     before = dict(values)
-    run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator)
+    run.hook.cogvx_step_end(step=step, logs=values, accelerator=accelerator, run=run.context)
     if values != before and run.progress_bar is not None:
         run.progress_bar.set_postfix(**values)
 

@@ -42,13 +42,17 @@ class _ShutilAcrossRanks:
 
 
 def _save_plugin_state(run, models, weights, output_dir):
+    """On every process that saves (the main one; under DeepSpeed all): the plugins are asked
+    there, and the first process of each machine writes the file (its state, not whichever
+    process wrote last)."""
     from cogvx_ext.base.io import write_json_atomic
     from cogvx_ext.plugin.state import collect_states, training_settings
 
     match = re.search(r"checkpoint-(\d+)$", os.path.normpath(output_dir))
-    states = collect_states(run.pm, int(match.group(1)) if match else None)
-    settings = training_settings(run.pm, run.plugin_names, run.args)  # compared on resume
-    write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states, SETTINGS_KEY: settings})
+    states = collect_states(run.pm, int(match.group(1)) if match else None, run.context)
+    settings = training_settings(run.pm, run.plugin_names, run.context)  # compared on resume
+    if run.accelerator is None or run.accelerator.is_local_main_process:
+        write_json_atomic(os.path.join(output_dir, STATE_FILE), {"plugins": states, SETTINGS_KEY: settings})
 
 
 def _load_plugin_state(run, models, input_dir):
@@ -58,7 +62,7 @@ def _load_plugin_state(run, models, input_dir):
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        restore_states(run.pm, json.load(f).get("plugins", {}))
+        restore_states(run.pm, json.load(f).get("plugins", {}), run.context)
 
 
 def _save_state_with_umask_modes(real_save_state):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cogvx_ext.data.sampling import sampler_report
 from cogvx_ext.script.seams.compile_watch import _watch_compilations
 from cogvx_ext.script.seams.dataset import ScriptDataset
 from cogvx_ext.script.seams.memory_log import _log_memory_estimate
@@ -18,10 +19,12 @@ def _make_dataloader(run, real_dataloader, dataset, *args, **kwargs):
         num_replicas=accelerator.num_processes if accelerator else 1,
         args=run.args,
         model=run.model,
-        stages=run.hook.cogvx_stages(args=run.args),
+        stages=run.context.stages,
+        run=run.context,
     )
-    _log_memory_estimate(run, sampler, dataset.samples, batch_size)
-    _watch_compilations(run, sampler, dataset.samples)
+    described = sampler_report(sampler, dataset.samples, run.model, batch_size)
+    _log_memory_estimate(run, described)
+    _watch_compilations(run, described, dataset.samples)
     if sampler is None:
         loader = real_dataloader(dataset, *args, **kwargs)
     else:

@@ -51,9 +51,7 @@ class ScriptDataset(torch.utils.data.Dataset):
                 allow_unpaired_captions=getattr(run.args, "allow_unpaired_captions", False),
             )
         )
-        samples, more_skipped = plan_samples(
-            run.hook, entries, run.args, run.model, progress=progress, sync=sync
-        )
+        samples, more_skipped = plan_samples(run.hook, entries, run.context, progress=progress, sync=sync)
         sync.meet("the comparison of the ranks' plans")
         check_ranks_agree(
             samples, kwargs.get("instance_data_root"), vae_device(run.vae) if run.vae is not None else "cpu"
@@ -63,11 +61,11 @@ class ScriptDataset(torch.utils.data.Dataset):
             report_skipped(skipped)
         _check_planned_memory(run, samples)  # before anything is decoded
         if skipped:  # the same list on every rank: the ranks agree on the plan
-            run.hook.cogvx_clips_skipped(skipped=skipped, when="plan", args=run.args)
+            run.hook.cogvx_clips_skipped(skipped=skipped, when="plan", args=run.args, run=run.context)
         if not samples:
             raise UsageError("no clip can be used for training (every one was skipped, reasons above)")
         posteriors, failed = encode_samples(
-            run.hook, samples, run.vae, run.kind, run.args, rank, world, progress, sync=sync
+            run.hook, samples, run.vae, run.kind, run.context, rank, world, progress, sync=sync
         )
         report_skipped(failed)  # each rank names the clips it failed to decode
         kept = [i for i, p in enumerate(posteriors) if p is not None]
@@ -78,7 +76,7 @@ class ScriptDataset(torch.utils.data.Dataset):
                 for s, p in zip(samples, posteriors)
                 if p is None
             ]
-            run.hook.cogvx_clips_skipped(skipped=lost, when="decode", args=run.args)
+            run.hook.cogvx_clips_skipped(skipped=lost, when="decode", args=run.args, run=run.context)
         if not kept:
             raise UsageError("no clip could be decoded (reasons above)")
         self.samples = [samples[i] for i in kept]
@@ -135,8 +133,7 @@ def _check_planned_memory(run, samples) -> None:
     transformer = getattr(run, "transformer", None)
     check_planned(
         run.pm,
-        run.args,
-        run.model,
+        run.context,
         samples,
         transformer_config=dict(transformer.config) if transformer is not None else None,
         mixed_precision=getattr(run.accelerator, "mixed_precision", None),
@@ -179,8 +176,8 @@ class ScriptEncoding:
         self.run = run
 
     @hookimpl(trylast=True)
-    def cogvx_encode_sample(self, sample, vae, kind):
-        pixels = self.run.hook.cogvx_load_pixels(sample=sample, args=self.run.args)
+    def cogvx_encode_sample(self, sample, vae, kind, args, run):
+        pixels = self.run.hook.cogvx_load_pixels(sample=sample, args=args, run=run)
         video = pixels.to(vae.device, dtype=vae.dtype).unsqueeze(0).permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
         latent_dist = vae.encode(video).latent_dist
         if kind != "i2v":

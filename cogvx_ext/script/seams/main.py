@@ -17,7 +17,7 @@ def _wrap_main(run, real_main):
             _tell_the_other_ranks(run, exc)
             if not isinstance(exc, SystemExit):
                 exc._cogvx_ext_reported = True
-                run.hook.cogvx_exception(exc=exc, args=args)
+                run.hook.cogvx_exception(exc=exc, args=args, run=run.context)
             if isinstance(exc, UsageError):
                 # Found once main runs (a broken dataset, a requirement known only from the loaded
                 # model): still one line and status 2, not a traceback.
@@ -37,7 +37,7 @@ def _report_uncaught(run) -> None:
         _tell_the_other_ranks(run, exc)
         if not getattr(exc, "_cogvx_ext_reported", False):
             exc._cogvx_ext_reported = True
-            run.hook.cogvx_exception(exc=exc, args=run.args)
+            run.hook.cogvx_exception(exc=exc, args=run.args, run=run.context)
         if isinstance(exc, UsageError):
             report_usage_error(exc)
             return

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
+def _log_memory_estimate(run, described) -> None:
     """One line at training start: the estimated peak accelerator memory of the run's largest batch
-    (cogvx_ext.model.memory), so an out-of-memory an hour in can be told apart at step 0. An estimate that
+    (cogvx_ext.model.memory), so an out-of-memory an hour in can be told apart at step 0. The
+    batches are the sampler's report (``cogvx_ext.data.sampling.SamplerReport``). An estimate that
     cannot be made is said, never a reason to stop."""
     import logging
 
@@ -13,15 +14,11 @@ def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
     if run.accelerator is not None and not run.accelerator.is_local_main_process:
         return  # the same estimate on every rank: traced and said once per machine
     try:
-        from cogvx_ext.data.planning import latent_shape_key
         from cogvx_ext.model.memory.estimate import estimate
         from cogvx_ext.model.memory.units import format_bytes
         from cogvx_ext.plugin.memory_check import setup_for_plugins
 
-        if sampler is not None and hasattr(sampler, "buckets"):
-            pairs = {(bucket.key, bucket.batch_size) for bucket in sampler.buckets}
-        else:
-            pairs = {(latent_shape_key(sample, run.model), int(batch_size or 1)) for sample in samples}
+        pairs = {(row.latent, row.batch_size) for row in described.rows}
         if not pairs:
             return
         key, size = max(pairs, key=lambda pair: (run.model.tokens(pair[0]) * pair[1], pair))
@@ -34,10 +31,10 @@ def _log_memory_estimate(run, sampler, samples, batch_size) -> None:
         )
         found = estimate(setup, key, size)
         log.info(
-            "cogvx-ext: estimated peak accelerator memory per step: %s (largest batch: latent %s x %d; "
-            "%s; allocated, before the allocator's reserve and the CUDA context)",
+            "cogvx-ext: estimated peak accelerator memory per step: %s (largest batch: latent %s (WIDTHxHEIGHTxFRAMES) "
+            "x %d; %s; allocated, before the allocator's reserve and the CUDA context)",
             format_bytes(found.peak),
-            "x".join(map(str, key)),
+            key,
             size,
             setup.describe(),
         )

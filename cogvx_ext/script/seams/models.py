@@ -31,8 +31,8 @@ def _transformer_loaded(run, transformer) -> None:
     run.transformer = transformer
     run.model = ModelInfo.from_config(transformer.config)  # the loaded config is the authority
     run.check_requirements()
-    run.hook.cogvx_transformer_loaded(transformer=transformer, args=run.args)
-    install_forward_hooks(transformer, run.hook, run.model)
+    run.hook.cogvx_transformer_loaded(transformer=transformer, args=run.args, run=run.context)
+    install_forward_hooks(transformer, run.hook, run.model, run.context)
 
 
 def _rope_from_forward_hook(*args, **kwargs):
@@ -43,4 +43,4 @@ def _rope_from_forward_hook(*args, **kwargs):
 
 def _vae_loaded(run, vae) -> None:
     run.vae = vae
-    run.hook.cogvx_vae_loaded(vae=vae, args=run.args)
+    run.hook.cogvx_vae_loaded(vae=vae, args=run.args, run=run.context)

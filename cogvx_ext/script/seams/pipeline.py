@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from cogvx_ext.script.seams.kinds import FORWARD_HOOKS
+from cogvx_ext.script.seams.train_end import _after_lora_saved
 from cogvx_ext.script.zero3 import (
     fill_empty_lora,
     loading_whole,
@@ -46,6 +47,8 @@ class _PipelineProxy:
             give_umask_modes(directory, before, recursive=False)
             if "cogvx_lora_metadata" in self._run.chosen:
                 write_lora_metadata(self._run, directory)
+        if directory is not None:
+            _after_lora_saved(self._run, directory)
         return result
 
     def __getattr__(self, name):
@@ -84,9 +87,9 @@ def prepare_loaded_pipeline(run, pipe) -> None:
     if getattr(pipe, "_cogvx_ext_prepared", False):
         return
     install_forward_hooks(
-        pipe.transformer, run.hook, run.model or ModelInfo.from_config(pipe.transformer.config)
+        pipe.transformer, run.hook, run.model or ModelInfo.from_config(pipe.transformer.config), run.context
     )
-    run.hook.cogvx_pipeline_loaded(pipe=pipe, args=run.args)
+    run.hook.cogvx_pipeline_loaded(pipe=pipe, args=run.args, run=run.context)
     pipe._cogvx_ext_prepared = True
 
 
@@ -96,7 +99,7 @@ def write_lora_metadata(run, directory: str) -> None:
     from cogvx_ext.plugin.lora_record import METADATA_FILE
 
     settings: dict[str, Any] = {}
-    for part in run.hook.cogvx_lora_metadata(args=run.args):
+    for part in run.hook.cogvx_lora_metadata(args=run.args, run=run.context):
         settings.update(part or {})
     write_json_atomic(
         os.path.join(directory, METADATA_FILE),
@@ -134,7 +137,7 @@ def _wrap_log_validation(run, real_log_validation):
         if plugins_validate:
             prepare_loaded_pipeline(run, bound["pipe"])
             samples = run.dataset.samples if run.dataset is not None else None
-            run.hook.cogvx_validation_args(variants=variants, args=run.args, samples=samples)
+            run.hook.cogvx_validation_args(variants=variants, args=run.args, samples=samples, run=run.context)
         videos = []
         for pipeline_args in variants:
             videos.extend(_validate_one(run, real_log_validation, {**bound, "pipeline_args": pipeline_args}))

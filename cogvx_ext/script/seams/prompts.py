@@ -45,6 +45,7 @@ def _prompt_embeddings_seam(run, script_function):
             text_encoder=text_encoder,
             max_sequence_length=max_sequence_length,
             dtype=dtype,
+            run=run.context,
         )
         if not run.prompts_prepared:
             run.prompts_prepared = True

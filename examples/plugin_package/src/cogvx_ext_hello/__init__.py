@@ -1,6 +1,6 @@
 """An installable cogvx-ext plugin: a class, so each run gets its own instance and state."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class Hello:
