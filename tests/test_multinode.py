@@ -132,10 +132,11 @@ def assert_stopped_together(results, ended, mark: Path, where: str) -> None:
     assert ended - float(mark.read_text()) < 60  # a collective would wait for rank 1 until its timeout
 
 
-@pytest.mark.parametrize("where", ["probe", "load_pixels"])
+@pytest.mark.parametrize("where", ["probe", "load_pixels", "batch_sampler"])
 def test_a_failure_on_one_rank_stops_every_rank_within_seconds(tiny_models, t2v_trainer, tmp_path, where):
-    # Rank 1 fails while probing (before the ranks compare their plans) or decoding (before the
-    # latents are exchanged), and stays alive as a failed peer does under NCCL.
+    # Rank 1 fails while probing (before the ranks compare their plans), decoding (before the
+    # latents are exchanged) or making its batch sampler (before accelerator.prepare's collectives),
+    # and stays alive as a failed peer does under NCCL.
     roots = node_copies(tmp_path, MIXED[:3])
     mark = tmp_path / "failed_at"
 
