@@ -190,7 +190,7 @@ def test_cache_fill_tiles_the_encodes_that_would_not_fit_the_budget(tiny_models,
     )
     entries = list((tmp_path / "cache").rglob("*.safetensors"))
     fields = [json.loads(_metadata(path)["cogvx_ext.fields"]) for path in entries]
-    assert [f["vae"]["tiling"] for f in fields] == [True]
+    assert [f["vae"]["settings"]["use_tiling"] for f in fields] == [True]
     # The same budget finds the tiled entry; room for the whole encode makes (and finds) its own.
     code, out = fill("--bucket_memory_budget", str(budget))
     assert code == 0 and "1 already cached, 0 encoded" in out.out

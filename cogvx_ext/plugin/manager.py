@@ -424,18 +424,10 @@ def describe_installed() -> list[dict[str, Any]]:
             "value": ep.value,
             "version": ep.dist.version if ep.dist else "?",
         }
-        # Each plugin in a manager of its own, so that its flags and hooks are its alone.
-        pm = pluggy.PluginManager(hookspecs.PROJECT)
-        pm.add_hookspecs(hookspecs)
         try:
-            try:
-                plugin = ep.load()
-            except Exception as exc:
-                raise _import_failed(name, exc) from exc
-            register_plugin(pm, plugin, name)
-            check_hooks(pm)
+            pm = _alone(name, ep)  # its flags and hooks are its alone
             registered = pm.get_plugin(name)
-            row["purpose"] = _purpose(sys.modules.get(ep.module), plugin)
+            row["purpose"] = _purpose(sys.modules.get(ep.module), ep.load())
             row["hooks"] = sorted({caller.name for caller in _impls_of(pm, registered)})
             parser = argparse.ArgumentParser(add_help=False)
             pm.hook.cogvx_add_arguments(parser=parser)

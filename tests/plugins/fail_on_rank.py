@@ -1,5 +1,6 @@
 """Fails on purpose on one rank only: ``--fail_on_rank R --fail_in HOOK`` raises a plain exception
-(a bug, not a bad clip) in ``cogvx_probe``, ``cogvx_load_pixels`` or ``cogvx_encode_sample``.
+(a bug, not a bad clip) in ``cogvx_probe``, ``cogvx_load_pixels``, ``cogvx_encode_sample`` or
+``cogvx_batch_sampler``.
 
 ``--fail_linger SECONDS`` keeps the failed process alive that long after its failure (its exit
 waits for a thread), as the others see a failed rank under NCCL, which cannot tell that a peer
@@ -21,7 +22,9 @@ class FailOnRank:
     @hookimpl
     def cogvx_add_arguments(self, parser):
         parser.add_argument("--fail_on_rank", type=int, default=None)
-        parser.add_argument("--fail_in", default="load_pixels", choices=["probe", "load_pixels", "encode"])
+        parser.add_argument(
+            "--fail_in", default="load_pixels", choices=["probe", "load_pixels", "encode", "batch_sampler"]
+        )
         parser.add_argument("--fail_linger", type=float, default=0.0)
         parser.add_argument("--fail_mark", default=None)
 
@@ -51,3 +54,7 @@ class FailOnRank:
     @hookimpl(tryfirst=True)
     def cogvx_encode_sample(self, sample):
         self.fail("encode", sample.clip.path)
+
+    @hookimpl(tryfirst=True)
+    def cogvx_batch_sampler(self, samples):
+        self.fail("batch_sampler", samples[0].clip.path)

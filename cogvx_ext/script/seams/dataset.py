@@ -42,7 +42,7 @@ class ScriptDataset(torch.utils.data.Dataset):
             "video_column",
             "cache_dir",
         )
-        # A rank that fails from here to the first step says so on its way out (seams.main); the
+        # A rank that fails from here to the batch sampler says so on its way out (seams.main); the
         # others stop at their next meeting point or within a moment in the long loops.
         sync = run.rank_sync = RankSync()
         entries, skipped = read_script_data(
