@@ -89,10 +89,7 @@ def copy_sources(tmp_path: Path) -> Path:
             "hook cogvx_probe must be in exactly one",
         ),
         (
-            lambda root: (
-                edit(root / hookdoc.TEMPLATE, "cogvx_clips_skipped (", "("),
-                edit(root / hookdoc.TEMPLATE, "cogvx_clips_skipped, ", ""),
-            ),
+            lambda root: edit(root / hookdoc.TEMPLATE, "cogvx_clips_skipped (", "(", count=2),
             "the timeline does not name cogvx_clips_skipped",
         ),
         (
