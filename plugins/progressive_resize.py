@@ -38,6 +38,7 @@ from cogvx_ext.api import (
     STAGE_TAG,
     LatentShape,
     ModelInfo,
+    RunContext,
     Sample,
     SamplerResume,
     ShapeRow,
@@ -383,7 +384,7 @@ class ProgressiveResize:
             self._tokens = model.tokens(latent_shape)
 
     @hookimpl
-    def cogvx_step_end(self, step: int, logs: dict[str, Any], accelerator: Any) -> None:
+    def cogvx_step_end(self, step: int, logs: dict[str, Any], accelerator: Any, run: RunContext) -> None:
         """Logs ``stage`` and ``tokens_per_sample``, announces stage changes, re-warms the learning rate."""
         self.resume.last_step = int(step)
         if not self.stages:
@@ -401,9 +402,9 @@ class ProgressiveResize:
         if not self._rewarm_installed:
             self._rewarm_installed = True
             if any(s.warmup_steps for s in self.stages):
-                self._install_rewarm(accelerator)
+                self._install_rewarm(accelerator, run.lr_schedulers)
 
-    def _install_rewarm(self, accelerator: Any) -> None:
+    def _install_rewarm(self, accelerator: Any, lr_schedulers: list[Any]) -> None:
         """Multiply the script's learning-rate schedule by each stage's re-warm-up factor.
 
         The diffusers scripts' schedulers (``get_scheduler``) are ``LambdaLR``s stepped
@@ -413,7 +414,7 @@ class ProgressiveResize:
         """
         stages = self.stages
         per_step = 1 if getattr(accelerator, "split_batches", False) else max(1, accelerator.num_processes)
-        for prepared in getattr(accelerator, "_schedulers", None) or ():
+        for prepared in lr_schedulers:
             scheduler = getattr(prepared, "scheduler", prepared)
             functions = getattr(scheduler, "lr_lambdas", None)
             if functions is None:

@@ -19,6 +19,7 @@ from cogvx_ext.cli.plan.report import build_report
 from cogvx_ext.cli.plan.text import format_report
 from cogvx_ext.cli.plan.to_json import report_to_json
 from cogvx_ext.data.clips import Clip, ListingEntry, Sample, Target, VideoInfo, stage_at
+from cogvx_ext.data.context import RunContext
 from cogvx_ext.data.planning import plan_samples
 from cogvx_ext.data.stages import StagedBatchSampler
 from cogvx_ext.data.video import probe
@@ -220,7 +221,7 @@ def run_loop(
             if end:
                 micro = 0
             for pm, _ in ranks:
-                pm.hook.cogvx_step_end(step=global_step, logs={}, accelerator=None)
+                pm.hook.cogvx_step_end(step=global_step, logs={}, accelerator=None, run=trained_with())
             if global_step >= max_steps:
                 return trained, None
     return trained, None
@@ -331,11 +332,17 @@ def test_stage_batch_sizes_and_token_budgets():
 
 
 class FakeAccelerator:
-    def __init__(self, scheduler, sync=True):
-        self._schedulers = [scheduler]
+    def __init__(self, sync=True):
         self.num_processes = 1
         self.sync_gradients = sync
         self.is_local_main_process = True
+
+
+def trained_with(*lr_schedulers):
+    """A training run's context after ``accelerator.prepare`` (the adapter notes the schedulers)."""
+    run = RunContext("train", num_processes=1, process_index=0)
+    run.lr_schedulers.extend(lr_schedulers)
+    return run
 
 
 def test_step_end_logs_the_stage_and_tokens(capsys):
@@ -343,9 +350,9 @@ def test_step_end_logs_the_stage_and_tokens(capsys):
     pm, args = configured(["--progressive_stages", "160x96:0,256x144:3"], plugin)
     pm.hook.cogvx_transformer_forward(transformer=None, inputs={}, latent_shape=(3, 12, 20), model=V10)
     logs = {}
-    pm.hook.cogvx_step_end(step=3, logs=logs, accelerator=FakeAccelerator(None, sync=True))
+    pm.hook.cogvx_step_end(step=3, logs=logs, accelerator=FakeAccelerator(sync=True), run=trained_with())
     assert logs == {"stage": 0, "tokens_per_sample": 3 * 6 * 10}  # the update that made step 3 was in stage 0
-    pm.hook.cogvx_step_end(step=3, logs=logs, accelerator=FakeAccelerator(None, sync=False))
+    pm.hook.cogvx_step_end(step=3, logs=logs, accelerator=FakeAccelerator(sync=False), run=trained_with())
     assert logs["stage"] == 1  # a micro-batch towards update 3
     assert "stage 1 (256x144) from optimizer step 3" in capsys.readouterr().err
 
@@ -364,7 +371,7 @@ def test_rewarm_multiplies_the_script_schedule_per_optimizer_step():
     for step in range(1, 12):  # the script: optimizer step, scheduler step, global_step += 1, log
         optimizer.step()
         scheduler.step()
-        pm.hook.cogvx_step_end(step=step, logs={}, accelerator=FakeAccelerator(scheduler))
+        pm.hook.cogvx_step_end(step=step, logs={}, accelerator=FakeAccelerator(), run=trained_with(scheduler))
         rates.append(optimizer.param_groups[0]["lr"])
     base = [min((k) / 2, 1) * (20 - k) / 18 if k >= 2 else k / 2 for k in range(12)]
     expected = [b * rewarm_factor(stages, k) for k, b in enumerate(base)]
@@ -388,7 +395,9 @@ def test_rewarm_survives_a_resume_inside_the_warm_up():
             rates.append(optimizer.param_groups[0]["lr"])  # the rate of update `step - 1` (0-based)
             optimizer.step()
             scheduler.step()
-            pm.hook.cogvx_step_end(step=step, logs={}, accelerator=FakeAccelerator(scheduler))
+            pm.hook.cogvx_step_end(
+                step=step, logs={}, accelerator=FakeAccelerator(), run=trained_with(scheduler)
+            )
         return rates
 
     whole = steps(*fresh(), 1, 12)

@@ -33,6 +33,9 @@ class RunContext:
     :ivar num_processes: the run's processes (training: the launcher's, then the accelerator's;
         ``cogvx-ext plan``: its ``--num_processes``).
     :ivar process_index: this process's rank among them (0 on the main process).
+    :ivar lr_schedulers: training only: the learning-rate schedulers the script handed to
+        ``accelerator.prepare``, as prepared (each an accelerate ``AcceleratedScheduler`` whose
+        ``scheduler`` is the script's ``torch.optim.lr_scheduler.LRScheduler``); empty before then.
     :ivar stash: a dict for plugins' per-run data; key it by something of your own (your
         plugin's name, or an object you made). A module plugin has no instance per run: this is
         where its per-run state belongs.
@@ -55,6 +58,7 @@ class RunContext:
         # What torchrun and accelerate launch tell every process; the accelerator confirms it later.
         self.num_processes = int(os.environ.get("WORLD_SIZE", 1) if num_processes is None else num_processes)
         self.process_index = int(os.environ.get("RANK", 0) if process_index is None else process_index)
+        self.lr_schedulers: list[Any] = []
         self.stash: dict[Any, Any] = {}
         self._stages = stages
 

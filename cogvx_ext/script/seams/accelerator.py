@@ -35,6 +35,7 @@ def _accelerator_factory(run, real_accelerator):
             accelerator.register_load_state_pre_hook(functools.partial(_load_plugin_state, run))
         accelerator.save_state = _save_state_with_umask_modes(accelerator.save_state)
         _hand_state_hooks_unwrapped_models(accelerator)  # the script's hooks, registered after ours
+        _note_prepared_lr_schedulers(run, accelerator)
         if zero3_plugin(accelerator) is not None:
             _on_every_logged_step(accelerator, functools.partial(_snapshot_lora_after_last_step, run))
         if "cogvx_step_end" in run.chosen:
@@ -46,6 +47,27 @@ def _accelerator_factory(run, real_accelerator):
         return accelerator
 
     return make_accelerator
+
+
+def _note_prepared_lr_schedulers(run, accelerator) -> None:
+    """Hand plugins the script's learning-rate schedulers as prepared (``run.lr_schedulers``).
+
+    Plugins that shape the rate (progressive_resize's re-warm-up) would otherwise reach for
+    accelerate's private ``accelerator._schedulers``.
+    """
+    real_prepare = accelerator.prepare
+
+    @functools.wraps(real_prepare)
+    def prepare(*args, **kwargs):
+        import torch  # the script has imported it long before
+
+        prepared = real_prepare(*args, **kwargs)
+        for thing in prepared if isinstance(prepared, tuple) else (prepared,):
+            if isinstance(getattr(thing, "scheduler", thing), torch.optim.lr_scheduler.LRScheduler):
+                run.context.lr_schedulers.append(thing)
+        return prepared
+
+    accelerator.prepare = prepare
 
 
 def _hand_state_hooks_unwrapped_models(accelerator) -> None:
