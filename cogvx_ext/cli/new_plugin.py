@@ -2,7 +2,7 @@
 
 It installs with ``pip install DIR``, its test passes with ``pytest DIR`` (a tiny random model
 trained for two steps on the minimal trainer, offline, on the CPU), and ``--plugins NAME`` loads
-it. The plugin imports only ``cogvx_ext``'s public names; the test only ``cogvx_ext.testing``.
+it. The plugin imports only ``cogvx_ext.api`` (the public API); the test only ``cogvx_ext.testing``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ testpaths = ["tests"]
 PLUGIN = '''\
 """{name}: a cogvx-ext plugin. Say here in one line what it does (`cogvx-ext plugins` shows it)."""
 
-from cogvx_ext import hookimpl
+from cogvx_ext.api import hookimpl
 
 
 class {cls}:

@@ -4,6 +4,8 @@ It calls ``main(get_args())``, the form where Python fetches ``main`` before the
 
 import argparse
 import json
+import os
+import sys
 
 
 class VideoDataset:
@@ -22,7 +24,10 @@ def get_args():
 def main(args):
     if args.fail:
         raise RuntimeError("echo trainer failing on purpose")
-    print(json.dumps({"args": vars(args)}, default=str))
+    # One write of the whole line: ranks share the pipe, and an unbuffered print() writes the text
+    # and its newline apart, so two ranks' lines could run together.
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (json.dumps({"args": vars(args)}, default=str) + "\n").encode())
 
 
 if __name__ == "__main__":
