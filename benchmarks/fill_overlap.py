@@ -22,8 +22,9 @@ What is measured (issue 24)
                  one encodes (``cogvx_ext.data.decode_ahead``).
 
     Goals: overlap within 1.2x of the slower of decode and encode; its peak RSS flat from 6 to 24
-    clips (within 10 %) and within one decoded sample of sequential's. Times are medians over
-    ``--repeats`` processes, the sides interleaved; peaks are the largest seen.
+    clips (within 10 %) and within one decoded sample of sequential's. Times are the minimum over
+    ``--repeats`` processes (the median is in the JSON), the sides interleaved; peaks are the
+    largest seen.
 
 The VAE: ``--vae tiny`` is ``cogvx_ext.testing``'s (the released architecture: four blocks, 8x
 in space, 4x in time, frame batches and causal caches; 8 channels), ``--vae released`` the
@@ -220,7 +221,9 @@ def measure(side: str, root: Path, listing: tuple[str, str], opts) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     out = {
-        "wall_s": statistics.median(r["wall_s"] for r in runs),
+        # The least disturbed run: on a shared machine other jobs only ever add time.
+        "wall_s": min(r["wall_s"] for r in runs),
+        "wall_median_s": statistics.median(r["wall_s"] for r in runs),
         "wall_all_s": [round(r["wall_s"], 2) for r in runs],
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "growth_mb": max(r["peak_rss_mb"] - r["baseline_rss_mb"] for r in runs),
@@ -233,37 +236,36 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _row(metric, ours, other, against, goal="", met=None) -> dict:
+    # The rows of benchmarks/run_all.py's table.
+    ratio = None if not other else ours / other
+    return {"metric": metric, "ours": ours, "stock": other, "ratio": ratio, "goal": goal, "met": met,
+            "against": against}  # fmt: skip
+
+
 def build_report(results: dict[int, dict[str, dict]], opts) -> dict:
     rows = []
     counts = sorted(results)
     for n in counts:
         r = results[n]
-        slower = max(r["decode"]["wall_s"], r["encode"]["wall_s"])
-        ratio = r["overlap"]["wall_s"] / slower
-        rows.append(
-            {"metric": f"fill time, {n} clips: overlap / slower of decode and encode", "value": ratio,
-             "goal": "<= 1.2", "met": ratio <= 1.2}
-        )  # fmt: skip
-        rows.append(
-            {"metric": f"fill time, {n} clips: sequential / slower of decode and encode",
-             "value": r["sequential"]["wall_s"] / slower, "goal": "", "met": None}
-        )  # fmt: skip
-        rows.append(
-            {"metric": f"fill time, {n} clips: decode time hidden, (sequential - overlap) / decode",
-             "value": (r["sequential"]["wall_s"] - r["overlap"]["wall_s"]) / r["decode"]["wall_s"], "goal": "",
-             "met": None}
-        )  # fmt: skip
-        extra = r["overlap"]["peak_rss_mb"] - r["sequential"]["peak_rss_mb"]
-        rows.append(
-            {"metric": f"peak RSS, {n} clips: overlap - sequential (MB; one sample's pixels: "
-             f"{r['overlap']['largest_sample_mb']:.0f} MB)", "value": extra, "goal": "", "met": None}
-        )  # fmt: skip
+        slower = max(("decode", "encode"), key=lambda side: r[side]["wall_s"])
+        overlap, sequential, decode = r["overlap"]["wall_s"], r["sequential"]["wall_s"], r["decode"]["wall_s"]
+        limit = r[slower]["wall_s"]
+        rows += [
+            _row(f"fill, {n} clips, overlap (s)", overlap, limit, f"{slower}-only", "<= 1.2x",
+                 overlap <= 1.2 * limit),
+            _row(f"fill, {n} clips, sequential (s)", sequential, limit, f"{slower}-only"),
+            _row(f"fill, {n} clips, overlap (s)", overlap, sequential, "sequential"),
+            _row(f"fill, {n} clips, decode time hidden (s)", sequential - overlap, decode, "decode-only"),
+            _row(f"fill, {n} clips, peak RSS (MB)", r["overlap"]["peak_rss_mb"], r["sequential"]["peak_rss_mb"],
+                 "sequential", f"+ <= {r['overlap']['largest_sample_mb']:.0f} MB (1 sample)"),
+        ]  # fmt: skip
     if len(counts) > 1:
         low, high = counts[0], counts[-1]
-        flat = results[high]["overlap"]["peak_rss_mb"] / results[low]["overlap"]["peak_rss_mb"]
+        peak_high, peak_low = results[high]["overlap"]["peak_rss_mb"], results[low]["overlap"]["peak_rss_mb"]
         rows.append(
-            {"metric": f"overlap peak RSS, {high} vs {low} clips", "value": flat, "goal": "<= 1.10",
-             "met": flat <= 1.10}
+            _row(f"fill, overlap peak RSS, {high} clips (MB)", peak_high, peak_low, f"{low} clips", "<= 1.10x",
+                 peak_high <= 1.10 * peak_low)
         )  # fmt: skip
     return {
         "settings": {
@@ -294,8 +296,10 @@ def print_report(report: dict) -> None:
             )
     for row in report["summary"]:
         met = "" if row["met"] is None else ("  met" if row["met"] else "  NOT MET")
+        goal = f"  (goal {row['goal']})" if row["goal"] else ""
         print(
-            f"  {row['metric']}: {row['value']:.2f}{'  (goal ' + row['goal'] + ')' if row['goal'] else ''}{met}"
+            f"  {row['metric']}: {row['ours']:.2f} against {row['stock']:.2f} {row['against']}: "
+            f"{row['ratio']:.2f}x{goal}{met}"
         )
 
 
