@@ -8,6 +8,8 @@ this script only collects their JSON and puts the rows side by side:
 * ``step_overhead.py`` per-step time with ``aspect_bucket,rope_rescale`` against stock
 * ``launch.py``        launch-to-first-step with the latent cache, cold against warm (if present)
 * ``gpu_memory.py``    real-size 5b memory and step time (only where CUDA is available)
+* ``fill_overlap.py``  filling the latent cache against decode-only and encode-only times; with
+                       CUDA the GPU check (the released VAE in bf16 at 1024x576x49)
 
     python benchmarks/run_all.py [--skip dataset_prep,step_overhead] [--quick] [--json] [--out FILE]
 
@@ -27,7 +29,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("startup", "dataset_prep", "step_overhead", "launch", "gpu_memory")
+NAMES = ("startup", "dataset_prep", "step_overhead", "launch", "gpu_memory", "fill_overlap")
+# fill_overlap on a GPU machine: the released VAE on the device, the decoding on the CPU cores.
+FILL_OVERLAP_GPU = ["--device", "cuda", "--vae", "released", "--dtype", "bf16", "--size", "1024x576",
+                    "--frames", "49", "--fps", "30", "--threads", "8"]  # fmt: skip
 
 
 def command_for(name: str, opts) -> list[str] | None:
@@ -53,6 +58,11 @@ def command_for(name: str, opts) -> list[str] | None:
             command += ["--rounds", "2", "--steps", "20"]
     if name == "launch" and opts.trainer:
         command += ["--trainer", opts.trainer]
+    if name == "fill_overlap":
+        if has_cuda():
+            command += FILL_OVERLAP_GPU
+        if opts.quick:
+            command += ["--counts", "6", "--repeats", "1"]
     return command
 
 

@@ -664,6 +664,48 @@ def test_a_second_training_launch_decodes_and_encodes_nothing(
     assert decoded(decodes) == []
 
 
+@pytest.mark.slow
+def test_a_launch_that_decodes_ahead_fills_the_cache_as_one_at_a_time(
+    tmp_path, model_dir, t2v_trainer, train
+):
+    # The next clip decodes in a thread while this one encodes (cogvx_ext.data.decode_ahead):
+    # the same entries, bit for bit, as COGVX_EXT_DECODE_AHEAD=0 (decoding in the loop).
+    from safetensors.torch import load_file
+
+    root = write_dataset(tmp_path / "data", CLIPS)
+    threads = tmp_path / "threads.py"
+    threads.write_text(
+        "import os, threading\n"
+        "from cogvx_ext import hookimpl\n"
+        "@hookimpl(wrapper=True)\n"
+        "def cogvx_load_pixels(sample):\n"
+        "    pixels = yield\n"
+        f"    with open(os.environ['{DECODES_ENV}'], 'a', encoding='utf-8') as f:\n"
+        "        f.write(threading.current_thread().name + '\\n')\n"
+        "    return pixels\n"
+    )
+    seen = {}
+    for mode in ("0", "1"):
+        args = [
+            "--pretrained_model_name_or_path", model_dir,
+            *cache_flags(root, tmp_path / f"cache_{mode}"),
+            "--train_batch_size", "1", "--max_train_steps", "1", "--rank", "4", "--lora_alpha", "4",
+            "--output_dir", tmp_path / f"out_{mode}",
+            "--plugins", f"aspect_bucket,rope_rescale,latent_cache,{threads}",
+        ]  # fmt: skip
+        decodes = tmp_path / f"threads_{mode}.txt"
+        result = train(t2v_trainer, args, env={DECODES_ENV: str(decodes), "COGVX_EXT_DECODE_AHEAD": mode})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "latent_cache: 0 sample(s) read from the cache, 3 encoded" in result.stdout + result.stderr
+        seen[mode] = set(decoded(decodes))
+    assert seen == {"0": {"MainThread"}, "1": {"cogvx-ext decode ahead"}}
+    entries = {mode: sorted((tmp_path / f"cache_{mode}").glob("??/*.safetensors")) for mode in ("0", "1")}
+    assert len(entries["1"]) == 3 and [p.name for p in entries["0"]] == [p.name for p in entries["1"]]
+    for one_at_a_time, ahead in zip(entries["0"], entries["1"]):
+        a, b = load_file(one_at_a_time), load_file(ahead)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---- prompt embeddings ---------------------------------------------------------------------------
 
 

@@ -70,6 +70,7 @@ def fill(argv: list[str]) -> int:
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
+    from cogvx_ext.data.decode_ahead import DecodeAhead
     from cogvx_ext.data.planning import plan_samples, report_skipped
     from cogvx_ext.data.ranks import RankSync
     from cogvx_ext.script.data_formats import read_script_data
@@ -122,7 +123,7 @@ def fill(argv: list[str]) -> int:
             report_skipped(skipped + more_skipped)
         mine = samples[rank::world]
         failed = 0
-        with torch.no_grad():
+        with torch.no_grad(), DecodeAhead(run.hook, mine, args, run.context):
             bar = tqdm(mine, desc="cogvx-ext cache fill", disable=not main, unit="sample")
             for sample in bar:
                 sync.poll()

@@ -1,5 +1,6 @@
 """Encoding that streams: one clip decoded, straight to its target size, encoded and dropped before
-the next, so peak memory does not grow with the number of clips. Each rank encodes its share and
+the next, so peak memory does not grow with the number of clips (the next clip is decoded while
+this one encodes: cogvx_ext.data.decode_ahead). Each rank encodes its share and
 the posteriors are then exchanged with their real shapes (the stock T2V script's exchange assumes
 one shape for all clips). Posteriors are kept on the CPU as one tensor each (mean and
 log-variance): the stock script keeps every ``DiagonalGaussianDistribution`` (four tensors) on the
@@ -14,6 +15,7 @@ import torch
 from cogvx_ext.base.errors import SkipClip
 from cogvx_ext.data.clips import Sample, Skipped
 from cogvx_ext.data.context import RunContext
+from cogvx_ext.data.decode_ahead import DecodeAhead
 from cogvx_ext.data.ranks import RankSync
 
 
@@ -78,7 +80,7 @@ def encode_samples(
     results: list[Any] = [None] * len(samples)
     failed: list[Skipped] = []
     mine = range(rank, len(samples), world)
-    with torch.no_grad():
+    with torch.no_grad(), DecodeAhead(hook, [samples[i] for i in mine], run.args, run):
         for i in tqdm(mine, desc="cogvx-ext: decoding and encoding clips", disable=not progress):
             if sync is not None:
                 sync.poll()

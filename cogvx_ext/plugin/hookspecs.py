@@ -309,6 +309,13 @@ def cogvx_load_pixels(sample: Sample, args: argparse.Namespace, run: RunContext)
     answer ``cogvx_probe`` too (the default probe rejects what is not a video). Stops at first
     non-None result.
 
+    Called in a thread of its own, one call at a time in the encoding order, while the sample
+    before is VAE-encoded (``cogvx_ext.data.decode_ahead``; an exception is raised in the encoding
+    loop, as if called there): depend only on the arguments, not on state another hook set for the
+    current sample, and draw no random numbers from torch's global generator (seed a
+    ``torch.Generator`` of your own from the sample). ``COGVX_EXT_DECODE_AHEAD=0`` calls it in the
+    encoding loop instead.
+
     :param sample: a ``Sample`` (``clip``, ``target``).
     :param args: the parsed arguments.
     :param run: the run's context (``cogvx_ext.api.RunContext``).

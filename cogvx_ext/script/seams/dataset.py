@@ -177,7 +177,10 @@ class ScriptEncoding:
 
     @hookimpl(trylast=True)
     def cogvx_encode_sample(self, sample, vae, kind, args, run):
-        pixels = self.run.hook.cogvx_load_pixels(sample=sample, args=args, run=run)
+        from cogvx_ext.data.decode_ahead import load_pixels
+
+        # Decoded while the sample before was encoding, when the encoding loop decodes ahead.
+        pixels = load_pixels(self.run.hook, sample, args, run)
         video = pixels.to(vae.device, dtype=vae.dtype).unsqueeze(0).permute(0, 2, 1, 3, 4)  # [B, C, F, H, W]
         latent_dist = vae.encode(video).latent_dist
         if kind != "i2v":
