@@ -216,6 +216,13 @@ def test_plan_log_record_and_pipeline_show_the_shift(tmp_path, tiny_models, t2v_
     assert pipe.scheduler.current_shift == pytest.approx(
         expected_shift(model, (3, 22, 40), 1.0)
     )  # 660 tokens
+    # cogvx-ext generate says the shift it denoises with.
+    generated = command(
+        "generate", "--model", model_dir, "--lora", out, "--size", "320x176", "--frames", 9, "--steps", 1,
+        "--prompt", "a test", "--out", tmp_path / "generated.mp4",
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert "cogvx-ext: generating 320x176, 9 frames, 1 steps on cpu (5b), SNR shift 1.47" in generated.stderr
 
 
 def model_dir_text_tokens(pipe) -> int:
