@@ -414,6 +414,9 @@ def _(runs):
     assert trained and {str(shape) for shape in trained} <= set(printed)
     for shape in trained:  # the 5b's own shift is 1.0, its native size 17,550 tokens
         assert printed[str(shape)] == pytest.approx((model.tokens(shape) / 17550) ** 0.5, abs=1e-4)
+    # Validation denoised with the shift of its own shape too (printed by cogvx_transformer_forward's example).
+    validated = set(re.findall(r"^generating at (\(\d+, \d+, \d+\))$", runs.general.stdout, flags=re.M))
+    assert validated and validated <= set(printed)
 
 
 def logged(runs, key: str) -> list:
