@@ -14,7 +14,8 @@
 The training run wrote ``cogvx_ext.json`` next to the LoRA weights: the plugins of the run and
 the settings they recorded (``cogvx_lora_metadata``). The pipeline gets the same plugins, with
 those settings as their ``args``, through the hooks that act on a pipeline: the forward hooks
-(rotary embedding, 1.5 frame padding) and ``cogvx_pipeline_loaded`` (the learned table).
+(rotary embedding, 1.5 frame padding), ``cogvx_pipeline_loaded`` (the learned table) and
+``cogvx_snr_shift`` (the scheduler denoises with the SNR shift of the size asked for).
 """
 
 from cogvx_ext.data.video_writer import write_video

@@ -141,7 +141,7 @@ class Runs:
         "first_plugin.py", "cogvx_add_arguments", "cogvx_configure", "cogvx_memory_check",
         "cogvx_accelerator_ready", "cogvx_transformer_loaded", "cogvx_vae_loaded", "cogvx_encode_sample",
         "cogvx_batch_sampler", "cogvx_prompt_embeddings", "cogvx_transformer_forward",
-        "cogvx_rotary_embedding", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
+        "cogvx_rotary_embedding", "cogvx_snr_shift", "cogvx_transformer_output", "cogvx_step_end", "cogvx_state_dict",
         "cogvx_pipeline_loaded", "cogvx_validation_args", "cogvx_lora_metadata", "cogvx_training_settings",
         "cogvx_train_end",
     ]  # fmt: skip
@@ -399,6 +399,24 @@ def _(runs):
 def _(runs):
     outputs = [e for e in runs.events(3) if e["event"] == "transformer_output"]
     assert outputs and all(e["rope_equals_pipeline"] is False for e in outputs)
+
+
+@check("cogvx_snr_shift")
+def _(runs):
+    from cogvx_ext.model.facts import ModelInfo
+
+    model = ModelInfo.from_pretrained(str(runs.model))
+    printed = {shape: float(value) for value, shape in re.findall(
+        r"^SNR shift (\d+\.\d+) at (\(\d+, \d+, \d+\))$", runs.general.stdout, flags=re.M)}  # fmt: skip
+    trained = {
+        tuple(e["latent_shape"]) for e in runs.events(3) if e["event"] == "transformer_forward" and e["grad"]
+    }
+    assert trained and {str(shape) for shape in trained} <= set(printed)
+    for shape in trained:  # the 5b's own shift is 1.0, its native size 17,550 tokens
+        assert printed[str(shape)] == pytest.approx((model.tokens(shape) / 17550) ** 0.5, abs=1e-4)
+    # Validation denoised with the shift of its own shape too (printed by cogvx_transformer_forward's example).
+    validated = set(re.findall(r"^generating at (\(\d+, \d+, \d+\))$", runs.general.stdout, flags=re.M))
+    assert validated and validated <= set(printed)
 
 
 def logged(runs, key: str) -> list:

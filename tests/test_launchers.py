@@ -29,7 +29,8 @@ LAUNCHERS = {
 }  # fmt: skip
 UNKNOWN_PLUGIN = (
     "cogvx-ext: unknown plugin 'nosuchplugin': installed plugins: aspect_bucket, latent_cache, multi_scale, "
-    "posemb_adapt, progressive_resize, rope_rescale (a dotted module path or a path to a .py file also works)"
+    "posemb_adapt, progressive_resize, rope_rescale, snr_shift (a dotted module path or a path to a .py file also "
+    "works)"
 )
 
 

@@ -115,7 +115,7 @@ def test_blocked_name_is_not_loaded(pm):
         (
             "nosuchplugin",
             "unknown plugin 'nosuchplugin': installed plugins: aspect_bucket, latent_cache, multi_scale, posemb_adapt, "
-            "progressive_resize, rope_rescale",
+            "progressive_resize, rope_rescale, snr_shift",
         ),
         ("rope_rescal", "unknown plugin 'rope_rescal': did you mean 'rope_rescale'?"),
         ("no_such_pkg.mod", "unknown plugin 'no_such_pkg.mod'"),

@@ -95,6 +95,7 @@ def test_every_builtin_plugin_loads_from_the_installed_package():
         "latent_cache",
         "progressive_resize",
         "multi_scale",
+        "snr_shift",
     ):
         assert name in result.stdout
 

@@ -33,36 +33,48 @@ def quality():
     return _load("run")
 
 
-def test_smoke_run_writes_every_arm_and_aspect(tmp_path, quality):
-    """Data, model, three trainings through the trainer, evaluation, results.json and the plot:
-    one optimizer step each, so it measures nothing but keeps the whole path working."""
+def test_smoke_run_writes_every_arm_seed_and_aspect(tmp_path, quality):
+    """Data, model, four trainings per seed through the trainer, evaluation, results.json and the
+    plot: one optimizer step each, so it measures nothing but keeps the whole path working; a
+    rerun with the same --out reuses every (seed, arm)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COGVX_EXT")}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     out = tmp_path / "quality"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARK / "run.py"), "--out", str(out), "--preset", "smoke", "--threads", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, str(BENCHMARK / "run.py"), "--out", str(out), "--preset", "smoke",
+               "--threads", "1", "--arms", "a,b,c,d", "--seeds", "0,1"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"untrained", "a", "b", "c"}
-    for arm, per_aspect in results["arms"].items():
-        assert set(per_aspect) == {"16:9", "9:16", "4:3", "1:1"}, arm
-        for aspect, entry in per_aspect.items():
-            for key in ("loss", "edge_loss"):
-                low, high = entry[f"{key}_ci95"]
-                assert math.isfinite(entry[key]) and low <= entry[key] <= high, (arm, aspect, key)
+    assert results["seeds"] == [0, 1] and set(results["per_seed"]) == {"0", "1"}
+    for summary in (results, *results["per_seed"].values()):
+        assert set(summary["arms"]) == {"untrained", "a", "b", "c", "d"}
+        for arm, per_aspect in summary["arms"].items():
+            assert set(per_aspect) == {"16:9", "9:16", "4:3", "1:1"}, arm
+            for aspect, entry in per_aspect.items():
+                for key in ("loss", "edge_loss", "own_loss"):
+                    low, high = entry[f"{key}_ci95"]
+                    assert math.isfinite(entry[key]) and low <= entry[key] <= high, (arm, aspect, key)
+        assert set(summary["paired"]) == {"b-a", "c-a", "b-c", "d-b", "d-a"}
+        assert "loss_ci95" in summary["paired"]["d-b"]["9:16"]
+        assert set(summary["sampling"]["d"]) == set(quality.SAMPLE_SIZES)
     # Each trained arm's LoRA reached the evaluated transformer: its losses differ from the untrained model's.
-    for arm in ("a", "b", "c"):
+    for arm in ("a", "b", "c", "d"):
         assert results["arms"][arm]["16:9"]["loss"] != results["arms"]["untrained"]["16:9"]["loss"], arm
-    assert set(results["paired"]) == {"b-a", "c-a", "b-c"}
-    # Arm a ran the stock data path (no plugins); b and c trained at the buckets.
-    assert "--plugins" not in (out / "arms" / "a" / "train.log").read_text().splitlines()[0]
-    assert (out / "arms" / "b" / "cogvx_ext.json").is_file()
+    # Arm d is scored under its own schedule too (the shift of each clip's size), the others not.
+    assert results["arms"]["d"]["1:1"]["own_loss"] != results["arms"]["d"]["1:1"]["loss"]
+    assert results["arms"]["b"]["1:1"]["own_loss"] == results["arms"]["b"]["1:1"]["loss"]
+    assert results["sampling"]["d"]["160x160"]["snr_shift"] == pytest.approx(300 / 450)
+    # Arm a ran the stock data path (no plugins); b, c and d trained at the buckets, d with the shift.
+    arms = out / "seed0" / "arms"
+    assert "--plugins" not in (arms / "a" / "train.log").read_text().splitlines()[0]
+    assert (arms / "b" / "cogvx_ext.json").is_file()
+    assert json.loads((arms / "d" / "cogvx_ext.json").read_text())["settings"]["snr_shifts"]
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A rerun trains and evaluates nothing again.
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "): training" not in again.stdout, again.stdout[-3000:]
+    assert again.stdout.count("reused") == 10
+    assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 One command::
 
-    python benchmarks/quality/run.py --out DIR [--quick] [--threads 1] [--seed 0] [--trainer SCRIPT]
+    python benchmarks/quality/run.py --out DIR [--quick] [--arms a,b,c,d] [--seeds 0,1,2] [--threads 1]
+        [--trainer SCRIPT]
 
 What it does (seeded; every arm gets the same clips, model, steps, batch size, learning rate and
 seed):
@@ -30,13 +31,27 @@ seed):
    * ``c`` buckets with the stock RoPE: ``--plugins aspect_bucket,benchmarks/quality/stock_rope.py``
      (the stock grid's position region stretched over each batch; see that file for why this is
      what naive bucketing amounts to).
+   * ``d`` ``--plugins aspect_bucket,rope_rescale,snr_shift --snr_shift_reference 240x160x9``: arm
+     b with each bucket's SNR shift from its token count, relative to the stock arm's size (as
+     the released 5b's is relative to 720x480x49): 0.96 at 16:9 and 9:16, 0.72 at 4:3, 0.67 at 1:1.
+
+   Every seed of ``--seeds`` gets its own clips, model and training; each (seed, arm) is saved
+   under ``DIR/seed<N>/`` when it finishes, and a rerun with the same ``--out`` reuses what is
+   there (a stopped run goes on where it stopped).
 4. **Evaluation** at each held-out clip's own size, RoPE from the pipeline
    (``CogVideoXPipeline._prepare_rotary_positional_embeddings``), LoRA loaded into the pipeline
    with ``load_lora_weights``: the training loss (v-prediction turned into a clean-sample
    estimate, weighted 1 / (1 - alpha_bar), as the script) over a fixed grid of timesteps and
    noise seeds, the same for every arm; also over the edge region only (latent cells outside the
    window a stock 3:2 centre crop keeps). Per aspect: the mean over clips, a bootstrap 95 %
-   interval (clips resampled), and the paired difference between arms with its interval.
+   interval (clips resampled; over several seeds, seeds and then clips resampled), and the paired
+   difference between arms with its interval. ``own_loss`` is the same loss under each arm's own
+   training noise schedule (for arm d the shift of the clip's size; for a, b, c the model's own).
+   **Sampling**: each arm's pipeline (arm d through ``prepare_pipeline``, so the shift follows the
+   size) generates latents for held-out prompts at the trained sizes and at 16:9 below and above
+   them (192x112, 320x176), 9 frames, no guidance; the statistic is the squared 2-Wasserstein
+   distance between generated and held-out latents per channel taken as Gaussians
+   (benchmarks/README.md says why).
    The untrained model (LoRA off) is reported as a reference, and arm b is probed with one input
    changed (another clip's prompt, no RoPE, arm c's positions) to show what the model uses.
 
@@ -67,6 +82,24 @@ ARMS = {
     "a": "stock: one 240x160 centre crop, RoPE from --height/--width",
     "b": "aspect_bucket,rope_rescale",
     "c": "aspect_bucket + stock RoPE (stretched)",
+    "d": "aspect_bucket,rope_rescale,snr_shift",
+}
+# Arm d's reference size: the stock arm's, as 720x480x49 is the released 5b's (3x10x15 = 450
+# tokens; the buckets have 300 to 432, so their shifts are 0.67 to 0.96).
+SNR_REFERENCE = f"{STOCK_SIZE[0]}x{STOCK_SIZE[1]}x{FRAMES}"
+# Bumped when the evaluation changes: saved (seed, arm) results of another evaluation are redone.
+EVALUATION = 2
+# Paired differences reported (first - second; below 0: the first is better).
+PAIRS = (("b", "a"), ("c", "a"), ("b", "c"), ("d", "b"), ("d", "a"))
+# Sampling evaluation: name -> (aspect of the held-out clips compared, width, height). The trained
+# sizes, and 16:9 below and above them (the shift rule applied beyond the trained token counts).
+SAMPLE_SIZES = {
+    "192x112": ("16:9", 192, 112),
+    "256x144": ("16:9", 256, 144),
+    "320x176": ("16:9", 320, 176),
+    "144x256": ("9:16", 144, 256),
+    "192x144": ("4:3", 192, 144),
+    "160x160": ("1:1", 160, 160),
 }
 REFERENCE = "untrained"
 # What the model uses, probed on arm b (see clip_losses): how much the loss rises without each input.
@@ -75,10 +108,38 @@ PROBES = ("other_prompt", "no_rope", "stock_rope")
 
 PRESETS = {
     # clips per aspect (train, held out), optimizer steps, timesteps in the grid, noise seeds
-    "full": dict(train_clips=16, eval_clips=16, steps=600, timesteps=10, noise_seeds=2, batch=4),
-    "quick": dict(train_clips=8, eval_clips=8, steps=120, timesteps=5, noise_seeds=1, batch=4),
+    # sample_prompts: held-out prompts sampled per size (at most eval_clips); sample_steps: denoising steps
+    "full": dict(
+        train_clips=16,
+        eval_clips=16,
+        steps=600,
+        timesteps=10,
+        noise_seeds=2,
+        batch=4,
+        sample_prompts=8,
+        sample_steps=20,
+    ),
+    "quick": dict(
+        train_clips=8,
+        eval_clips=8,
+        steps=120,
+        timesteps=5,
+        noise_seeds=1,
+        batch=4,
+        sample_prompts=4,
+        sample_steps=10,
+    ),
     # For the test that keeps the code path alive: seconds, measures nothing.
-    "smoke": dict(train_clips=1, eval_clips=1, steps=1, timesteps=2, noise_seeds=1, batch=1),
+    "smoke": dict(
+        train_clips=1,
+        eval_clips=1,
+        steps=1,
+        timesteps=2,
+        noise_seeds=1,
+        batch=1,
+        sample_prompts=1,
+        sample_steps=2,
+    ),
 }
 LEARNING_RATE = 1e-3
 RANK = 64
@@ -247,9 +308,11 @@ def arm_command(
     if arm == "a":
         return [sys.executable, str(trainer), *script_args]
     buckets = ",".join(f"{w}x{h}" for w, h in ASPECTS.values())
-    plugins = (
-        "aspect_bucket,rope_rescale" if arm == "b" else f"aspect_bucket,{HERE / 'stock_rope.py'}:StockRope"
-    )
+    plugins = {
+        "b": ["aspect_bucket,rope_rescale"],
+        "c": [f"aspect_bucket,{HERE / 'stock_rope.py'}:StockRope"],
+        "d": ["aspect_bucket,rope_rescale,snr_shift", "--snr_shift_reference", SNR_REFERENCE],
+    }[arm]
     return [
         sys.executable,
         "-m",
@@ -259,7 +322,7 @@ def arm_command(
         "--buckets",
         buckets,
         "--plugins",
-        plugins,
+        *plugins,
     ]
 
 
@@ -359,9 +422,18 @@ def prepare_eval_inputs(pipe, records: list[dict], root: Path, seed: int) -> lis
 
 
 def clip_losses(
-    pipe, item: dict, timesteps: list[int], noise_seeds: int, seed: int, probe: str | None = None
+    pipe,
+    item: dict,
+    timesteps: list[int],
+    noise_seeds: int,
+    seed: int,
+    probe: str | None = None,
+    scheduler=None,
 ) -> tuple[float, float]:
     """(whole-frame loss, edge-region loss) of one clip: the script's loss, averaged over the grid.
+
+    ``scheduler`` (default the pipeline's) gives the noise schedule: the model's own, or an arm's
+    own training schedule (arm d: the SNR shift of the clip's size).
 
     ``probe`` changes one input to see what the model uses: ``other_prompt`` (the prompt of
     another held-out clip of that aspect that differs), ``no_rope`` (attention without positions),
@@ -384,7 +456,7 @@ def clip_losses(
     )
     model_input = latents.expand(batch, -1, -1, -1, -1)
     t = torch.tensor([t for t, _ in grid], dtype=torch.long)
-    scheduler = pipe.scheduler
+    scheduler = scheduler or pipe.scheduler
     noisy = scheduler.add_noise(model_input, noise, t)
     rope = pipe._prepare_rotary_positional_embeddings(height * 8, width * 8, frames, torch.device("cpu"))
     prompt_embeds = item["prompt_embeds"]
@@ -422,79 +494,270 @@ def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, resamples: 
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def evaluate(
-    model: Path, lora_dirs: dict[str, Path], eval_root: Path, records: list[dict], preset: dict, seed: int
-):
-    """Per arm (and the untrained reference), per held-out clip: (loss, edge loss)."""
+def grouped_interval(groups: list[np.ndarray], statistic, rng: np.random.Generator, resamples: int = 1000):
+    """``statistic(groups)`` and its bootstrap 95 % interval, resampling the seeds (groups) and then
+    the units (rows) within each picked seed: the interval covers the run-to-run spread of
+    training as well as the choice of held-out clips."""
+    point = float(statistic(groups))
+    if sum(len(g) for g in groups) < 2:
+        return point, [point, point]
+    values = []
+    for _ in range(resamples):
+        picked = [groups[i] for i in rng.integers(0, len(groups), len(groups))] if len(groups) > 1 else groups
+        values.append(statistic([g[rng.integers(0, len(g), len(g))] for g in picked]))
+    return point, [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: generated clips against held-out clips
+
+
+def channel_moments(latents) -> np.ndarray:
+    """Per clip and latent channel: the mean and the mean square over frames, rows and columns
+    (``latents`` ``[clips, F, C, H, W]``) -> ``[clips, C, 2]``."""
+    values = latents.double()
+    return np.stack([values.mean(dim=(1, 3, 4)).numpy(), (values**2).mean(dim=(1, 3, 4)).numpy()], axis=-1)
+
+
+def moment_distance(generated: np.ndarray, held_out: np.ndarray) -> float:
+    """The squared 2-Wasserstein distance between the two sets' latents, each channel taken as a
+    Gaussian with the set's mean and spread: mean over channels of (mu_g - mu_h)^2 + (sd_g - sd_h)^2
+    (the inputs ``[clips, C, 2]`` as ``channel_moments`` gives them). See benchmarks/README.md for
+    why this statistic."""
+    mu_g, mu_h = generated[..., 0].mean(0), held_out[..., 0].mean(0)
+    sd_g = np.sqrt(np.maximum(generated[..., 1].mean(0) - mu_g**2, 0))
+    sd_h = np.sqrt(np.maximum(held_out[..., 1].mean(0) - mu_h**2, 0))
+    return float(np.mean((mu_g - mu_h) ** 2 + (sd_g - sd_h) ** 2))
+
+
+def prepare_sampling_refs(pipe, records: list[dict], root: Path, preset: dict) -> dict:
+    """Per sampling size: the prompts of the first held-out clips of its aspect (their embeddings)
+    and those clips resized to the size, encoded (the posterior's mode), as channel moments."""
     import torch
-    from diffusers import CogVideoXPipeline
+    import torch.nn.functional as F
 
-    pipe = CogVideoXPipeline.from_pretrained(model, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    items = prepare_eval_inputs(pipe, records, eval_root, seed)
-    timesteps = timestep_grid(preset["timesteps"], pipe.scheduler.config.num_train_timesteps)
-    per_clip: dict[str, list[tuple[float, float]]] = {}
-    per_clip[REFERENCE] = [clip_losses(pipe, item, timesteps, preset["noise_seeds"], seed) for item in items]
-    for arm, lora_dir in lora_dirs.items():
-        # The script saves the LoRA in diffusers' format; the pipeline loads it as users do.
-        pipe.load_lora_weights(str(lora_dir), adapter_name=f"arm_{arm}")
-        pipe.set_adapters([f"arm_{arm}"], [1.0])  # lora_alpha = rank
-        per_clip[arm] = [clip_losses(pipe, item, timesteps, preset["noise_seeds"], seed) for item in items]
-        if arm == PROBED_ARM:
-            for probe in PROBES:
-                per_clip[f"{arm}|{probe}"] = [
-                    clip_losses(pipe, item, timesteps, preset["noise_seeds"], seed, probe=probe)
-                    for item in items
-                ]
-        pipe.delete_adapters([f"arm_{arm}"])
-    return per_clip, timesteps
-
-
-def per_aspect(values: np.ndarray, aspects: list[str], rng: np.random.Generator, suffix: str = "") -> dict:
-    """Per aspect: the mean and bootstrap 95 % interval of the whole-frame and edge columns of
-    ``values`` ([clips, 2]) over that aspect's clips; keys ``loss{suffix}``, ``edge_loss{suffix}``."""
-    out = {}
-    for aspect in ASPECTS:
-        rows = values[[a == aspect for a in aspects]]
-        out[aspect] = {
-            f"loss{suffix}": float(rows[:, 0].mean()),
-            f"loss{suffix}_ci95": bootstrap_interval(rows[:, 0], rng),
-            f"edge_loss{suffix}": float(rows[:, 1].mean()),
-            f"edge_loss{suffix}_ci95": bootstrap_interval(rows[:, 1], rng),
+    refs = {}
+    text_length = pipe.transformer.config.max_text_seq_length
+    for label, (aspect, width, height) in SAMPLE_SIZES.items():
+        chosen = [r for r in records if r["aspect"] == aspect][: preset["sample_prompts"]]
+        moments, embeds = [], []
+        for record in chosen:
+            video = read_clip(root / record["path"])[:FRAMES]
+            video = F.interpolate(
+                video, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+            )
+            with torch.no_grad():
+                latents = pipe.vae.encode(video.clamp(-1, 1).unsqueeze(0).permute(0, 2, 1, 3, 4)).latent_dist
+                latents = (latents.mode() * pipe.vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
+                prompt_embeds, _ = pipe.encode_prompt(
+                    record["prompt"], do_classifier_free_guidance=False, max_sequence_length=text_length
+                )
+            moments.append(channel_moments(latents)[0])
+            embeds.append(prompt_embeds)
+        refs[label] = {
+            "moments": np.stack(moments),
+            "prompt_embeds": torch.cat(embeds),
+            "size": (width, height),
         }
-    return out
+    return refs
 
 
-def summarise(per_clip: dict, records: list[dict], seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    aspects = [r["aspect"] for r in records]
-    results: dict = {}
-    for name, losses in per_clip.items():
-        if "|" not in name:
-            results[name] = per_aspect(np.array(losses), aspects, rng)
-            for aspect, row in results[name].items():
-                row["clips"] = aspects.count(aspect)
-    # Paired differences (same clips, timesteps and noise): negative means the first arm is better.
-    paired: dict = {}
-    for first, second in (("b", "a"), ("c", "a"), ("b", "c")):
-        if first in per_clip and second in per_clip:
-            diff = np.array(per_clip[first]) - np.array(per_clip[second])
-            paired[f"{first}-{second}"] = per_aspect(diff, aspects, rng)
-    # Probes: the loss of the probed arm with one input changed, minus its loss (paired).
-    probes: dict = {}
-    for name, losses in per_clip.items():
-        if "|" in name:
-            arm, probe = name.split("|")
-            diff = np.array(losses) - np.array(per_clip[arm])
-            probes[probe] = per_aspect(diff, aspects, rng, suffix="_increase")
-    return {"arms": results, "paired": paired, "probes": probes}
+def sample_moments(pipe, ref: dict, preset: dict, seed: int) -> np.ndarray:
+    """Channel moments of clips the pipeline generates (no guidance, latents not decoded) for the
+    held-out prompts at the reference's size, one seeded generator per prompt (the same for every arm)."""
+    import torch
+
+    width, height = ref["size"]
+    generators = [torch.Generator().manual_seed(seed * 7907 + i) for i in range(len(ref["prompt_embeds"]))]
+    with torch.no_grad():
+        latents = pipe(
+            prompt_embeds=ref["prompt_embeds"],
+            height=height,
+            width=width,
+            num_frames=FRAMES,
+            num_inference_steps=preset["sample_steps"],
+            guidance_scale=1.0,
+            generator=generators,
+            output_type="latent",
+        ).frames
+    return channel_moments(latents)
+
+
+# ---------------------------------------------------------------------------------------------
+# One seed's evaluation, arm by arm
+
+
+class Evaluator:
+    """The pipeline and held-out inputs of one seed; evaluates one arm at a time."""
+
+    def __init__(self, model: Path, records: list[dict], root: Path, preset: dict, seed: int):
+        import torch
+        from diffusers import CogVideoXPipeline
+
+        self.pipe = CogVideoXPipeline.from_pretrained(model, dtype=torch.float32)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.base_scheduler = self.pipe.scheduler
+        self.preset, self.seed = preset, seed
+        self.items = prepare_eval_inputs(self.pipe, records, root, seed)
+        self.timesteps = timestep_grid(preset["timesteps"], self.pipe.scheduler.config.num_train_timesteps)
+        self.refs = prepare_sampling_refs(self.pipe, records, root, preset)
+
+    def arm(self, name: str, lora_dir: Path | None) -> dict:
+        """Per held-out clip ``[loss, edge loss, own loss]``, the probes (arm b), and per sampling
+        size the generated clips' channel moments. The LoRA is loaded as users load it: arms with
+        the SNR shift through ``cogvx_ext.inference.prepare_pipeline`` (the shift follows the size)."""
+        from cogvx_ext.plugin.forward import remove_forward_hooks
+
+        pipe, preset, seed = self.pipe, self.preset, self.seed
+        adapter = f"arm_{name}"
+        if lora_dir is not None and name == "d":
+            from cogvx_ext.inference import prepare_pipeline
+
+            prepare_pipeline(pipe, lora_dir, adapter_name=adapter, lora_scale=1.0)
+        elif lora_dir is not None:
+            pipe.load_lora_weights(str(lora_dir), adapter_name=adapter)
+            pipe.set_adapters([adapter], [1.0])  # lora_alpha = rank
+        own = pipe.scheduler  # the arm's training schedule: the model's own, or following the size
+        try:
+            per_clip = []
+            for item in self.items:
+                args = (pipe, item, self.timesteps, preset["noise_seeds"], seed)
+                loss, edge = clip_losses(*args, scheduler=self.base_scheduler)
+                own_loss = loss if own is self.base_scheduler else clip_losses(*args, scheduler=own)[0]
+                per_clip.append([loss, edge, own_loss])
+            probes = {}
+            if name == PROBED_ARM:
+                for probe in PROBES:
+                    probes[probe] = [
+                        list(
+                            clip_losses(pipe, item, self.timesteps, preset["noise_seeds"], seed, probe=probe)
+                        )
+                        for item in self.items
+                    ]
+            sampling = {
+                label: sample_moments(pipe, ref, preset, seed).tolist() for label, ref in self.refs.items()
+            }
+            shifts = {}
+            if own is not self.base_scheduler:
+                shift_for = own._cogvx_shift_for
+                shifts = {
+                    label: shift_for((FRAMES // 4 + 1, h // 8, w // 8))
+                    for label, (_, w, h) in SAMPLE_SIZES.items()
+                }
+        finally:
+            remove_forward_hooks(pipe.transformer)
+            pipe.scheduler = self.base_scheduler
+            if lora_dir is not None:
+                pipe.delete_adapters([adapter])
+        return {
+            "per_clip": per_clip,
+            "probes": probes,
+            "sampling": sampling,
+            "sampling_reference": {label: ref["moments"].tolist() for label, ref in self.refs.items()},
+            "sampling_shifts": shifts,
+            "timesteps": self.timesteps,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries: per seed and pooled
+
+LOSS_KEYS = ("loss", "edge_loss", "own_loss")  # the columns of per_clip
+
+
+def mean_of(groups: list[np.ndarray]) -> float:
+    return float(np.concatenate(groups).mean())
+
+
+def summarise(evals: dict[int, dict[str, dict]], records: dict[int, list[dict]], seeds: list[int]) -> dict:
+    """``arms``, ``paired``, ``probes``, ``sampling``, ``sampling_paired`` over the given seeds
+    (one seed: intervals over its held-out clips; several: over seeds and clips)."""
+    rng = np.random.default_rng(seeds[0])
+    names = [n for n in (REFERENCE, *ARMS) if all(n in evals[s] for s in seeds)]
+
+    def column(name: str, seed: int, aspect: str, index: int) -> np.ndarray:
+        rows = np.array(evals[seed][name]["per_clip"])
+        return rows[[r["aspect"] == aspect for r in records[seed]], index]
+
+    def cells(values_for, keys=LOSS_KEYS, suffix="") -> dict:
+        out = {}
+        for aspect in ASPECTS:
+            entry = {}
+            for index, key in enumerate(keys):
+                groups = [values_for(seed, aspect, index) for seed in seeds]
+                value, interval = grouped_interval(groups, mean_of, rng)
+                entry[f"{key}{suffix}"], entry[f"{key}{suffix}_ci95"] = value, interval
+            out[aspect] = entry
+        return out
+
+    arms = {}
+    for name in names:
+        arms[name] = cells(lambda seed, aspect, i, n=name: column(n, seed, aspect, i))
+        for aspect in ASPECTS:
+            arms[name][aspect]["clips"] = sum(
+                sum(r["aspect"] == aspect for r in records[seed]) for seed in seeds
+            )
+    paired = {
+        f"{x}-{y}": cells(
+            lambda seed, aspect, i, x=x, y=y: column(x, seed, aspect, i) - column(y, seed, aspect, i)
+        )
+        for x, y in PAIRS
+        if x in names and y in names
+    }
+    probes = {}
+    if PROBED_ARM in names and all(evals[s][PROBED_ARM]["probes"] for s in seeds):
+        for probe in PROBES:
+
+            def increase(seed, aspect, i, probe=probe):
+                rows = np.array(evals[seed][PROBED_ARM]["probes"][probe])
+                mine = [r["aspect"] == aspect for r in records[seed]]
+                return rows[mine, i] - column(PROBED_ARM, seed, aspect, i)
+
+            probes[probe] = cells(increase, keys=("loss", "edge_loss"), suffix="_increase")
+
+    def rows_for(seed: int, *arm_names: str, label: str) -> np.ndarray:
+        # [prompts, C, 2 x (held-out, arms...)]: resampled together, so every set keeps its pairs.
+        parts = [np.array(evals[seed][arm_names[0]]["sampling_reference"][label])]
+        parts += [np.array(evals[seed][n]["sampling"][label]) for n in arm_names]
+        return np.concatenate(parts, axis=-1)
+
+    def distance(groups: list[np.ndarray], which: int) -> float:
+        return float(
+            np.mean([moment_distance(g[..., 2 + 2 * which : 4 + 2 * which], g[..., :2]) for g in groups])
+        )
+
+    sampling = {}
+    for name in names:
+        sampling[name] = {}
+        for label in SAMPLE_SIZES:
+            groups = [rows_for(seed, name, label=label) for seed in seeds]
+            value, interval = grouped_interval(groups, lambda g: distance(g, 0), rng)
+            sampling[name][label] = {"w2": value, "w2_ci95": interval}
+            shifts = [evals[seed][name].get("sampling_shifts", {}).get(label) for seed in seeds]
+            if shifts[0] is not None:
+                sampling[name][label]["snr_shift"] = shifts[0]
+    sampling_paired = {}
+    for x, y in PAIRS:
+        if x in names and y in names:
+            sampling_paired[f"{x}-{y}"] = {}
+            for label in SAMPLE_SIZES:
+                groups = [rows_for(seed, x, y, label=label) for seed in seeds]
+                value, interval = grouped_interval(groups, lambda g: distance(g, 0) - distance(g, 1), rng)
+                sampling_paired[f"{x}-{y}"][label] = {"w2": value, "w2_ci95": interval}
+    return {
+        "arms": arms,
+        "paired": paired,
+        "probes": probes,
+        "sampling": sampling,
+        "sampling_paired": sampling_paired,
+    }
 
 
 def format_compact(summary: dict, key: str) -> str:
     """One row per aspect: every arm's mean [95 % CI] and the paired differences, for ``key``
-    (``loss`` or ``edge_loss``)."""
+    (``loss``, ``edge_loss`` or ``own_loss``)."""
     names = [n for n in (REFERENCE, *ARMS) if n in summary["arms"]]
-    pairs = [p for p in ("b-a", "c-a", "b-c") if p in summary["paired"]]
+    pairs = [f"{x}-{y}" for x, y in PAIRS if f"{x}-{y}" in summary["paired"]]
     header = ["aspect", *names, *(f"{p.replace('-', ' − ')} (paired)" for p in pairs)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for aspect in ASPECTS:
@@ -508,39 +771,37 @@ def format_compact(summary: dict, key: str) -> str:
     return "\n".join(lines)
 
 
-def format_table(summary: dict) -> str:
-    def cell(entry: dict, key: str) -> str:
-        lo, hi = entry[f"{key}_ci95"]
-        return f"{entry[key]:.4f} [{lo:.4f}, {hi:.4f}]"
+def format_sampling(summary: dict) -> str:
+    names = list(summary["sampling"])
+    pairs = list(summary["sampling_paired"])
+    header = ["size", *names, *(f"{p.replace('-', ' − ')} (paired)" for p in pairs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, (aspect, _, _) in SAMPLE_SIZES.items():
+        cells = [f"{label} ({aspect})"]
+        for source, keys in ((summary["sampling"], names), (summary["sampling_paired"], pairs)):
+            for name in keys:
+                entry = source[name][label]
+                lo, hi = entry["w2_ci95"]
+                shift = f" s={entry['snr_shift']:.2f}" if "snr_shift" in entry else ""
+                cells.append(f"{entry['w2']:.4f} [{lo:.4f}, {hi:.4f}]{shift}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
-    lines = [
-        "| arm | aspect | loss [95 % CI] | edge-region loss [95 % CI] |",
-        "|---|---|---|---|",
-    ]
-    for name, per_aspect in summary["arms"].items():
-        label = f"{name}: {ARMS[name]}" if name in ARMS else name
-        for aspect, entry in per_aspect.items():
-            lines.append(f"| {label} | {aspect} | {cell(entry, 'loss')} | {cell(entry, 'edge_loss')} |")
-    if summary["paired"]:
-        lines += [
-            "",
-            "| paired difference | aspect | loss [95 % CI] | edge-region loss [95 % CI] |",
-            "|---|---|---|---|",
-        ]
-        for key, per_aspect in summary["paired"].items():
-            for aspect, entry in per_aspect.items():
-                lines.append(f"| {key} | {aspect} | {cell(entry, 'loss')} | {cell(entry, 'edge_loss')} |")
-    if summary.get("probes"):
-        lines += [
-            "",
-            f"| arm {PROBED_ARM} evaluated with | aspect | loss increase [95 % CI] | edge-region loss increase [95 % CI] |",
-            "|---|---|---|---|",
-        ]
-        for probe, per_aspect in summary["probes"].items():
-            for aspect, entry in per_aspect.items():
-                lines.append(
-                    f"| {probe} | {aspect} | {cell(entry, 'loss_increase')} | {cell(entry, 'edge_loss_increase')} |"
-                )
+
+def format_per_seed(per_seed: dict, key: str = "loss") -> str:
+    """The paired differences of each seed (does a result hold across seeds?)."""
+    seeds = list(per_seed)
+    pairs = [f"{x}-{y}" for x, y in PAIRS if all(f"{x}-{y}" in per_seed[s]["paired"] for s in seeds)]
+    header = ["pair", "aspect", *(f"seed {s}" for s in seeds)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for pair in pairs:
+        for aspect in ASPECTS:
+            cells = [pair.replace("-", " − "), aspect]
+            for seed in seeds:
+                entry = per_seed[seed]["paired"][pair][aspect]
+                lo, hi = entry[f"{key}_ci95"]
+                cells.append(f"{entry[key]:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -551,28 +812,24 @@ def plot(summary: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     arms = [a for a in ARMS if a in summary["arms"]]
-    colours = {"a": "#888888", "b": "#1f77b4", "c": "#ff7f0e"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    colours = {"a": "#888888", "b": "#1f77b4", "c": "#ff7f0e", "d": "#2ca02c"}
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.4))
     aspects = list(ASPECTS)
     width = 0.8 / len(arms)
+
+    def bars(ax, xs, entries, key, bar_width, **style):
+        means = np.array([e[key] for e in entries])
+        lows = means - np.array([e[f"{key}_ci95"][0] for e in entries])
+        highs = np.array([e[f"{key}_ci95"][1] for e in entries]) - means
+        ax.bar(xs, means, bar_width, yerr=[lows, highs], capsize=3, **style)
+
     for ax, key, label in zip(
         axes, ("loss", "edge_loss"), ("whole frame", "edge region (cut by the stock crop)")
     ):
         for i, arm in enumerate(arms):
-            entries = [summary["arms"][arm][aspect] for aspect in aspects]
-            means = np.array([e[key] for e in entries])
-            lows = means - np.array([e[f"{key}_ci95"][0] for e in entries])
-            highs = np.array([e[f"{key}_ci95"][1] for e in entries]) - means
             xs = np.arange(len(aspects)) + (i - (len(arms) - 1) / 2) * width
-            ax.bar(
-                xs,
-                means,
-                width,
-                yerr=[lows, highs],
-                capsize=3,
-                color=colours[arm],
-                label=f"{arm}: {ARMS[arm]}",
-            )
+            entries = [summary["arms"][arm][aspect] for aspect in aspects]
+            bars(ax, xs, entries, key, width, color=colours[arm], label=f"{arm}: {ARMS[arm]}")
         if REFERENCE in summary["arms"]:
             for j, aspect in enumerate(aspects):
                 ref = summary["arms"][REFERENCE][aspect][key]
@@ -583,33 +840,39 @@ def plot(summary: dict, path: Path, title: str) -> None:
     axes[0].legend(fontsize=7, loc="lower left")
     # The paired differences against the stock arm: what to read (same clips, timesteps, noise).
     ax = axes[2]
-    pairs = [p for p in ("b-a", "c-a") if p in summary["paired"]]
+    pairs = [p for p in ("b-a", "c-a", "d-a") if p in summary["paired"]]
     pair_width = 0.8 / max(1, 2 * len(pairs))
     offset = 0
     for pair in pairs:
         for key, hatch in (("loss", None), ("edge_loss", "//")):
-            entries = [summary["paired"][pair][aspect] for aspect in aspects]
-            means = np.array([e[key] for e in entries])
-            lows = means - np.array([e[f"{key}_ci95"][0] for e in entries])
-            highs = np.array([e[f"{key}_ci95"][1] for e in entries]) - means
             xs = np.arange(len(aspects)) + (offset - (2 * len(pairs) - 1) / 2) * pair_width
-            ax.bar(
-                xs,
-                means,
-                pair_width,
-                yerr=[lows, highs],
-                capsize=3,
-                color=colours[pair[0]],
-                hatch=hatch,
+            entries = [summary["paired"][pair][aspect] for aspect in aspects]
+            bars(
+                ax, xs, entries, key, pair_width, color=colours[pair[0]], hatch=hatch,
                 edgecolor="white" if hatch else None,
                 label=f"{pair.replace('-', ' − ')}, {'whole frame' if key == 'loss' else 'edge region'}",
-            )
+            )  # fmt: skip
             offset += 1
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(aspects)), [f"{a}\n{ASPECTS[a][0]}x{ASPECTS[a][1]}" for a in aspects])
     ax.set_ylabel("paired difference against a (below 0: better than stock)")
     ax.set_title("against the stock crop, paired, 95 % interval")
     ax.legend(fontsize=7, loc="lower right")
+    # Sampling: distance of generated to held-out clips per size.
+    ax = axes[3]
+    sampled = [a for a in arms if a in summary.get("sampling", {})]
+    labels = list(SAMPLE_SIZES)
+    sample_width = 0.8 / max(1, len(sampled))
+    for i, arm in enumerate(sampled):
+        xs = np.arange(len(labels)) + (i - (len(sampled) - 1) / 2) * sample_width
+        entries = [summary["sampling"][arm][label] for label in labels]
+        bars(ax, xs, entries, "w2", sample_width, color=colours[arm], label=arm)
+    ax.set_xticks(
+        np.arange(len(labels)), [f"{label}\n{SAMPLE_SIZES[label][0]}" for label in labels], fontsize=7
+    )
+    ax.set_ylabel("W2² generated vs held-out latents (lower is better)")
+    ax.set_title("sampled at each size (held-out prompts)")
+    ax.legend(fontsize=7)
     fig.suptitle(title + "  (dotted: untrained)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -619,19 +882,57 @@ def plot(summary: dict, path: Path, title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)  # a run stopped half-way leaves no half-written result
+
+
+def prepare_seed(seed_dir: Path, preset_name: str, preset: dict, seed: int) -> tuple[list, list, Path]:
+    """The seed's clips and model, written once and reused by a later run with the same --out."""
+    marker = seed_dir / "prepared.json"
+    found = read_json(marker)
+    if found and found.get("preset") == preset_name and found.get("settings") == preset:
+        return found["train"], found["heldout"], Path(found["model"])
+    train = write_split(seed_dir / "data" / "train", preset["train_clips"], seed=seed)
+    heldout = write_split(seed_dir / "data" / "heldout", preset["eval_clips"], seed=seed + 1_000_003)
+    model = build_model(seed_dir, seed=seed)
+    write_json(
+        marker,
+        {"preset": preset_name, "settings": preset, "train": train, "heldout": heldout, "model": str(model)},
+    )
+    return train, heldout, model
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for data, model, LoRAs and results")
-    parser.add_argument("--quick", action="store_true", help="a reduced run (~5 min) for checks")
+    parser.add_argument(
+        "--quick", action="store_true", help="a reduced run (~5 min per arm and seed) for checks"
+    )
     parser.add_argument("--preset", choices=list(PRESETS), default=None, help="full, quick or smoke (a test)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="one seed (when --seeds is not given)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of seeds (e.g. 0,1,2): each gets its own clips, model and training; results "
+        "pooled over seeds and per seed",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads, here and in each trainer (2 on an idle 2-core machine)",
     )
-    parser.add_argument("--arms", default="a,b,c", help="comma list of arms to run")
+    parser.add_argument("--arms", default="a,b,c", help=f"comma list of arms to run ({', '.join(ARMS)})")
     parser.add_argument(
         "--trainer",
         default=None,
@@ -644,6 +945,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [args.seed]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds}: give a comma list of integers (e.g. 0,1,2)")
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds {args.seeds}: give distinct integers")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -660,37 +967,71 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
 
-    say(f"preset {preset_name}: {preset}; writing to {out}")
-    train_records = write_split(out / "data" / "train", preset["train_clips"], seed=args.seed)
-    eval_records = write_split(out / "data" / "heldout", preset["eval_clips"], seed=args.seed + 1_000_003)
-    model = build_model(out, seed=args.seed)
-    timing["data_and_model_s"] = time.perf_counter() - started
-    say(f"{len(train_records)} training clips, {len(eval_records)} held-out clips, model {model}")
+    say(f"preset {preset_name}: {preset}; arms {','.join(arms)}; seeds {seeds}; writing to {out}")
+    evals: dict[int, dict[str, dict]] = {}
+    records: dict[int, list[dict]] = {}
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        step_started = time.perf_counter()
+        train_records, eval_records, model = prepare_seed(seed_dir, preset_name, preset, seed)
+        timing[f"seed{seed}_data_and_model_s"] = time.perf_counter() - step_started
+        records[seed] = eval_records
+        say(
+            f"seed {seed}: {len(train_records)} training clips, {len(eval_records)} held-out clips, model {model}"
+        )
+        evaluator = None
+        evals[seed] = {}
+        for name in (REFERENCE, *arms):
+            # Each (seed, arm) is saved when it finishes; a rerun with the same --out reuses it.
+            result_path = seed_dir / "eval" / f"{name}.json"
+            command = (
+                None
+                if name == REFERENCE
+                else arm_command(
+                    name, trainer, model, seed_dir / "data" / "train", seed_dir / "arms" / name, preset, seed
+                )
+            )
+            found = read_json(result_path)
+            key = {"preset": preset_name, "command": command, "evaluation": EVALUATION}
+            if found and all(found.get(k) == v for k, v in key.items()):
+                evals[seed][name] = found
+                say(f"seed {seed}, {name}: reused {result_path}")
+                continue
+            lora_dir = None
+            if name != REFERENCE:
+                lora_dir = seed_dir / "arms" / name
+                trained = read_json(lora_dir / "trained.json")
+                if trained and trained.get("command") == command:
+                    timing[f"seed{seed}_train_{name}_s"] = trained["train_s"]
+                    say(f"seed {seed}, arm {name}: reused the LoRA in {lora_dir}")
+                else:
+                    say(f"seed {seed}, arm {name} ({ARMS[name]}): training {preset['steps']} steps")
+                    seconds = train_arm(name, command, lora_dir, args.threads)
+                    write_json(lora_dir / "trained.json", {"command": command, "train_s": round(seconds, 1)})
+                    timing[f"seed{seed}_train_{name}_s"] = seconds
+                    say(f"seed {seed}, arm {name}: trained in {seconds:.0f} s")
+            step_started = time.perf_counter()
+            if evaluator is None:
+                evaluator = Evaluator(model, eval_records, seed_dir / "data" / "heldout", preset, seed)
+            result = {**key, **evaluator.arm(name, lora_dir)}
+            result["train_s"] = round(timing.get(f"seed{seed}_train_{name}_s", 0.0), 1)
+            result["evaluate_s"] = round(time.perf_counter() - step_started, 1)
+            write_json(result_path, result)
+            evals[seed][name] = result
+            say(f"seed {seed}, {name}: evaluated in {result['evaluate_s']:.0f} s -> {result_path}")
 
-    lora_dirs = {}
-    for arm in arms:
-        arm_dir = out / "arms" / arm
-        command = arm_command(arm, trainer, model, out / "data" / "train", arm_dir, preset, args.seed)
-        say(f"arm {arm} ({ARMS[arm]}): training {preset['steps']} steps")
-        timing[f"train_{arm}_s"] = train_arm(arm, command, arm_dir, args.threads)
-        lora_dirs[arm] = arm_dir
-        say(f"arm {arm}: trained in {timing[f'train_{arm}_s']:.0f} s")
-
-    eval_started = time.perf_counter()
-    per_clip, timesteps = evaluate(
-        model, lora_dirs, out / "data" / "heldout", eval_records, preset, args.seed
-    )
-    timing["evaluate_s"] = time.perf_counter() - eval_started
-    summary = summarise(per_clip, eval_records, args.seed)
+    summary = summarise(evals, records, seeds)
+    per_seed = {str(seed): summarise({seed: evals[seed]}, {seed: records[seed]}, [seed]) for seed in seeds}
     timing["total_s"] = time.perf_counter() - started
+    timesteps = next(iter(evals[seeds[0]].values()))["timesteps"]
     results = {
         "command": " ".join(
             ["python", "benchmarks/quality/run.py", *(argv if argv is not None else sys.argv[1:])]
         ),
         "preset": preset_name,
+        "seeds": seeds,
         "settings": {
             **preset,
-            "seed": args.seed,
             "threads": args.threads,
             "aspects": {k: f"{w}x{h}" for k, (w, h) in ASPECTS.items()},
             "stock_size": f"{STOCK_SIZE[0]}x{STOCK_SIZE[1]}",
@@ -700,34 +1041,47 @@ def main(argv: list[str] | None = None) -> int:
             "transformer": TRANSFORMER,
             "timesteps": timesteps,
             "trainer": str(trainer),
-            "arms": ARMS,
+            "arms": {a: ARMS[a] for a in arms},
+            "snr_shift_reference": SNR_REFERENCE,
+            "sample_sizes": {label: aspect for label, (aspect, _, _) in SAMPLE_SIZES.items()},
         },
         **summary,
+        "per_seed": per_seed,
         "per_clip": {
-            name: [
-                {"path": r["path"], "aspect": r["aspect"], "loss": loss, "edge_loss": edge}
-                for r, (loss, edge) in zip(eval_records, losses)
-            ]
-            for name, losses in per_clip.items()
+            str(seed): {
+                name: [
+                    {"path": r["path"], "aspect": r["aspect"], **dict(zip(LOSS_KEYS, row))}
+                    for r, row in zip(records[seed], result["per_clip"])
+                ]
+                for name, result in evals[seed].items()
+            }
+            for seed in seeds
         },
         "timing": {k: round(v, 1) for k, v in timing.items()},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    table = format_table(summary)
-    compact = "\n\n".join(
-        f"{label}:\n\n{format_compact(summary, key)}"
-        for key, label in (
-            ("loss", "Whole frame"),
-            ("edge_loss", "Edge region (what the stock crop cuts away)"),
-        )
+    write_json(out / "results.json", results)
+    sections = [
+        ("loss", "Whole frame, the model's own noise schedule (the same for every arm)"),
+        ("edge_loss", "Edge region (what the stock crop cuts away)"),
+        (
+            "own_loss",
+            "Whole frame, each arm's own training noise schedule (arm d: the shift of the clip's size)",
+        ),
+    ]
+    compact = "\n\n".join(f"{label}:\n\n{format_compact(summary, key)}" for key, label in sections)
+    compact += (
+        "\n\nSampling (W2² between generated and held-out latents per channel; lower is better):\n\n"
+        + format_sampling(summary)
     )
-    (out / "table.md").write_text(compact + "\n\n" + table + "\n", encoding="utf-8")
+    if len(seeds) > 1:
+        compact += "\n\nPaired whole-frame loss differences per seed:\n\n" + format_per_seed(per_seed)
+    (out / "table.md").write_text(compact + "\n", encoding="utf-8")
     title = (
         f"tiny CogVideoX-5b, {preset['steps']} steps x batch {preset['batch']}, {preset['train_clips']} train / "
-        f"{preset['eval_clips']} held-out clips per aspect, seed {args.seed}"
+        f"{preset['eval_clips']} held-out clips per aspect, seeds {','.join(map(str, seeds))}"
     )
     plot(summary, out / "quality.png", title)
-    print(table)
+    print(compact)
     say(f"done in {timing['total_s']:.0f} s: {out / 'results.json'}, {out / 'quality.png'}")
     if not all(math.isfinite(e["loss"]) for per in summary["arms"].values() for e in per.values()):
         print("warning: a loss is not finite", file=sys.stderr)

@@ -98,7 +98,14 @@ def run_generate(argv: list[str]) -> int:
     extra: dict[str, Any] = {}
     if i2v:
         extra["image"] = first_frame(args.image, width, height)
-    say(f"generating {width}x{height}, {args.frames} frames, {args.steps} steps on {device} ({model.name})")
+    # The LoRA's SNR shift at this size (snr_shift); the scheduler applies it at every step.
+    shift_for = getattr(pipe.scheduler, "_cogvx_shift_for", None)
+    shift = (
+        f", SNR shift {shift_for(model.latent_shape(args.frames, height, width)):.3g}" if shift_for else ""
+    )
+    say(
+        f"generating {width}x{height}, {args.frames} frames, {args.steps} steps on {device} ({model.name}){shift}"
+    )
     started = time.monotonic()
     video = pipe(
         prompt=args.prompt,

@@ -106,6 +106,19 @@ class ModelInfo:
         pt = self.patch_size_t or 1
         return ((f + pt - 1) // pt) * (h // self.patch_size) * (w // self.patch_size)
 
+    @property
+    def native_size(self) -> tuple[int, int, int]:
+        """``(width, height, frames)`` the released models of this version were trained at:
+        720x480x49 for 1.0 (13x30x45 = 17,550 tokens), 1360x768x81 for 1.5 (THUDM's size;
+        11x48x85 = 44,880 tokens). The config's sample size says how far positions reach, not
+        this (1.5's is 2400 px)."""
+        return NATIVE_SIZE[self.version]
+
+
+# (width, height, frames) the released checkpoints were trained at, per version (THUDM's model cards).
+NATIVE_SIZE = {"1.0": (720, 480, 49), "1.5": (1360, 768, 81)}
+# The scheduler's snr_shift_scale of the released checkpoints (scheduler/scheduler_config.json).
+RELEASED_SNR_SHIFT = {"2b": 3.0, "5b": 1.0, "5b-I2V": 1.0, "1.5-5B": 1.0, "1.5-5B-I2V": 1.0}
 
 # Positional settings of the released checkpoints (transformer configs on the Hugging Face Hub):
 # what tools plan with when no model is at hand (`cogvx-ext plan --model 5b`), and what the tiny
@@ -204,11 +217,30 @@ def find_model(
     return released_model("5b"), "the default (no --pretrained_model_name_or_path or --model)"
 
 
-def _hub_cache_config(model_id: str, revision: str | None) -> dict | None:
+def find_snr_shift(pretrained: str | None, model: ModelInfo | None, revision: str | None = None) -> float:
+    """The model's own SNR shift (the scheduler's ``snr_shift_scale``), without downloading: a local
+    folder's or the Hugging Face cache's ``scheduler/scheduler_config.json``, else the released
+    model's (2b 3.0, the others 1.0)."""
+    config = None
+    if pretrained:
+        local = os.path.join(pretrained, "scheduler", "scheduler_config.json")
+        if os.path.isfile(local):
+            with open(local, encoding="utf-8") as f:
+                config = json.load(f)
+        elif not os.path.isdir(pretrained):
+            config = _hub_cache_config(pretrained, revision, "scheduler/scheduler_config.json")
+    if config and "snr_shift_scale" in config:
+        return float(config["snr_shift_scale"])
+    return RELEASED_SNR_SHIFT.get(model.name if model else "5b", 1.0)
+
+
+def _hub_cache_config(
+    model_id: str, revision: str | None, filename: str = "transformer/config.json"
+) -> dict | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        path = try_to_load_from_cache(model_id, "transformer/config.json", revision=revision)
+        path = try_to_load_from_cache(model_id, filename, revision=revision)
     except Exception:  # not a repo id
         return None
     if not isinstance(path, str):

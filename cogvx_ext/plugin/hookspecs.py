@@ -514,6 +514,30 @@ def cogvx_rotary_embedding(
 
 
 @hookspec(firstresult=True)
+def cogvx_snr_shift(
+    model: ModelInfo, latent_shape: tuple[int, int, int], shift: float, run: RunContext
+) -> float | None:
+    """Return the SNR shift (the scheduler's ``snr_shift_scale``) for samples of this latent shape.
+
+    Fires wherever the scheduler meets a sample: in the training step at ``add_noise`` (the
+    noise), ``get_velocity`` (the clean-sample estimate the loss compares) and so for the loss
+    weight ``1 / (1 - alphas_cumprod[t])``, which follows the last ``add_noise``; at every
+    denoising step of validation, of ``cogvx_ext.inference.prepare_pipeline`` and of ``cogvx-ext
+    generate``; and once per bucket in ``cogvx-ext plan`` (its table and JSON show the answer).
+    The scheduler then uses exactly the schedule of a CogVideoX scheduler built with that shift
+    (``alphas_cumprod / (s + (1 - s) * alphas_cumprod)``, then its zero-terminal-SNR rescale).
+    When a chosen plugin implements it, the script's ``CogVideoXDPMScheduler`` is replaced by one
+    whose schedule follows each batch. Return ``None`` to keep ``shift``. Called for every batch:
+    answer from a cache. Stops at first non-None result.
+
+    :param model: the ``ModelInfo``.
+    :param latent_shape: ``(frames, height, width)`` in latent units, before any padding.
+    :param shift: the model's own shift (its scheduler config's ``snr_shift_scale``).
+    :param run: the run's context (``cogvx_ext.api.RunContext``).
+    """
+
+
+@hookspec(firstresult=True)
 def cogvx_transformer_output(
     transformer: torch.nn.Module, inputs: dict[str, Any], output: Any, model: ModelInfo, run: RunContext
 ) -> Any:

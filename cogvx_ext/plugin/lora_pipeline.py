@@ -4,7 +4,8 @@
 The training run wrote ``cogvx_ext.json`` next to the LoRA weights: the plugins of the run and
 the settings they recorded (``cogvx_lora_metadata``). The pipeline gets the same plugins, with
 those settings as their ``args``, through the hooks that act on a pipeline: the forward hooks
-(rotary embedding, 1.5 frame padding) and ``cogvx_pipeline_loaded`` (the learned table).
+(rotary embedding, 1.5 frame padding), ``cogvx_pipeline_loaded`` (the learned table) and
+``cogvx_snr_shift`` (the scheduler denoises with the SNR shift of the size asked for).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.plugin.forward import install_forward_hooks, remove_forward_hooks
 from cogvx_ext.plugin.lora_record import LORA_WEIGHT_NAME, METADATA_FILE, read_metadata
 from cogvx_ext.plugin.manager import load_plugins, make_plugin_manager, parse_plugin_list
+from cogvx_ext.plugin.snr_shift import follow_pipeline_shift
 
 logger = logging.getLogger("cogvx_ext.inference")
 
@@ -86,5 +88,6 @@ def prepare_pipeline(
     remove_forward_hooks(pipe.transformer)
     install_forward_hooks(pipe.transformer, pm.hook, model, run)
     pm.hook.cogvx_pipeline_loaded(pipe=pipe, args=args, run=run)
+    follow_pipeline_shift(pipe, pm.hook, model, run)  # the SNR shift of the size it generates at
     pipe._cogvx_ext_plugin_manager = pm  # the hooks' plugins live as long as the pipeline
     return pipe

@@ -45,6 +45,7 @@ class BucketRow:
     batches: int  # per epoch (per pass over a stage), all processes, before rounding to the processes
     stage: int | None = None
     memory_bytes: int | None = None  # estimated peak accelerator memory of a step (plan --memory)
+    snr_shift: float | None = None  # the SNR shift its batches train with (a plugin's cogvx_snr_shift)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,20 @@ def _clip_plan(sample: Sample) -> ClipPlan:
     )
 
 
+def _snr_shift_rule(hook: Any, run: RunContext):
+    """``latent_shape -> shift`` when a chosen plugin answers ``cogvx_snr_shift``, else None."""
+    from cogvx_ext.model.facts import find_snr_shift
+    from cogvx_ext.plugin.snr_shift import plugins_shift, shift_rule
+
+    if not plugins_shift(hook):
+        return None
+    args = run.args
+    base = find_snr_shift(
+        getattr(args, "pretrained_model_name_or_path", None), run.model, getattr(args, "revision", None)
+    )
+    return shift_rule(hook, run.model, base, run)
+
+
 def build_report(samples: Sequence[Sample], skipped: Iterable[Any], run: RunContext, hook: Any) -> PlanReport:
     """Report on planned samples and skipped clips (objects with ``path`` and ``reason``).
 
@@ -191,6 +206,7 @@ def build_report(samples: Sequence[Sample], skipped: Iterable[Any], run: RunCont
             f"the batch sampler ({type(sampler).__name__}) does not describe itself: batch sizes and counts "
             "assume --train_batch_size (derive it from cogvx_ext.api.EpochBatchSampler, or give it describe())"
         )
+    shift_for = _snr_shift_rule(hook, run)
     for row in described.rows:
         frames, height, width = shapes[tuple(row.latent)]
         report.buckets.append(
@@ -204,6 +220,7 @@ def build_report(samples: Sequence[Sample], skipped: Iterable[Any], run: RunCont
                 row.batch_size,
                 row.batches,
                 row.stage,
+                snr_shift=shift_for(tuple(row.latent)) if shift_for else None,
             )  # fmt: skip
         )
     report.batches_per_epoch = len(sampler) if sampler is not None else sum(r.batches for r in described.rows)

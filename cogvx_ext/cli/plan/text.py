@@ -83,6 +83,9 @@ def format_report(report: PlanReport) -> str:
         with_memory = any(b.memory_bytes is not None for b in report.buckets)
         if with_memory:
             header = (*header, "peak memory")
+        with_shift = any(b.snr_shift is not None for b in report.buckets)
+        if with_shift:
+            header = (*header, "SNR shift")
         rows = [
             (
                 *((str(b.stage),) if staged else ()),
@@ -94,13 +97,16 @@ def format_report(report: PlanReport) -> str:
                 str(b.batch_size),
                 str(b.batches),
                 *((format_bytes(b.memory_bytes),) if with_memory else ()),
+                *((f"{b.snr_shift:.4g}",) if with_shift else ()),
             )
             for b in report.buckets
         ]
         lines.extend(_table(header, rows))
         lines.append(
             "  (size: WIDTHxHEIGHT in pixels; latent: frames, height, width of the VAE latent; tokens/sample: video "
-            f"tokens + {report.text_tokens} text tokens the transformer attends over; batch: samples per batch)"
+            f"tokens + {report.text_tokens} text tokens the transformer attends over; batch: samples per batch"
+            + ("; SNR shift: the noise schedule's snr_shift_scale for its batches" if with_shift else "")
+            + ")"
         )
         if report.sampler_note:
             lines.append(f"  ! {report.sampler_note}")

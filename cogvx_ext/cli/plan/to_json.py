@@ -56,6 +56,7 @@ def report_to_json(report: PlanReport) -> dict[str, Any]:
                 "batches_per_epoch": b.batches,
                 **({"stage": b.stage} if b.stage is not None else {}),
                 **({"memory_bytes": b.memory_bytes} if b.memory_bytes is not None else {}),
+                **({"snr_shift": b.snr_shift} if b.snr_shift is not None else {}),
             }
             for b in report.buckets
         ],

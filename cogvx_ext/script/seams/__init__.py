@@ -25,6 +25,8 @@ seam (script globals)               what it does
 ``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.data (plan, stream, share);
                                     DeepSpeed's micro batch; compilations bounded and logged
 ``T5EncoderModel``                  loaded whole under ZeRO-3 (cogvx_ext.script.zero3)
+``CogVideoXDPMScheduler``            ``cogvx_snr_shift``: the noise, velocity target, loss weight
+                                    and validation's denoising follow each batch's SNR shift
 ``shutil``                          a checkpoint that another rank removed first is no error
 ``log_validation``                  ``cogvx_validation_args``, ``cogvx_pipeline_loaded``; a
                                     validation that would wait forever (ZeRO-3) stops; every
@@ -64,6 +66,7 @@ from cogvx_ext.script.seams.models import (
     _transformer_loaded,
     _vae_loaded,
 )
+from cogvx_ext.script.seams.noise import _ShiftFollowingSchedulerClass
 from cogvx_ext.script.seams.pipeline import _PipelineProxy, _wrap_log_validation
 from cogvx_ext.script.seams.prompts import ScriptPromptEmbeddings, _prompt_embeddings_seam
 from cogvx_ext.script.seams.shapes import KNOWN_SCRIPTS, mismatches, script_release
@@ -93,6 +96,7 @@ def needed_globals(run) -> dict[str, list[str]]:
         "cogvx_lora_metadata": [pipeline],
         "cogvx_exception": ["main"],
         "cogvx_prompt_embeddings": ["compute_prompt_embeddings"],
+        "cogvx_snr_shift": ["CogVideoXDPMScheduler"],
         **{
             hook: ["VideoDataset", "DataLoader", "AutoencoderKLCogVideoX", "Accelerator"]
             for hook in DATA_HOOKS
@@ -156,6 +160,8 @@ def install(run) -> None:
         g["CogVideoXTransformer3DModel"] = _LoaderProxy(
             g["CogVideoXTransformer3DModel"], functools.partial(_transformer_loaded, run)
         )
+    if "cogvx_snr_shift" in run.chosen:
+        g["CogVideoXDPMScheduler"] = _ShiftFollowingSchedulerClass(run, g["CogVideoXDPMScheduler"])
     if "shutil" in g:
         g["shutil"] = _ShutilAcrossRanks()
     if "T5EncoderModel" in g:
