@@ -4,7 +4,6 @@ It calls ``main(get_args())``, the form where Python fetches ``main`` before the
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -26,8 +25,8 @@ def main(args):
         raise RuntimeError("echo trainer failing on purpose")
     # One write of the whole line: ranks share the pipe, and an unbuffered print() writes the text
     # and its newline apart, so two ranks' lines could run together.
+    sys.stdout.write(json.dumps({"args": vars(args)}, default=str) + "\n")
     sys.stdout.flush()
-    os.write(sys.stdout.fileno(), (json.dumps({"args": vars(args)}, default=str) + "\n").encode())
 
 
 if __name__ == "__main__":
