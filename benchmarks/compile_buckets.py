@@ -51,7 +51,7 @@ def latent_shapes(count: int) -> list[tuple[int, int, int]]:
     buckets hold about the same area at every aspect), frames 2..7."""
     aspects = [(18, 32), (32, 18), (20, 28), (28, 20), (22, 26), (26, 22), (24, 24), (16, 34), (34, 16)]
     shapes, tokens = [], set()
-    for f in (3, 5, 2, 4, 7, 6):
+    for f in (3, 5, 2, 4, 7, 6, 9, 8, 11, 13):
         for h, w in aspects:
             n = f * (h // 2) * (w // 2)
             if n not in tokens:
@@ -140,6 +140,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds per side (default 4; --quick 3)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", help="these sides alone, e.g. regional:35,warm:35")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -152,6 +153,8 @@ def main() -> int:
     plan += [("regional", n) for n in counts]
     if not args.quick:
         plan += [("static", 9), ("warm", 35)]
+    if args.only:
+        plan = [(mode, int(n)) for mode, n in (item.split(":") for item in args.only.split(","))]
     root = tempfile.mkdtemp(prefix="compile-buckets-")
     results = []
     try:
