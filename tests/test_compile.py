@@ -107,6 +107,7 @@ def test_static_shapes_more_than_the_recompile_limit_all_compile(tiny_models, t2
     """COGVX_EXT_COMPILE_STATIC=1: every token count compiles its own static block graph and the
     recompile limit, raised to the plan's shapes, is never hit (the default limit is 8)."""
     env = {"ACCELERATE_DYNAMO_BACKEND": "EAGER", "COGVX_EXT_COMPILE_STATIC": "1"}
+    env["COGVX_EXT_COMPILE_CACHE"] = str(tmp_path / "compile-cache")  # not the user's
     result = ok(train(t2v_trainer, bucketed_run(tiny_models, tmp_path, TWELVE_TOKEN_COUNTS), env=env))
     shapes = {tuple(s) for s in training_shapes(events_of(tmp_path / "ev"))}
     counts_of_tokens = {tokens(s) for s in shapes}
