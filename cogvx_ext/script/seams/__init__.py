@@ -23,7 +23,9 @@ seam (script globals)               what it does
 ``prepare_rotary_positional_...``   skipped when a plugin supplies RoPE per forward
 ``AutoencoderKLCogVideoX``          fires ``cogvx_vae_loaded``
 ``VideoDataset``, ``DataLoader``    the data path of cogvx_ext.data (plan, stream, share);
-                                    DeepSpeed's micro batch; compilations bounded and logged
+                                    DeepSpeed's micro batch; under a dynamo backend the
+                                    transformer's blocks compiled regionally, compilations
+                                    bounded and logged
 ``T5EncoderModel``                  loaded whole under ZeRO-3 (cogvx_ext.script.zero3)
 ``CogVideoXDPMScheduler``            ``cogvx_snr_shift``: the noise, velocity target, loss weight
                                     and validation's denoising follow each batch's SNR shift
