@@ -6,13 +6,14 @@ COGVX_EXT_I2V_TRAINER point at them: the same tests, the same assertions.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from tests_support import HERE, read_events
+from tests_support import HERE, ok, read_events, training_args
 
 from cogvx_ext.testing import write_bad_clips, write_dataset
 
@@ -30,19 +31,7 @@ def mixed_dataset(root: Path, clips=MIXED) -> Path:
     return write_dataset(root, clips, prompts=[f"clip {i}" for i in range(len(clips))])
 
 
-def script_args(model, data, out, *extra, height=96, width=160, frames=9, steps=4):
-    return [
-        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
-        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
-        "--height", height, "--width", width, "--max_num_frames", frames, "--fps", 8,
-        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
-        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", *extra,
-    ]  # fmt: skip
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-6000:]}"
-    return result
+script_args = functools.partial(training_args, steps=4)
 
 
 def events_of(directory, rank=0) -> list[dict]:

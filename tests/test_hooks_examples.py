@@ -23,7 +23,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import _run_trainer
-from tests_support import HERE, read_events
+from tests_support import HERE, ok, read_events, training_args
 
 from cogvx_ext.plugin import hookdoc
 from cogvx_ext.testing import write_dataset
@@ -58,19 +58,7 @@ def example_module(hook: str):
     return module
 
 
-def train_args(model, data, out, *extra, height=96, width=160, frames=9, steps=2):
-    return [
-        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
-        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
-        "--height", height, "--width", width, "--max_num_frames", frames, "--fps", 8,
-        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
-        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", *extra,
-    ]  # fmt: skip
-
-
-def ok(result):
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
-    return result
+train_args = training_args
 
 
 def latent_shape(target: list[int]) -> list[int]:

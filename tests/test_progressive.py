@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
-from tests_support import HERE, read_events, run_context
+from tests_support import HERE, ok, read_events, run_context, training_args
 from tests_support import configured as support_configured
 
 from cogvx_ext.base.errors import UsageError
@@ -512,18 +512,9 @@ class LogRecorder:
 
 
 def script_args(model, data, out, *extra, steps=6):
-    return [
-        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
-        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
-        "--height", 144, "--width", 256, "--max_num_frames", 9, "--fps", 8,
-        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
-        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", "--progressive_stages", STAGES_E2E, *extra,
-    ]  # fmt: skip
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-6000:]}"
-    return result
+    return training_args(
+        model, data, out, "--progressive_stages", STAGES_E2E, *extra, height=144, width=256, steps=steps
+    )
 
 
 def training_shapes(directory) -> list[list[int]]:

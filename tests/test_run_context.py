@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tests_support import HERE
+from tests_support import HERE, ok, training_args
 
 from cogvx_ext.cli.plan.command import run_plan
 from cogvx_ext.testing import write_dataset
@@ -27,19 +27,7 @@ def calls(lines: list[dict], hook: str) -> list[dict]:
     return [line for line in lines if line["hook"] == hook]
 
 
-def script_args(model, data, out, *extra, steps=2):
-    return [
-        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
-        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
-        "--height", 96, "--width", 160, "--max_num_frames", 9, "--fps", 8,
-        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
-        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", *extra,
-    ]  # fmt: skip
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-6000:]}"
-    return result
+script_args = training_args
 
 
 # Hooks a bucketed run with checkpoints and a final validation fires (every one takes `run`).

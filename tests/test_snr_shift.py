@@ -3,6 +3,7 @@ loss weight, the plan, the log, the LoRA's record and the pipeline at the size a
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import safetensors
 import torch
 from conftest import _run_trainer
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
-from tests_support import HERE
+from tests_support import HERE, training_args
 
 from cogvx_ext.model.facts import ModelInfo
 from cogvx_ext.model.snr_shift import follow_shift
@@ -31,14 +32,7 @@ def expected_shift(model: ModelInfo, latent_shape, base: float, gamma: float = 1
     return base * min(max((model.tokens(tuple(latent_shape)) / reference) ** gamma, 0.25), 4.0)
 
 
-def train_args(model, data, out, *extra, steps=3):
-    return [
-        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
-        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
-        "--height", 96, "--width", 160, "--max_num_frames", 9, "--fps", 8,
-        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
-        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", *extra,
-    ]  # fmt: skip
+train_args = functools.partial(training_args, steps=3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ an output or cache folder that takes no file, a resume with other plugins or plu
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests_support import HERE, read_events
+from tests_support import HERE, read_events, training_args
 
 from cogvx_ext.base.errors import UsageError
 from cogvx_ext.base.io import folder_write_problem
@@ -208,14 +209,7 @@ def test_settings_differences_name_what_changes_the_training():
 # End to end, with the trainers
 
 
-def script_args(model, data, out, *extra, steps=1):
-    return [
-        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
-        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
-        "--height", 96, "--width", 160, "--max_num_frames", 9, "--fps", 8,
-        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
-        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", *extra,
-    ]  # fmt: skip
+script_args = functools.partial(training_args, steps=1)
 
 
 def stops_before_models_load(result, record: Path) -> str:

@@ -47,3 +47,22 @@ def configured(parser, argv, plugins, model):
     pm.hook.cogvx_configure(args=args)
     pm.hook.cogvx_requires(args=args, model=model)
     return pm, args
+
+
+def training_args(model, data, out, *extra, height=96, width=160, frames=9, steps=2):
+    """The training script's flags for a tiny run on ``data`` (a ``write_dataset`` folder)."""
+    return [
+        "--pretrained_model_name_or_path", model, "--instance_data_root", data,
+        "--caption_column", "prompts.txt", "--video_column", "videos.txt",
+        "--height", height, "--width", width, "--max_num_frames", frames, "--fps", 8,
+        "--train_batch_size", 1, "--max_train_steps", steps, "--output_dir", out, "--seed", 0,
+        "--rank", 4, "--lora_alpha", 4, "--learning_rate", "1e-3", *extra,
+    ]  # fmt: skip
+
+
+def ok(result):
+    """``result`` (a finished training), after checking that it succeeded."""
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
+    return result
