@@ -157,6 +157,11 @@ RELEASED: dict[str, dict] = {
 }
 
 
+def latent_shape_of(latents) -> tuple[int, int, int]:
+    """``(frames, height, width)`` of a CogVideoX latent tensor ``[batch, frames, channels, height, width]``."""
+    return (int(latents.shape[1]), int(latents.shape[3]), int(latents.shape[4]))
+
+
 def released_model(name: str) -> ModelInfo:
     return ModelInfo.from_config(RELEASED[name])
 

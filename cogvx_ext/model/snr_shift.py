@@ -19,17 +19,12 @@ from typing import Any
 
 import torch
 
+from cogvx_ext.model.facts import latent_shape_of
+
 # (frames, height, width) in latent units -> the shift for samples of that shape
 ShiftFor = Callable[[tuple[int, int, int]], float]
 
 _follower_classes: dict[type, type] = {}
-
-
-def latent_shape_of(sample: torch.Tensor) -> tuple[int, int, int] | None:
-    """``(frames, height, width)`` of a ``[batch, frames, channels, height, width]`` latent tensor."""
-    if sample.ndim != 5:
-        return None
-    return (int(sample.shape[1]), int(sample.shape[3]), int(sample.shape[4]))
 
 
 def follow_shift(scheduler: Any, shift_for: ShiftFor) -> Any:
@@ -58,10 +53,9 @@ class _ShiftFollowing:
     _cogvx_shift_for: ShiftFor | None = None
 
     def _cogvx_select(self, sample: torch.Tensor) -> None:
-        shape = latent_shape_of(sample)
-        if shape is None or self._cogvx_shift_for is None:
+        if sample.ndim != 5 or self._cogvx_shift_for is None:
             return
-        shift = float(self._cogvx_shift_for(shape))
+        shift = float(self._cogvx_shift_for(latent_shape_of(sample)))
         if shift == getattr(self, "_cogvx_shift", None):
             return
         schedules = self.__dict__.setdefault("_cogvx_schedules", {})

@@ -14,15 +14,10 @@ from typing import Any
 import torch
 
 from cogvx_ext.data.context import RunContext
-from cogvx_ext.model.facts import ModelInfo
+from cogvx_ext.model.facts import ModelInfo, latent_shape_of
 from cogvx_ext.model.rope import default_rotary_embedding
 
 _ATTR = "_cogvx_ext_forward_hooks"
-
-
-def latent_shape_of(hidden_states: torch.Tensor) -> tuple[int, int, int]:
-    # CogVideoX transformers take hidden_states as [B, F, C, H, W].
-    return (int(hidden_states.shape[1]), int(hidden_states.shape[3]), int(hidden_states.shape[4]))
 
 
 def install_forward_hooks(transformer: torch.nn.Module, hook: Any, model: ModelInfo, run: RunContext) -> bool:

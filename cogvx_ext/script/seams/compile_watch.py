@@ -15,7 +15,7 @@ def _watch_compilations(run, described, samples) -> None:
     import torch
 
     from cogvx_ext.data.planning import latent_shape_key
-    from cogvx_ext.plugin.forward import latent_shape_of
+    from cogvx_ext.model.facts import latent_shape_of
     from cogvx_ext.script.compiling import (
         CompileWatch,
         accelerate_compile_kwargs,
